@@ -1,0 +1,3 @@
+from podvm_bootstrap.cli import main
+
+raise SystemExit(main())

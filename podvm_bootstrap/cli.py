@@ -1,0 +1,109 @@
+"""The `podvm-bootstrap` command line (DESIGN.md "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from podvm_bootstrap import __version__
+from podvm_bootstrap.errors import EXIT_RUNTIME, BootstrapError
+from podvm_bootstrap.log import LEVELS, setup_logging
+from podvm_bootstrap.paths import Paths
+from podvm_bootstrap.settings import PROVIDER_CHOICES
+
+Handler = Callable[[argparse.Namespace, Paths], int]
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The same options are accepted before and after the command; after it
+    # they must not reset what was given before (SUPPRESS keeps it).
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config-dir", metavar="D", default=default, help="baked configuration (/etc/podvm-bootstrap)")
+    parser.add_argument("--state-dir", metavar="D", default=default, help="runtime state (/run/podvm-bootstrap)")
+    parser.add_argument("--root", metavar="D", default=default, help="prefix for every path of the pod VM")
+    parser.add_argument("--log-level", metavar="L", choices=LEVELS,
+                        default=argparse.SUPPRESS if suppress else "info", help=" | ".join(LEVELS))
+
+
+def _source_options(parser: argparse.ArgumentParser, *, provider: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--user-data", metavar="FILE", help="read user-data from FILE instead of a provider")
+    if provider:
+        group.add_argument("--provider", choices=PROVIDER_CHOICES, help="user-data provider (bootstrap.yaml's by default)")
+        parser.add_argument("--endpoint", metavar="URL", help="metadata service URL for the provider")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="podvm-bootstrap",
+        description="Boots the components of a peer-pods pod VM from verified container images.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        _global_options(p, suppress=True)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("run", "run", "the daemon: provision, resolve, start and supervise components")
+    _source_options(p)
+    p.add_argument("--unit-dir", metavar="D", help="where to write units (/run/systemd/system)")
+
+    p = command("plan", "plan", "show what would run, with no side effects")
+    _source_options(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = command("render", "render", "write the unit files `run` would write into DIR")
+    _source_options(p)
+    p.add_argument("--output", metavar="DIR", required=True)
+
+    p = command("userdata", "userdata", "fetch and print this VM's user-data")
+    p.add_argument("--provider", choices=PROVIDER_CHOICES)
+    p.add_argument("--endpoint", metavar="URL")
+    p.add_argument("--timeout", metavar="S", type=_positive_float, help="seconds for the whole fetch")
+
+    p = command("provision", "provision", "write the files carried by user-data, then exit")
+    _source_options(p)
+
+    p = command("status", "status", "per-component state of the running daemon")
+    p.add_argument("--json", action="store_true")
+
+    command("verify", "verify", "check every planned image in local storage against its digest")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _handler(name: str) -> Handler:
+    from podvm_bootstrap import commands
+
+    return getattr(commands, f"cmd_{name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2
+    setup_logging(args.log_level)
+    paths = Paths.build(root=args.root, config_dir=args.config_dir, state_dir=args.state_dir,
+                        unit_dir=getattr(args, "unit_dir", None))
+    try:
+        return _handler(args.handler)(args, paths)
+    except BootstrapError as exc:
+        print(f"podvm-bootstrap: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        # The host's fault (permissions, full disk): one line, not a traceback.
+        print(f"podvm-bootstrap: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME

@@ -1,0 +1,49 @@
+"""One handler per command: parse-free glue between the CLI and the stages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, UserDataError
+from podvm_bootstrap.paths import Paths
+from podvm_bootstrap.settings import load_settings
+from podvm_bootstrap.stages import UserDataSource, obtain_userdata, read_raw_userdata
+
+
+def _source(args: argparse.Namespace) -> UserDataSource:
+    return UserDataSource(file=getattr(args, "user_data", None), provider=getattr(args, "provider", None),
+                          endpoint=getattr(args, "endpoint", None), timeout=getattr(args, "timeout", None))
+
+
+def cmd_userdata(args: argparse.Namespace, paths: Paths) -> int:
+    settings = load_settings(paths.bootstrap_yaml)
+    raw = read_raw_userdata(paths, settings.userdata, _source(args))
+    if raw is not None:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.provision import provision_files
+
+    settings = load_settings(paths.bootstrap_yaml)
+    try:
+        raw = read_raw_userdata(paths, settings.userdata, _source(args))
+    except UserDataError as exc:
+        print(f"podvm-bootstrap: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if raw is None:
+        return EXIT_OK
+    from podvm_bootstrap.cloudconfig import parse_userdata
+
+    userdata = parse_userdata(raw)
+    for problem in userdata.problems:
+        print(f"podvm-bootstrap: error: user-data: {problem}", file=sys.stderr)
+    results = provision_files(userdata.write_files, settings.provision.allowed_paths, paths.root)
+    for result in results:
+        print(result.line())
+    # A refused entry is the user-data's fault and is reported on its line;
+    # the step itself succeeded.
+    return EXIT_OK

@@ -1,0 +1,46 @@
+"""Atomic file writes: a temp file in the same directory, fsync, rename.
+
+A reader never sees a half-written file, and a crash leaves either the old
+content or the new one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` atomically with `mode`. The final rename replaces
+    a symlink at `path` itself rather than writing through it."""
+    directory = path.parent
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    # O_EXCL|O_NOFOLLOW: never reuse or follow something planted at the temp name.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Atomically write `data` unless `path` already holds exactly it (and the
+    mode). Returns whether the file was written."""
+    try:
+        st = os.lstat(path)
+        if (st.st_mode & 0o7777) == mode and not os.path.islink(path):
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data, mode)
+    return True

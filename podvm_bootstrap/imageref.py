@@ -1,0 +1,110 @@
+"""Container image references, parsed by the distribution reference grammar.
+
+    reference  := name [ ":" tag ] [ "@" digest ]
+    name       := [ domain "/" ] path-component ( "/" path-component )*
+    domain     := host [ ":" port ]
+
+Normalized like podman/docker: a first component is a registry host only when
+it contains "." or ":" or is "localhost"; otherwise the image is on docker.io
+(and a single component lives under docker.io/library/). Policy matches the
+parsed registry and path, never the raw string.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[_.]|__|[-]+)"
+_PATH_COMPONENT = re.compile(rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::(?P<port>[0-9]{{1,5}}))?"
+)
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})")
+DIGEST_PATTERN = _DIGEST
+MAX_NAME_LENGTH = 255
+DEFAULT_REGISTRY = "docker.io"
+
+
+class ReferenceError(ValueError):
+    """Not a valid image reference; the message says why."""
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    registry: str          # host[:port], normalized (docker.io when absent)
+    path: str              # repository path inside the registry
+    tag: str | None = None
+    digest: str | None = None  # "sha256:<hex>"
+
+    @property
+    def repository(self) -> str:
+        """registry/path: what the policy's repositories match."""
+        return f"{self.registry}/{self.path}"
+
+    @property
+    def pinned(self) -> str:
+        """repository@digest, the form that runs; only when there is a digest."""
+        if self.digest is None:
+            raise ValueError(f"{self} has no digest")
+        return f"{self.repository}@{self.digest}"
+
+    def with_digest(self, digest: str) -> "ImageRef":
+        if not _DIGEST.fullmatch(digest):
+            raise ReferenceError(f"invalid digest {digest!r}")
+        return ImageRef(self.registry, self.path, None, digest)
+
+    def __str__(self) -> str:
+        out = self.repository
+        if self.tag is not None:
+            out += f":{self.tag}"
+        if self.digest is not None:
+            out += f"@{self.digest}"
+        return out
+
+
+def parse_reference(text: str) -> ImageRef:
+    """Parse and normalize an image reference; ReferenceError when invalid."""
+    if not isinstance(text, str) or not text:
+        raise ReferenceError("empty image reference")
+    if text != text.strip() or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ReferenceError(f"image reference contains whitespace or control characters: {text!r}")
+    name, digest = text, None
+    if "@" in text:
+        name, digest = text.split("@", 1)
+        if not _DIGEST.fullmatch(digest):
+            raise ReferenceError(f"invalid digest in {text!r} (expected sha256:<64 hex>)")
+    tag = None
+    # A tag follows the last ':' only if no '/' comes after it (else it is a port).
+    colon = name.rfind(":")
+    if colon != -1 and "/" not in name[colon + 1:]:
+        name, tag = name[:colon], name[colon + 1:]
+        if not _TAG.fullmatch(tag):
+            raise ReferenceError(f"invalid tag {tag!r} in {text!r}")
+    if not name:
+        raise ReferenceError(f"missing repository name in {text!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ReferenceError(f"repository name longer than {MAX_NAME_LENGTH} characters")
+    parts = name.split("/")
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        registry, path_parts = first, parts[1:]
+        domain = _DOMAIN.fullmatch(registry)
+        if not domain:
+            raise ReferenceError(f"invalid registry {registry!r} in {text!r}")
+        port = domain.group("port")
+        if port is not None and not (0 < int(port) <= 65535):
+            raise ReferenceError(f"invalid port in registry {registry!r}")
+    else:
+        registry, path_parts = DEFAULT_REGISTRY, parts
+        if len(parts) == 1:
+            path_parts = ["library", *parts]
+    for component in path_parts:
+        if not _PATH_COMPONENT.fullmatch(component):
+            raise ReferenceError(
+                f"invalid repository path component {component!r} in {text!r} "
+                "(lowercase letters, digits and . _ - separators)")
+    return ImageRef(registry=registry.lower(), path="/".join(path_parts), tag=tag, digest=digest)

@@ -1,0 +1,118 @@
+"""bootstrap.yaml: the daemon's baked settings, every key with a default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
+
+PROVIDERS = ("azure", "aws", "gcp", "alibaba")
+PROVIDER_CHOICES = ("auto", *PROVIDERS, "file", "none")
+
+DEFAULT_ENDPOINTS: Mapping[str, str] = MappingProxyType({
+    "azure": "http://169.254.169.254",
+    "aws": "http://169.254.169.254",
+    "gcp": "http://metadata.google.internal",
+    "alibaba": "http://100.100.100.200",
+})
+
+DEFAULT_ALLOWED_PATHS = (
+    "/run/peerpod/aa.toml",
+    "/run/peerpod/cdh.toml",
+    "/run/peerpod/apf.json",
+    "/run/peerpod/auth.json",
+    "/run/peerpod/initdata",
+    "/run/peerpod/scratch-space.marker",
+)
+
+
+@dataclass(frozen=True)
+class UserDataSettings:
+    provider: str = "auto"
+    timeout: float = 180.0
+    max_size: int = 256 * 1024
+    file: str = "/media/cidata/user-data"
+    endpoints: Mapping[str, str] = field(default_factory=lambda: DEFAULT_ENDPOINTS)
+
+
+@dataclass(frozen=True)
+class ProvisionSettings:
+    allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How the daemon reaches podman and paces itself (see README)."""
+
+    podman_socket: str = "/run/podman/podman.sock"
+    pull_timeout: float = 300.0
+    pull_retries: int = 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    userdata: UserDataSettings = field(default_factory=UserDataSettings)
+    provision: ProvisionSettings = field(default_factory=ProvisionSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read bootstrap.yaml; a missing file means every default."""
+    top = Section(path, "", load_yaml_mapping(path, missing_ok=True))
+    top.only(("userdata", "provision", "runtime"))
+    return Settings(
+        userdata=_userdata(top.section("userdata")),
+        provision=_provision(top.section("provision")),
+        runtime=_runtime(top.section("runtime")),
+    )
+
+
+def _userdata(sec: Section) -> UserDataSettings:
+    sec.only(("provider", "timeout", "max_size", "file", "endpoints"))
+    d = UserDataSettings()
+    endpoints = dict(DEFAULT_ENDPOINTS)
+    eps = sec.section("endpoints")
+    eps.only(PROVIDERS)
+    for name in PROVIDERS:
+        url = eps.string(name, None)
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise eps.error(name, f"expected an http:// or https:// URL, got {url!r}")
+            endpoints[name] = url.rstrip("/")
+    timeout = sec.duration("timeout", d.timeout)
+    if timeout <= 0:
+        raise sec.error("timeout", "must be greater than zero")
+    file = sec.string("file", d.file)
+    if not file.startswith("/"):
+        raise sec.error("file", f"must be an absolute path, got {file!r}")
+    return UserDataSettings(
+        provider=sec.string("provider", d.provider, choices=PROVIDER_CHOICES),
+        timeout=timeout,
+        max_size=sec.size("max_size", d.max_size),
+        file=file,
+        endpoints=MappingProxyType(endpoints),
+    )
+
+
+def _provision(sec: Section) -> ProvisionSettings:
+    sec.only(("allowed_paths",))
+    paths = sec.string_list("allowed_paths", DEFAULT_ALLOWED_PATHS)
+    for index, p in enumerate(paths):
+        if not p.startswith("/") or any(part in ("..", ".") for part in p.split("/")) or p.endswith("/"):
+            raise sec.error(f"allowed_paths[{index}]", f"must be a normalized absolute file path, got {p!r}")
+    return ProvisionSettings(allowed_paths=paths)
+
+
+def _runtime(sec: Section) -> RuntimeSettings:
+    sec.only(("podman_socket", "pull_timeout", "pull_retries"))
+    d = RuntimeSettings()
+    return RuntimeSettings(
+        podman_socket=sec.string("podman_socket", d.podman_socket),
+        pull_timeout=sec.duration("pull_timeout", d.pull_timeout),
+        pull_retries=sec.integer("pull_retries", d.pull_retries),
+    )

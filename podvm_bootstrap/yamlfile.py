@@ -1,0 +1,122 @@
+"""Strict reading of the baked YAML files: a mapping with known keys only.
+
+The helpers here turn every shape or type problem into a ConfigError naming the
+file and the dotted key, so that an image builder sees exactly what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import yaml
+
+from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.quantities import parse_duration, parse_size
+
+T = TypeVar("T")
+
+
+def load_yaml_mapping(path: Path, *, missing_ok: bool) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; {} when it is absent and missing_ok."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise ConfigError(path, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(path, "", f"{problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", f"expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+class Section:
+    """A mapping inside a YAML file, with its file and dotted key for errors."""
+
+    def __init__(self, path: Path, key: str, data: object) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(path, key, f"expected a mapping, got {type(data).__name__}")
+        self.path = path
+        self.key = key
+        self.data: dict[str, Any] = data
+
+    def child_key(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.child_key(name), message)
+
+    def only(self, allowed: Iterable[str]) -> None:
+        allowed = set(allowed)
+        for name in self.data:
+            if not isinstance(name, str):
+                raise ConfigError(self.path, self.key or "", f"keys must be strings, got {name!r}")
+            if name not in allowed:
+                raise self.error(name, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    def section(self, name: str) -> "Section":
+        return Section(self.path, self.child_key(name), self.data.get(name))
+
+    def convert(self, name: str, default: T, fn: Callable[[Any], T]) -> T:
+        if name not in self.data or self.data[name] is None:
+            return default
+        try:
+            return fn(self.data[name])
+        except (ValueError, TypeError) as exc:
+            raise self.error(name, str(exc)) from None
+
+    def string(self, name: str, default: T, *, choices: Iterable[str] | None = None) -> str | T:
+        if name not in self.data or self.data[name] is None:
+            return default
+        value = self.data[name]
+        if not isinstance(value, str) or not value:
+            raise self.error(name, f"expected a non-empty string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(name, f"expected true or false, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self.data.get(name, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(name, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        return self.convert(name, default, parse_duration)
+
+    def size(self, name: str, default: int) -> int:
+        return self.convert(name, default, parse_size)
+
+    def string_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        if name not in self.data or self.data[name] is None:
+            return default
+        value = self.data[name]
+        if not isinstance(value, list):
+            raise self.error(name, f"expected a list of strings, got {type(value).__name__}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(self.path, f"{self.child_key(name)}[{index}]",
+                                  f"expected a string, got {item!r}")
+        return tuple(value)
