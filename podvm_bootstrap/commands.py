@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, UserDataError
+from podvm_bootstrap.errors import EXIT_OK, EXIT_POLICY, EXIT_RUNTIME, PolicyFailure, UserDataError
+from podvm_bootstrap.fsutil import write_if_changed
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap.stages import UserDataSource, obtain_userdata, read_raw_userdata
+from podvm_bootstrap.stages import UserDataSource, read_raw_userdata, resolve
 
 
 def _source(args: argparse.Namespace) -> UserDataSource:
@@ -46,4 +49,28 @@ def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
         print(result.line())
     # A refused entry is the user-data's fault and is reported on its line;
     # the step itself succeeded.
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.planner import format_table
+
+    plan = resolve(paths, _source(args)).plan
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print(format_table(plan), end="")
+    return EXIT_POLICY if plan.refused else EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.render import render_units
+
+    plan = resolve(paths, _source(args)).plan
+    if plan.refused:
+        raise PolicyFailure("an override was refused and the policy says fail; no units written")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in render_units(plan).items():
+        write_if_changed(output / name, text.encode(), 0o644)
     return EXIT_OK

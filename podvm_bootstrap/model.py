@@ -66,6 +66,7 @@ class Component:
 @dataclass(frozen=True)
 class Manifest:
     components: tuple[Component, ...]  # in file order
+    source: str = "components.yaml"    # the file, for error messages
 
     def get(self, name: str) -> Component | None:
         for c in self.components:

@@ -13,7 +13,8 @@ from podvm_bootstrap.cloudconfig import UserData, decode_payload, parse_userdata
 from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import Settings, UserDataSettings
+from podvm_bootstrap.model import Plan
+from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
 from podvm_bootstrap.userdata import fetch_userdata
 
 log = get_logger("stages")
@@ -69,3 +70,27 @@ def obtain_userdata(paths: Paths, settings: Settings, source: UserDataSource) ->
     for problem in userdata.problems:
         log.error("user-data: %s", problem)
     return userdata
+
+
+@dataclass(frozen=True)
+class Resolved:
+    settings: Settings
+    userdata: UserData | None
+    plan: Plan
+
+
+def resolve(paths: Paths, source: UserDataSource) -> Resolved:
+    """Baked configuration + user-data → the plan (no side effects)."""
+    from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.planner import make_plan
+    from podvm_bootstrap.policy import load_policy
+
+    settings = load_settings(paths.bootstrap_yaml)
+    manifest = load_manifest(paths.components_yaml)
+    policy = load_policy(paths.policy_yaml)
+    userdata = obtain_userdata(paths, settings, source)
+    overrides = userdata.images if userdata is not None else {}
+    plan = make_plan(manifest, policy, overrides)
+    for error in plan.errors:
+        log.error("%s", error)
+    return Resolved(settings=settings, userdata=userdata, plan=plan)
