@@ -22,11 +22,12 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::(?P<port>[0-9]{{1,5}}))?"
 )
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # ASCII only, unlike \w
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})")
 DIGEST_PATTERN = _DIGEST
 MAX_NAME_LENGTH = 255
 DEFAULT_REGISTRY = "docker.io"
+_DOCKER_HUB_ALIASES = ("index.docker.io",)  # the legacy name docker still maps
 
 
 class ReferenceError(ValueError):
@@ -100,11 +101,15 @@ def parse_reference(text: str) -> ImageRef:
             raise ReferenceError(f"invalid port in registry {registry!r}")
     else:
         registry, path_parts = DEFAULT_REGISTRY, parts
-        if len(parts) == 1:
-            path_parts = ["library", *parts]
+    registry = registry.lower()
+    if registry in _DOCKER_HUB_ALIASES:
+        registry = DEFAULT_REGISTRY
+    # docker.io/busybox is docker.io/library/busybox, as for a bare "busybox".
+    if registry == DEFAULT_REGISTRY and len(path_parts) == 1:
+        path_parts = ["library", *path_parts]
     for component in path_parts:
         if not _PATH_COMPONENT.fullmatch(component):
             raise ReferenceError(
                 f"invalid repository path component {component!r} in {text!r} "
                 "(lowercase letters, digits and . _ - separators)")
-    return ImageRef(registry=registry.lower(), path="/".join(path_parts), tag=tag, digest=digest)
+    return ImageRef(registry=registry, path="/".join(path_parts), tag=tag, digest=digest)
