@@ -1,0 +1,347 @@
+"""User-data (untrusted) → what this daemon uses of it: files and image overrides.
+
+Two steps, both pure:
+
+- ``decode_payload``: the transport layers a cloud puts around the document
+  (base64, gzip, base64 of gzip), every inflation bounded;
+- ``parse_userdata``: the ``#cloud-config`` YAML document, read with a safe
+  loader that refuses aliases, into ``UserData``.
+
+A whole-document failure raises UserDataError (one line). A bad entry is one
+line in ``UserData.problems`` and is skipped; the rest is kept. Untrusted text
+in any message is rendered with ``show()`` so that it cannot forge a line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from podvm_bootstrap.errors import UserDataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Largest content of one provisioned file, after decoding (and of all of them
+# together): user-data is size-bounded before decoding, a gzip inside it is not.
+MAX_FILE_SIZE = 16 * 1024 * 1024
+MAX_TOTAL_CONTENT = MAX_FILE_SIZE
+_MAX_LAYERS = 2
+_MAX_GZIP_MEMBERS = 16
+_SHOW_LIMIT = 200
+
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
+_PERMISSIONS_TEXT = re.compile(r"(?:0o?)?[0-7]{1,4}")
+
+_ENCODINGS = {
+    None: "text", "": "text", "text": "text", "text/plain": "text",
+    "b64": "b64", "base64": "b64",
+    "gzip+b64": "gzip+b64", "gz+b64": "gzip+b64", "gzip+base64": "gzip+b64", "gz+base64": "gzip+b64",
+}
+# write_files keys we honour; `defer` only orders cloud-init's stages and
+# `append: false` is the default, so both are accepted and ignored.
+_ENTRY_KEYS = ("path", "content", "encoding", "permissions", "owner", "defer", "append")
+_UNSUPPORTED_HEADERS = (
+    ("#!", "a script (#!); scripts are never run"),
+    ("#include", "an #include list; includes are not fetched"),
+    ("#cloud-boothook", "a cloud-boothook; it is never run"),
+    ("#cloud-config-archive", "a cloud-config-archive, which is not supported"),
+    ("#part-handler", "a part-handler, which is not supported"),
+    ("#upstart-job", "an upstart job, which is not supported"),
+    ("## template:", "a template, which is not supported"),
+    ("content-type:", "a multi-part MIME archive, which is not supported"),
+    ("mime-version:", "a multi-part MIME archive, which is not supported"),
+)
+
+
+def show(text: object, limit: int = _SHOW_LIMIT) -> str:
+    """Untrusted text for a message: as it is when it is plain printable text,
+    else repr-escaped (newlines and control characters become visible escapes),
+    and cut at `limit` characters."""
+    if not isinstance(text, str):
+        text = repr(text)
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    if not text or not text.isprintable() or text != text.strip() or "'" in text or '"' in text:
+        text = repr(text)
+    return text + "..." if cut else text
+
+
+# --- transport layers ---------------------------------------------------------
+
+def gunzip_bounded(data: bytes, max_size: int, what: str = "gzip data") -> bytes:
+    """Decompress gzip `data` (several members allowed), never inflating more
+    than `max_size` bytes: a gzip bomb is refused, not expanded."""
+    out = bytearray()
+    rest = data
+    for _ in range(_MAX_GZIP_MEMBERS):
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            chunk = d.decompress(rest, max_size - len(out) + 1)
+        except zlib.error as exc:
+            raise UserDataError(f"{what} is not valid gzip ({exc})") from None
+        out += chunk
+        if len(out) > max_size or d.unconsumed_tail:
+            raise UserDataError(f"{what} decompresses to more than {max_size} bytes")
+        if not d.eof:
+            raise UserDataError(f"{what} is not valid gzip (truncated)")
+        rest = d.unused_data
+        if not rest.strip(b"\0"):  # trailing zero padding is tolerated, like gzip(1)
+            return bytes(out)
+        if not rest.startswith(GZIP_MAGIC):
+            raise UserDataError(f"{what} is not valid gzip (trailing garbage)")
+    raise UserDataError(f"{what} has more than {_MAX_GZIP_MEMBERS} gzip members")
+
+
+def _looks_base64(data: bytes) -> bytes | None:
+    """The decoded bytes when `data` is a base64 text whose content is gzip or
+    UTF-8 text; None otherwise. A '#cloud-config' document has '#', ':' and
+    '-' in it, none of which is in the base64 alphabet, so it never matches."""
+    if not data or not _BASE64_TEXT.fullmatch(data):
+        return None
+    compact = b"".join(data.split())
+    if not compact or len(compact) % 4:
+        return None
+    try:
+        decoded = base64.b64decode(compact, validate=True)
+    except binascii.Error:
+        return None
+    if decoded.startswith(GZIP_MAGIC):
+        return decoded
+    try:
+        decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return decoded
+
+
+def decode_payload(raw: bytes, max_size: int) -> bytes:
+    """The cloud-config text inside a user-data body that may be plain, gzip,
+    base64, or base64 of gzip (at most two layers). Plain text passes through.
+    UserDataError when a layer is broken or inflates beyond `max_size`."""
+    data = raw
+    for _ in range(_MAX_LAYERS):
+        if data.startswith(GZIP_MAGIC):
+            data = gunzip_bounded(data, max_size, "gzip user-data")
+            continue
+        decoded = _looks_base64(data)
+        if decoded is None:
+            return data
+        data = decoded
+    if data.startswith(GZIP_MAGIC) or _looks_base64(data) is not None:
+        raise UserDataError(f"user-data is wrapped in more than {_MAX_LAYERS} layers of base64/gzip")
+    return data
+
+
+# --- the cloud-config document ------------------------------------------------
+
+@dataclass(frozen=True)
+class WriteFile:
+    """One usable write_files entry; `content` is already decoded."""
+
+    path: str
+    content: bytes
+    permissions: int | None = None
+    owner: str | None = None
+    index: int = 0  # position in write_files, for messages
+
+
+@dataclass(frozen=True)
+class UserData:
+    write_files: tuple[WriteFile, ...] = ()
+    images: dict[str, str] = field(default_factory=dict)  # component -> requested reference
+    problems: tuple[str, ...] = ()  # one line per unusable part, which was skipped
+    ignored_keys: tuple[str, ...] = ()  # top-level cloud-config keys this daemon does not act on
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: a few hundred bytes of nested aliases
+    ("billion laughs") would otherwise expand into gigabytes of objects."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases are not allowed in user-data", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    try:
+        # The safe constructors only (no arbitrary objects), without aliases.
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserDataError(f"user-data is not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise UserDataError("user-data is not valid YAML: nested too deeply") from None
+
+
+def parse_userdata(raw: bytes) -> UserData:
+    """Parse decoded user-data text.
+
+    Accepted: a ``#cloud-config`` document, and (like a cloud-api-adaptor that
+    leaves the header out) a document without that header whose YAML is a
+    mapping. An empty document is empty user-data. Refused with UserDataError:
+    text that is not UTF-8, invalid YAML (with its line), a top level that is
+    not a mapping, and the other cloud-init formats (scripts, MIME multi-part,
+    includes, boothooks, templates), which this daemon never runs.
+
+    Top-level keys other than ``write_files`` and ``podvm_bootstrap`` (runcmd,
+    users, ...) are not acted on; they are listed in ``ignored_keys``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserDataError(f"user-data is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    text = text.removeprefix("\ufeff")
+    first_line = text.lstrip().split("\n", 1)[0].strip()
+    has_header = first_line.rstrip() == "#cloud-config"
+    if not has_header:
+        lowered = first_line.lower()
+        for prefix, what in _UNSUPPORTED_HEADERS:
+            if lowered.startswith(prefix):
+                raise UserDataError(f"user-data is {what}")
+    if "\0" in text:
+        raise UserDataError("user-data contains a NUL character")
+    document = _load_yaml(text)
+    if document is None:
+        return UserData()
+    if not isinstance(document, dict):
+        kind = "a cloud-config" if has_header else "user-data"
+        raise UserDataError(f"{kind} document must be a YAML mapping, got {_type_name(document)}")
+
+    problems: list[str] = []
+    files = _write_files(document.get("write_files"), problems)
+    images = _podvm_bootstrap(document.get("podvm_bootstrap"), problems)
+    ignored = tuple(show(k) for k in document if k not in ("write_files", "podvm_bootstrap"))
+    return UserData(write_files=files, images=images, problems=tuple(problems), ignored_keys=ignored)
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", bytes: "binary data"}.get(type(value), type(value).__name__)
+
+
+class _EntryProblem(Exception):
+    pass
+
+
+def _write_files(value: object, problems: list[str]) -> tuple[WriteFile, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.append(f"write_files: expected a list, got {_type_name(value)}; no file written")
+        return ()
+    files: list[WriteFile] = []
+    budget = MAX_TOTAL_CONTENT
+    for index, entry in enumerate(value):
+        try:
+            wf = _write_file(index, entry, budget)
+        except _EntryProblem as exc:
+            problems.append(f"write_files[{index}]: {exc}; entry skipped")
+            continue
+        budget -= len(wf.content)
+        files.append(wf)
+    return tuple(files)
+
+
+def _write_file(index: int, entry: object, budget: int) -> WriteFile:
+    if not isinstance(entry, dict):
+        raise _EntryProblem(f"expected a mapping, got {_type_name(entry)}")
+    unknown = [show(k) for k in entry if k not in _ENTRY_KEYS]
+    if unknown:
+        raise _EntryProblem(f"unsupported key(s) {', '.join(unknown)}")
+    path = entry.get("path")
+    if not isinstance(path, str) or not path:
+        raise _EntryProblem("missing path" if path is None else f"path must be a string, got {_type_name(path)}")
+    where = f"({show(path)})"
+    if entry.get("append") not in (None, False):
+        raise _EntryProblem(f"{where} append is not supported (files are rewritten at every boot)")
+    owner = entry.get("owner")
+    if owner is not None and not isinstance(owner, str):
+        raise _EntryProblem(f"{where} owner must be a string, got {_type_name(owner)}")
+    permissions = _permissions(entry.get("permissions"), where)
+    content = _content(entry.get("content"), entry.get("encoding"), where, min(budget, MAX_FILE_SIZE))
+    return WriteFile(path=path, content=content, permissions=permissions, owner=owner, index=index)
+
+
+def _permissions(value: object, where: str) -> int | None:
+    """cloud-init's rule: an octal string ('0600', '600', '0o600'), or a YAML
+    integer taken as it is (unquoted 0600 is YAML 1.1 octal)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _EntryProblem(f"{where} permissions must be an octal string like '0644', got a boolean")
+    if isinstance(value, int):
+        if not 0 <= value <= 0o7777:
+            raise _EntryProblem(f"{where} permissions {value} out of range")
+        return value
+    if isinstance(value, str) and _PERMISSIONS_TEXT.fullmatch(value.strip()):
+        return int(value.strip(), 8)
+    raise _EntryProblem(f"{where} permissions must be an octal string like '0644', got {show(value)}")
+
+
+def _content(value: object, encoding: object, where: str, limit: int) -> bytes:
+    """Missing content is an empty file, as in cloud-init."""
+    if encoding is not None and not isinstance(encoding, str):
+        raise _EntryProblem(f"{where} encoding must be a string, got {_type_name(encoding)}")
+    kind = _ENCODINGS.get(encoding.strip().lower() if isinstance(encoding, str) else None)
+    if kind is None:
+        raise _EntryProblem(f"{where} unknown encoding {show(encoding)} (known: b64, base64, gzip+b64, gz+b64)")
+    if value is None:
+        data = b""
+    elif isinstance(value, bytes):  # YAML !!binary
+        data = value
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+    else:
+        raise _EntryProblem(f"{where} content must be a string, got {_type_name(value)}")
+    if kind != "text":
+        try:
+            data = base64.b64decode(b"".join(data.split()), validate=True)
+        except binascii.Error:
+            raise _EntryProblem(f"{where} content is not valid base64") from None
+    if kind == "gzip+b64":
+        try:
+            data = gunzip_bounded(data, limit, "content")
+        except UserDataError as exc:
+            raise _EntryProblem(f"{where} {exc}") from None
+    if len(data) > limit:
+        raise _EntryProblem(f"{where} content is larger than {limit} bytes")
+    return data
+
+
+def _podvm_bootstrap(value: object, problems: list[str]) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"podvm_bootstrap: expected a mapping, got {_type_name(value)}; ignored")
+        return {}
+    for key in value:
+        if key != "images":
+            problems.append(f"podvm_bootstrap: unknown key {show(key)} ignored (known: images)")
+    images = value.get("images")
+    if images is None:
+        return {}
+    if not isinstance(images, dict):
+        problems.append(f"podvm_bootstrap.images: expected a mapping, got {_type_name(images)}; ignored")
+        return {}
+    result: dict[str, str] = {}
+    for name, ref in images.items():
+        if not isinstance(name, str) or not name:
+            problems.append(f"podvm_bootstrap.images: component name must be a string, got {show(name)}; ignored")
+        elif not isinstance(ref, str) or not ref.strip():
+            problems.append(f"podvm_bootstrap.images.{show(name)}: expected an image reference string, "
+                            f"got {_type_name(ref)}; ignored")
+        else:
+            result[name] = ref.strip()
+    return result

@@ -1,0 +1,95 @@
+"""Initdata (the CoCo initdata spec as peer-pods carries it): pure parsing.
+
+``/run/peerpod/initdata`` holds base64 of a gzipped TOML document::
+
+    algorithm = "sha384"          # sha256 | sha384 | sha512
+    version = "0.1.0"
+    [data]
+    "aa.toml" = '''...'''
+    "cdh.toml" = '''...'''
+    "policy.rego" = '''...'''
+
+Its digest is the named hash of the decompressed TOML bytes, as hex. Keys of
+[data] other than the three known files are ignored (nothing here consumes
+them, and a name from user-data never becomes a file name).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import tomllib
+from dataclasses import dataclass
+
+from podvm_bootstrap.cloudconfig import GZIP_MAGIC, gunzip_bounded
+from podvm_bootstrap.errors import UserDataError
+
+ALGORITHMS = ("sha256", "sha384", "sha512")
+DATA_FILES = ("aa.toml", "cdh.toml", "policy.rego")
+DIGEST_FILE = "initdata.digest"
+# Every file extract() may produce, all beside the initdata file.
+DERIVED_FILES = (*DATA_FILES, DIGEST_FILE)
+
+
+class InitdataError(UserDataError):
+    """The initdata blob is unusable (one line, no content dumped)."""
+
+
+@dataclass(frozen=True)
+class Initdata:
+    algorithm: str
+    version: str
+    files: dict[str, bytes]  # known [data] names -> content
+    digest_hex: str
+
+
+def parse_initdata(blob: bytes, max_size: int) -> Initdata:
+    """Parse the initdata file's content; InitdataError when it is unusable.
+    `max_size` bounds the decompressed TOML."""
+    compact = b"".join(blob.split())  # surrounding (and line-wrapping) whitespace
+    if not compact:
+        raise InitdataError("initdata is empty")
+    try:
+        gz = base64.b64decode(compact, validate=True)
+    except binascii.Error:
+        raise InitdataError("initdata is not valid base64") from None
+    if not gz.startswith(GZIP_MAGIC):
+        raise InitdataError("initdata is not base64 of gzip data")
+    try:
+        toml_bytes = gunzip_bounded(gz, max_size, "initdata")
+    except UserDataError as exc:
+        raise InitdataError(str(exc)) from None
+    try:
+        document = tomllib.loads(toml_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InitdataError("initdata TOML is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InitdataError(f"initdata is not valid TOML: {exc}") from None
+
+    algorithm = document.get("algorithm")
+    if algorithm not in ALGORITHMS:
+        shown = repr(algorithm)[:40] if algorithm is not None else "nothing"
+        raise InitdataError(f"initdata algorithm must be one of {', '.join(ALGORITHMS)}, got {shown}")
+    version = document.get("version")
+    if not isinstance(version, str) or not version:
+        raise InitdataError("initdata version must be a non-empty string")
+    data = document.get("data", {})
+    if not isinstance(data, dict):
+        raise InitdataError("initdata [data] must be a table")
+    files: dict[str, bytes] = {}
+    for name in DATA_FILES:
+        if name not in data:
+            continue
+        if not isinstance(data[name], str):
+            raise InitdataError(f"initdata data.{name!r} must be a string")
+        files[name] = data[name].encode("utf-8")
+    return Initdata(algorithm=algorithm, version=version, files=files,
+                    digest_hex=hashlib.new(algorithm, toml_bytes).hexdigest())
+
+
+def extract(blob: bytes, max_size: int) -> dict[str, bytes]:
+    """The files to write beside the initdata file: its known [data] files and
+    ``initdata.digest`` (the hex digest, no trailing newline)."""
+    parsed = parse_initdata(blob, max_size)
+    return {**parsed.files, DIGEST_FILE: parsed.digest_hex.encode("ascii")}

@@ -1,0 +1,96 @@
+"""Initdata parsing: base64 of gzipped TOML, digest over the decompressed TOML."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+
+import pytest
+
+from podvm_bootstrap.initdata import DIGEST_FILE, InitdataError, extract, parse_initdata
+
+MAX = 1024 * 1024
+
+AA = "[token_configs]\n[token_configs.kbs]\nurl = 'http://127.0.0.1:8080'\n"
+CDH = "socket = 'unix:///run/confidential-containers/cdh.sock'\ncredentials = []\n"
+POLICY = "package agent_policy\n\ndefault CreateContainerRequest := true\n"
+
+
+def toml_doc(algorithm: str = "sha384", extra: str = "") -> bytes:
+    return (f'algorithm = "{algorithm}"\nversion = "0.1.0"\n{extra}\n[data]\n'
+            f'"aa.toml" = \'\'\'\n{AA}\'\'\'\n"cdh.toml" = \'\'\'\n{CDH}\'\'\'\n'
+            f'"policy.rego" = \'\'\'\n{POLICY}\'\'\'\n').encode()
+
+
+def blob(toml: bytes) -> bytes:
+    return base64.b64encode(gzip.compress(toml))
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha384", "sha512"])
+def test_digest_is_the_named_hash_of_the_decompressed_toml(algorithm):
+    toml = toml_doc(algorithm)
+    parsed = parse_initdata(blob(toml), MAX)
+    assert parsed.algorithm == algorithm
+    assert parsed.version == "0.1.0"
+    assert parsed.digest_hex == hashlib.new(algorithm, toml).hexdigest()
+    # not the digest of the compressed or base64 form
+    assert parsed.digest_hex != hashlib.new(algorithm, blob(toml)).hexdigest()
+
+
+def test_data_files_are_extracted_exactly():
+    parsed = parse_initdata(blob(toml_doc()), MAX)
+    assert parsed.files == {"aa.toml": AA.encode(), "cdh.toml": CDH.encode(), "policy.rego": POLICY.encode()}
+
+
+def test_extract_adds_the_hex_digest_file():
+    toml = toml_doc("sha512")
+    files = extract(blob(toml), MAX)
+    assert files[DIGEST_FILE] == hashlib.sha512(toml).hexdigest().encode()
+    assert set(files) == {"aa.toml", "cdh.toml", "policy.rego", DIGEST_FILE}
+
+
+def test_surrounding_whitespace_and_line_wrapping_are_tolerated():
+    toml = toml_doc()
+    wrapped = b"\n  " + base64.encodebytes(gzip.compress(toml)) + b"\n\n"
+    assert parse_initdata(wrapped, MAX).digest_hex == hashlib.sha384(toml).hexdigest()
+
+
+def test_unknown_data_keys_are_not_files():
+    toml = b'algorithm = "sha256"\nversion = "0.1.0"\n[data]\n"../../etc/passwd" = "x"\n"aa.toml" = "a"\n'
+    assert parse_initdata(blob(toml), MAX).files == {"aa.toml": b"a"}
+
+
+def test_missing_data_table_means_no_files():
+    toml = b'algorithm = "sha256"\nversion = "0.1.0"\n'
+    parsed = parse_initdata(blob(toml), MAX)
+    assert parsed.files == {} and parsed.digest_hex == hashlib.sha256(toml).hexdigest()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"not base64 at all!", "not valid base64"),
+    (base64.b64encode(b"algorithm = 'sha256'"), "not base64 of gzip"),
+    (base64.b64encode(gzip.compress(b"x" * 100)[:-10]), "not valid gzip"),
+    (blob(b"algorithm = \n"), "not valid TOML"),
+    (blob(b"\xff\xfe"), "not UTF-8"),
+    (blob(toml_doc("md5")), "algorithm must be one of sha256, sha384, sha512, got 'md5'"),
+    (blob(b'version = "0.1.0"\n'), "algorithm must be one of"),
+    (blob(b'algorithm = "sha256"\n'), "version"),
+    (blob(b'algorithm = "sha256"\nversion = "1"\ndata = "x"\n'), r"\[data\] must be a table"),
+    (blob(b'algorithm = "sha256"\nversion = "1"\n[data]\n"aa.toml" = 5\n'), "must be a string"),
+])
+def test_bad_initdata_is_one_clear_error(data, message):
+    with pytest.raises(InitdataError, match=message) as info:
+        parse_initdata(data, MAX)
+    assert "\n" not in str(info.value)
+
+
+def test_toml_error_names_the_line():
+    with pytest.raises(InitdataError, match="line 3"):
+        parse_initdata(blob(b'algorithm = "sha256"\nversion = "1"\nbroken ==\n'), MAX)
+
+
+def test_gzip_bomb_is_bounded():
+    with pytest.raises(InitdataError, match=f"more than {MAX} bytes"):
+        parse_initdata(base64.b64encode(gzip.compress(b" " * (MAX * 8))), MAX)
