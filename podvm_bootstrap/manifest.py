@@ -1,0 +1,301 @@
+"""components.yaml: the baked component manifest (DESIGN.md "components.yaml").
+
+Read strictly: every unknown key, wrong type, bad name, unknown or circular
+`after` is a ConfigError naming the file and the dotted key. Names and unit
+names become container names and file names, so they are held to narrow
+grammars here rather than escaped later."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.imageref import ReferenceError, parse_reference
+from podvm_bootstrap.model import (PROBE_KINDS, Component, ContainerSpec, Health, Manifest, Probe,
+                                   Restart)
+from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
+
+MANIFEST_VERSION = 1
+COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+MAX_COMPONENT_NAME = 63
+# systemd unit name characters; the name becomes a file in the unit dir.
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\-@]+\.service")
+MAX_UNIT_NAME = 255
+RESERVED_UNITS = ("podvm-bootstrap.service",)  # the daemon's own unit
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CAPABILITY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+VOLUME_OPTIONS = re.compile(r"[A-Za-z0-9]+(?:,[A-Za-z0-9]+)*")
+
+COMPONENT_KEYS = ("image", "unit", "after", "essential", "ready", "health", "restart",
+                  "stop_timeout", "container")
+CONTAINER_KEYS = ("command", "env", "network", "pid", "privileged", "capabilities", "devices",
+                  "volumes", "read_only", "user")
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate components.yaml; ConfigError (exit 2) on any problem."""
+    top = Section(path, "", load_yaml_mapping(path, missing_ok=False))
+    top.only(("version", "components"))
+    version = top.data.get("version")
+    if version is None:
+        raise top.error("version", f"required (set it to {MANIFEST_VERSION})")
+    if isinstance(version, bool) or version != MANIFEST_VERSION:
+        raise top.error("version", f"unsupported version {version!r} (expected {MANIFEST_VERSION})")
+    if not isinstance(top.data.get("components"), dict) or not top.data["components"]:
+        raise top.error("components", "expected a non-empty mapping of component name to settings")
+    components_sec = top.section("components")
+    for name in components_sec.data:
+        _check_component_name(components_sec, name)
+    names = tuple(components_sec.data)
+    components = tuple(_component(components_sec.section(name), name, names) for name in names)
+    _check_units_unique(path, components)
+    _check_no_cycle(path, components)
+    return Manifest(components=components, source=str(path))
+
+
+def _check_component_name(sec: Section, name: object) -> None:
+    if not isinstance(name, str):
+        raise ConfigError(sec.path, sec.key, f"component names must be strings, got {name!r}")
+    if not COMPONENT_NAME.fullmatch(name) or len(name) > MAX_COMPONENT_NAME:
+        raise sec.error(name, f"invalid component name (lowercase letters, digits and '-', "
+                              f"starting with a letter or digit, at most {MAX_COMPONENT_NAME})")
+
+
+def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
+    sec.only(COMPONENT_KEYS)
+    image_text = sec.data.get("image")
+    if image_text is None:
+        raise sec.error("image", "required")
+    if not isinstance(image_text, str):
+        raise sec.error("image", f"expected an image reference string, got {image_text!r}")
+    try:
+        image = parse_reference(image_text)
+    except ReferenceError as exc:
+        raise sec.error("image", str(exc)) from None
+    ready = _probe(sec.section("ready")) if sec.data.get("ready") is not None else None
+    stop_timeout = sec.duration("stop_timeout", 10.0)
+    if stop_timeout <= 0:
+        raise sec.error("stop_timeout", "must be greater than zero")
+    return Component(
+        name=name,
+        image=image,
+        unit=_unit(sec, name),
+        after=_after(sec, name, names),
+        essential=sec.boolean("essential", False),
+        ready=ready,
+        health=_health(sec, ready),
+        restart=_restart(sec.section("restart")),
+        stop_timeout=stop_timeout,
+        container=_container(sec.section("container")),
+    )
+
+
+def _unit(sec: Section, name: str) -> str:
+    unit = sec.string("unit", f"{name}.service")
+    if not UNIT_NAME.fullmatch(unit) or len(unit) > MAX_UNIT_NAME or unit.startswith((".", "@")):
+        raise sec.error("unit", f"invalid unit name {unit!r} (expected <name>.service with "
+                                "letters, digits and : _ . - @ only)")
+    if unit.endswith("@.service"):
+        raise sec.error("unit", f"{unit!r} is a template; give an instance name")
+    if unit in RESERVED_UNITS:
+        raise sec.error("unit", f"{unit!r} is reserved for the daemon itself")
+    return unit
+
+
+def _after(sec: Section, name: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    after = sec.string_list("after")
+    for index, dep in enumerate(after):
+        key = f"after[{index}]"
+        if dep == name:
+            raise sec.error("after", f"{name!r} cannot come after itself")
+        if dep not in names:
+            raise sec.error(key, f"unknown component {dep!r} (known: {', '.join(names)})")
+        if dep in after[:index]:
+            raise sec.error(key, f"{dep!r} is listed twice")
+    return after
+
+
+def _probe(sec: Section) -> Probe:
+    sec.only((*PROBE_KINDS, "timeout"))
+    kinds = [k for k in PROBE_KINDS if k in sec.data]
+    if len(kinds) != 1:
+        raise ConfigError(sec.path, sec.key, f"expected exactly one of {', '.join(PROBE_KINDS)}, "
+                                             f"got {', '.join(kinds) if kinds else 'none'}")
+    kind = kinds[0]
+    value = sec.data[kind]
+    timeout = sec.duration("timeout", Probe.__dataclass_fields__["timeout"].default)
+    if timeout <= 0:
+        raise sec.error("timeout", "must be greater than zero")
+    target: str | tuple[str, ...]
+    if kind in ("unix_socket", "file"):
+        target = _absolute_path(sec, kind, value)
+    elif kind == "tcp":
+        target = _host_port(sec, kind, value)
+    elif kind == "exec":
+        if not isinstance(value, list) or not value:
+            raise sec.error(kind, "expected a non-empty list of strings (the argv)")
+        target = sec.string_list(kind)
+    else:  # notify
+        if value is not True:
+            raise sec.error(kind, f"expected true, got {value!r}")
+        target = ""
+    return Probe(kind=kind, target=target, timeout=timeout)  # type: ignore[arg-type]
+
+
+def _absolute_path(sec: Section, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or _has_control(value):
+        raise sec.error(key, f"expected an absolute path, got {value!r}")
+    return value
+
+
+def _host_port(sec: Section, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise sec.error(key, f"expected \"host:port\", got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host_ok = len(host) > 2 and re.fullmatch(r"[0-9A-Fa-f:.]+", host[1:-1]) is not None
+    else:
+        host_ok = re.fullmatch(r"[A-Za-z0-9.-]+", host) is not None
+    if not sep or not host_ok or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise sec.error(key, f"expected \"host:port\" with a port in 1-65535, got {value!r}")
+    return value
+
+
+def _health(sec: Section, ready: Probe | None) -> Health:
+    if sec.data.get("health") is None:
+        return Health()
+    if ready is None:
+        raise sec.error("health", "needs a ready probe (health runs the ready probe)")
+    h = sec.section("health")
+    h.only(("interval", "timeout", "failures"))
+    d = Health()
+    interval = h.duration("interval", d.interval)
+    timeout = h.duration("timeout", d.timeout)
+    for key, value in (("interval", interval), ("timeout", timeout)):
+        if value <= 0:
+            raise h.error(key, "must be greater than zero")
+    return Health(interval=interval, timeout=timeout, failures=h.integer("failures", d.failures, minimum=1))
+
+
+def _restart(sec: Section) -> Restart:
+    sec.only(("delay", "max_delay"))
+    d = Restart()
+    delay = sec.duration("delay", d.delay)
+    max_delay = sec.duration("max_delay", max(d.max_delay, delay))
+    if max_delay < delay:
+        raise sec.error("max_delay", f"must be at least delay ({delay:g}s)")
+    return Restart(delay=delay, max_delay=max_delay)
+
+
+def _container(sec: Section) -> ContainerSpec:
+    sec.only(CONTAINER_KEYS)
+    command = sec.string_list("command")
+    volumes = sec.string_list("volumes")
+    for index, volume in enumerate(volumes):
+        _check_volume(sec, f"volumes[{index}]", volume)
+    devices = sec.string_list("devices")
+    for index, device in enumerate(devices):
+        if not device.startswith("/dev/") or _has_space_or_control(device):
+            raise sec.error(f"devices[{index}]", f"expected /dev/<device>[:<path>[:<perms>]], got {device!r}")
+    capabilities = sec.string_list("capabilities")
+    for index, cap in enumerate(capabilities):
+        if not CAPABILITY.fullmatch(cap):
+            raise sec.error(f"capabilities[{index}]", f"invalid capability name {cap!r}")
+    return ContainerSpec(
+        command=command,
+        env=_env(sec.section("env")),
+        network=_word(sec, "network"),
+        pid=_word(sec, "pid"),
+        privileged=sec.boolean("privileged", False),
+        capabilities=capabilities,
+        devices=devices,
+        volumes=volumes,
+        read_only=sec.boolean("read_only", False),
+        user=_word(sec, "user"),
+    )
+
+
+def _env(sec: Section) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for key, value in sec.data.items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise sec.error(str(key), f"invalid environment variable name {key!r} "
+                                      "(letters, digits and _, not starting with a digit)")
+        if not isinstance(value, str):
+            raise sec.error(key, f"expected a string value, got {value!r} (quote it in YAML)")
+        if "\0" in value:
+            raise sec.error(key, "must not contain NUL")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _word(sec: Section, key: str) -> str | None:
+    value = sec.string(key, None)
+    if value is not None and _has_space_or_control(value):
+        raise sec.error(key, f"must not contain whitespace or control characters, got {value!r}")
+    return value
+
+
+def _check_volume(sec: Section, key: str, volume: str) -> None:
+    parts = volume.split(":")
+    if len(parts) not in (2, 3) or _has_space_or_control(volume):
+        raise sec.error(key, f"expected host:container[:options], got {volume!r}")
+    for path in parts[:2]:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise sec.error(key, f"expected absolute paths without '..', got {volume!r}")
+    if len(parts) == 3 and not VOLUME_OPTIONS.fullmatch(parts[2]):
+        raise sec.error(key, f"invalid volume options {parts[2]!r}")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def _has_space_or_control(text: str) -> bool:
+    return _has_control(text) or any(c.isspace() for c in text)
+
+
+def _check_units_unique(path: Path, components: tuple[Component, ...]) -> None:
+    seen: dict[str, str] = {}
+    for c in components:
+        if c.unit in seen:
+            raise ConfigError(path, f"components.{c.name}.unit",
+                              f"{c.unit!r} is already the unit of {seen[c.unit]!r}")
+        seen[c.unit] = c.name
+
+
+def find_cycle(after: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A dependency cycle as [a, b, ..., a], starting at the first component (in
+    mapping order) that lies on it; None when there is none."""
+    WHITE, GRAY, BLACK = 0, 1, 2
+    color = {name: WHITE for name in after}
+    for start in after:
+        if color[start] != WHITE:
+            continue
+        stack: list[tuple[str, Any]] = [(start, iter(after[start]))]
+        color[start] = GRAY
+        while stack:
+            node, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                color[node] = BLACK
+                stack.pop()
+            elif color.get(dep, BLACK) == GRAY:
+                path = [n for n, _ in stack]
+                cycle = path[path.index(dep):]
+                first = min(cycle, key=list(after).index)
+                i = cycle.index(first)
+                cycle = cycle[i:] + cycle[:i]
+                return [*cycle, first]
+            elif color.get(dep, BLACK) == WHITE:
+                color[dep] = GRAY
+                stack.append((dep, iter(after[dep])))
+    return None
+
+
+def _check_no_cycle(path: Path, components: tuple[Component, ...]) -> None:
+    cycle = find_cycle({c.name: c.after for c in components})
+    if cycle is not None:
+        raise ConfigError(path, f"components.{cycle[0]}.after", "cycle " + " -> ".join(cycle))
