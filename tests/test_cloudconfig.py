@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import tracemalloc
 
 import pytest
 
@@ -95,6 +96,18 @@ def test_gzip_bomb_is_refused_without_inflating_it():
     assert len(payload) < 100 * 1024
     with pytest.raises(UserDataError, match=f"more than {MAX} bytes"):
         decode_payload(payload, MAX)
+
+
+def test_gzip_bomb_is_never_inflated_in_memory():
+    payload = bomb(64 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserDataError):
+            decode_payload(payload, MAX)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MAX  # a few buffers of max_size, never the 64 MiB it expands to
 
 
 def test_base64_of_gzip_bomb_is_refused():
