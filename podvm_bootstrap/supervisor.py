@@ -1,0 +1,365 @@
+"""The supervisor's pure core: per-component state, health counting, restart
+backoff, crash-loop detection and the READY decision. No I/O: the daemon feeds
+it events (image results, job results, probe results, observed unit states)
+and carries out the actions `tick()` returns. Time comes from a Clock, so
+tests drive it with a fake one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Protocol
+
+from podvm_bootstrap.model import Component, Probe
+from podvm_bootstrap.userdata.http import Backoff
+
+PENDING = "pending"
+PULLING = "pulling"
+STARTING = "starting"
+READY = "ready"
+UNHEALTHY = "unhealthy"
+RESTARTING = "restarting"
+FAILED = "failed"
+CRASH_LOOP = "crash-loop"
+STATES = (PENDING, PULLING, STARTING, READY, UNHEALTHY, RESTARTING, FAILED, CRASH_LOOP)
+UP = (READY, UNHEALTHY)  # has passed its ready probe and is not known down
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+    def wall(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    ready_poll: float = 0.2          # between ready-probe attempts at start
+    job_timeout: float = 90.0        # a start/restart job must finish within this
+    crash_loop_restarts: int = 5     # this many restarts ...
+    crash_loop_window: float = 300.0  # ... within this window = crash loop
+    stable_after: float = 60.0       # ready this long: restart backoff starts over
+
+
+# Actions for the daemon to carry out.
+@dataclass(frozen=True)
+class StartUnit:
+    name: str
+
+
+@dataclass(frozen=True)
+class RestartUnit:
+    name: str
+
+
+@dataclass(frozen=True)
+class RunProbe:
+    name: str
+    probe: Probe
+    timeout: float
+    generation: int  # results of an older generation are stale and dropped
+    purpose: str     # "ready" | "health"
+
+
+Action = StartUnit | RestartUnit | RunProbe
+
+
+@dataclass
+class ComponentState:
+    component: Component
+    state: str = PENDING
+    image_ok: bool = False
+    health: str = "unknown"          # unknown | passing | failing
+    consecutive_failures: int = 0
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    backoff_attempt: int = 0
+    last_error: str | None = None
+    started_mono: float | None = None
+    ready_mono: float | None = None
+    ever_ready: bool = False
+    generation: int = 0
+    job_pending_since: float | None = None
+    probe_in_flight: bool = False
+    next_probe_at: float = 0.0
+    ready_deadline: float = 0.0
+    restart_at: float | None = None
+    n_restarts_seen: int | None = None  # systemd's NRestarts, last observed
+    active_state: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+
+class Supervisor:
+    def __init__(self, components: Iterable[Component], clock: Clock,
+                 config: SupervisorConfig = SupervisorConfig(),
+                 rng: Callable[[], float] = random.random) -> None:
+        self.clock = clock
+        self.config = config
+        self.rng = rng
+        self.components: dict[str, ComponentState] = {c.name: ComponentState(c) for c in components}
+        self.version = 0  # bumped on every change of what status shows
+        self._wall_offset = clock.wall() - clock.monotonic()
+
+    # --- queries ---------------------------------------------------------
+
+    def get(self, name: str) -> ComponentState:
+        return self.components[name]
+
+    def crash_looping(self, cs: ComponentState) -> bool:
+        now = self.clock.monotonic()
+        recent = [t for t in cs.restart_times if now - t <= self.config.crash_loop_window]
+        return len(recent) >= self.config.crash_loop_restarts
+
+    def reported_state(self, cs: ComponentState) -> str:
+        """The state status shows: a component that keeps failing shows
+        crash-loop (it is still retried) until it comes up again."""
+        if cs.state in (STARTING, RESTARTING) and self.crash_looping(cs):
+            return CRASH_LOOP
+        return cs.state
+
+    def ready_to_notify(self) -> bool:
+        """READY=1: every essential component is ready; with none essential,
+        every component is ready or has given up (failed, crash-looping, or
+        blocked behind one that did)."""
+        states = list(self.components.values())
+        essential = [cs for cs in states if cs.component.essential]
+        if essential:
+            return all(cs.state in UP for cs in essential)
+        return all(cs.state in UP or self._settled_down(cs, set()) for cs in states)
+
+    def _settled_down(self, cs: ComponentState, seen: set[str]) -> bool:
+        if self.reported_state(cs) in (FAILED, CRASH_LOOP):
+            return True
+        if cs.state == PENDING and cs.name not in seen:
+            seen.add(cs.name)
+            return any(self._settled_down(self.components[d], seen) for d in cs.component.after
+                       if d in self.components)
+        return False
+
+    def status_line(self) -> str:
+        states = list(self.components.values())
+        up = sum(1 for cs in states if cs.state in UP)
+        parts = [f"{up}/{len(states)} ready"]
+        for cs in states:
+            state = self.reported_state(cs)
+            if state == READY:
+                continue
+            text = f"{cs.name} {state}"
+            if state == CRASH_LOOP:
+                text += f" ({cs.restarts} restarts)"
+            if cs.last_error and state in (FAILED, CRASH_LOOP, UNHEALTHY, RESTARTING):
+                text += f": {cs.last_error}"
+            parts.append(text)
+        line = "; ".join(parts)
+        return line if len(line) <= 400 else line[:397] + "..."
+
+    def snapshot(self) -> dict[str, dict]:
+        return {cs.name: self._snapshot_one(cs) for cs in self.components.values()}
+
+    def _snapshot_one(self, cs: ComponentState) -> dict:
+        return {
+            "state": self.reported_state(cs),
+            "health": cs.health,
+            "essential": cs.component.essential,
+            "restarts": cs.restarts,
+            "crash_loop": self.crash_looping(cs),
+            "last_error": cs.last_error,
+            "started": self._stamp(cs.started_mono),
+            "ready": self._stamp(cs.ready_mono),
+        }
+
+    def _stamp(self, mono: float | None) -> dict | None:
+        if mono is None:
+            return None
+        wall = datetime.fromtimestamp(mono + self._wall_offset, timezone.utc)
+        return {"wall": wall.isoformat(timespec="milliseconds"), "monotonic": round(mono, 3)}
+
+    # --- events ----------------------------------------------------------
+
+    def image_pulling(self, name: str) -> None:
+        self._set(self.components[name], PULLING)
+
+    def image_ready(self, name: str) -> None:
+        cs = self.components[name]
+        cs.image_ok = True
+        if cs.state == PULLING:
+            self._set(cs, PENDING)
+
+    def image_failed(self, name: str, reason: str) -> None:
+        """The image is missing or does not verify: it never runs."""
+        cs = self.components[name]
+        cs.image_ok = False
+        cs.restart_at = None
+        cs.job_pending_since = None
+        cs.generation += 1
+        cs.probe_in_flight = False
+        self._set(cs, FAILED, error=reason)
+
+    def adopt(self, name: str) -> None:
+        """The unit is already active with the same definition: wait for it to be
+        ready without starting it again."""
+        cs = self.components[name]
+        self._begin_start(cs, job=False)
+
+    def job_finished(self, name: str, ok: bool, result: str) -> None:
+        cs = self.components[name]
+        if cs.job_pending_since is None:
+            return
+        cs.job_pending_since = None
+        if not ok:
+            self._failure(cs, f"unit {cs.component.unit} job {result}")
+        elif cs.component.ready is None:
+            self._became_ready(cs)
+        else:
+            self._changed()
+
+    def probe_finished(self, name: str, generation: int, ok: bool, detail: str = "") -> None:
+        cs = self.components[name]
+        if generation != cs.generation:
+            return
+        cs.probe_in_flight = False
+        now = self.clock.monotonic()
+        if cs.state == STARTING:
+            if ok:
+                self._became_ready(cs)
+            else:
+                cs.next_probe_at = now + self.config.ready_poll
+            return
+        if cs.state not in UP:
+            return
+        health = cs.component.health
+        cs.next_probe_at = now + health.interval
+        if ok:
+            if cs.state != READY or cs.health != "passing" or cs.consecutive_failures:
+                cs.consecutive_failures = 0
+                cs.health = "passing"
+                self._set(cs, READY)
+            if cs.backoff_attempt and cs.ready_mono is not None and now - cs.ready_mono >= self.config.stable_after:
+                cs.backoff_attempt = 0
+            return
+        cs.consecutive_failures += 1
+        cs.health = "failing"
+        if cs.consecutive_failures >= health.failures:
+            self._failure(cs, f"health probe failed {cs.consecutive_failures} times: {detail}")
+        else:
+            self._set(cs, UNHEALTHY, error=f"health probe failed: {detail}")
+
+    def unit_observed(self, name: str, active_state: str, n_restarts: int | None = None) -> None:
+        """What systemd says about the unit now. A unit that failed or stopped
+        while we expect it up is restarted; systemd's own restarts (NRestarts)
+        count as restarts too."""
+        cs = self.components[name]
+        if active_state != cs.active_state:
+            cs.active_state = active_state
+            self._changed()
+        if n_restarts is not None:
+            if cs.n_restarts_seen is not None and n_restarts > cs.n_restarts_seen:
+                self._count_restarts(cs, n_restarts - cs.n_restarts_seen)
+            cs.n_restarts_seen = n_restarts
+        expecting_up = cs.state in UP or (cs.state == STARTING and cs.job_pending_since is None)
+        if expecting_up and active_state in ("failed", "inactive"):
+            self._failure(cs, f"unit {cs.component.unit} is {active_state}")
+
+    # --- time ------------------------------------------------------------
+
+    def tick(self) -> list[Action]:
+        now = self.clock.monotonic()
+        actions: list[Action] = []
+        for cs in self.components.values():
+            if cs.state == PENDING and cs.image_ok and self._deps_up(cs):
+                self._begin_start(cs, job=True)
+                actions.append(StartUnit(cs.name))
+            elif cs.state == RESTARTING and cs.restart_at is not None and now >= cs.restart_at:
+                cs.restart_at = None
+                self._begin_start(cs, job=True)
+                actions.append(RestartUnit(cs.name))
+            if cs.job_pending_since is not None and now - cs.job_pending_since > self.config.job_timeout:
+                cs.job_pending_since = None
+                self._failure(cs, f"unit {cs.component.unit} job did not finish within "
+                                  f"{self.config.job_timeout:g}s")
+                continue
+            probe = self._due_probe(cs, now)
+            if probe is not None:
+                actions.append(probe)
+        return actions
+
+    def _due_probe(self, cs: ComponentState, now: float) -> RunProbe | None:
+        ready = cs.component.ready
+        if ready is None or cs.probe_in_flight or cs.job_pending_since is not None:
+            return None
+        if cs.state == STARTING:
+            if now >= cs.ready_deadline:
+                self._failure(cs, f"not ready within {ready.timeout:g}s ({ready.kind} probe)")
+                return None
+            if now < cs.next_probe_at:
+                return None
+            cs.probe_in_flight = True
+            timeout = max(0.1, min(cs.component.health.timeout, cs.ready_deadline - now))
+            return RunProbe(cs.name, ready, timeout, cs.generation, "ready")
+        if cs.state in UP and now >= cs.next_probe_at:
+            cs.probe_in_flight = True
+            return RunProbe(cs.name, ready, cs.component.health.timeout, cs.generation, "health")
+        return None
+
+    # --- transitions -----------------------------------------------------
+
+    def _deps_up(self, cs: ComponentState) -> bool:
+        return all(self.components[d].state in UP for d in cs.component.after if d in self.components)
+
+    def _begin_start(self, cs: ComponentState, job: bool) -> None:
+        now = self.clock.monotonic()
+        cs.generation += 1
+        cs.probe_in_flight = False
+        cs.consecutive_failures = 0
+        cs.health = "unknown"
+        cs.started_mono = now
+        cs.ready_mono = None
+        cs.job_pending_since = now if job else None
+        cs.next_probe_at = now
+        ready = cs.component.ready
+        cs.ready_deadline = now + (ready.timeout if ready is not None else 0.0)
+        cs.state = STARTING
+        self._changed()
+        if not job and ready is None:
+            self._became_ready(cs)
+
+    def _became_ready(self, cs: ComponentState) -> None:
+        cs.ready_mono = self.clock.monotonic()
+        cs.ever_ready = True
+        cs.health = "passing"
+        cs.consecutive_failures = 0
+        cs.next_probe_at = cs.ready_mono + cs.component.health.interval
+        self._set(cs, READY, error=None)
+
+    def _failure(self, cs: ComponentState, reason: str) -> None:
+        """Down, or never came up: restart after a capped, jittered backoff."""
+        now = self.clock.monotonic()
+        cs.generation += 1
+        cs.probe_in_flight = False
+        cs.job_pending_since = None
+        cs.health = "failing" if cs.component.ready is not None else cs.health
+        restart = cs.component.restart
+        cs.backoff_attempt += 1
+        delay = Backoff(restart.delay, restart.max_delay).delay(cs.backoff_attempt, self.rng)
+        cs.restart_at = now + delay
+        self._count_restarts(cs, 1)
+        self._set(cs, RESTARTING, error=reason)
+
+    def _count_restarts(self, cs: ComponentState, count: int) -> None:
+        now = self.clock.monotonic()
+        cs.restarts += count
+        cs.restart_times.extend([now] * count)
+        window = self.config.crash_loop_window
+        cs.restart_times = [t for t in cs.restart_times if now - t <= window][-100:]
+        self._changed()
+
+    def _set(self, cs: ComponentState, state: str, *, error: object = ...) -> None:
+        if error is not ...:
+            cs.last_error = error  # type: ignore[assignment]
+        cs.state = state
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
