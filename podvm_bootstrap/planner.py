@@ -1,0 +1,99 @@
+"""Resolution: (manifest, policy, requested overrides) → the plan. Pure.
+
+Every override is accounted for: accepted, or refused with a line in
+plan.errors. Under `on_rejected_override: fail`, any override that is not
+accepted (including one naming a component the manifest does not have) sets
+plan.refused, and the caller exits 3."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.manifest import find_cycle
+from podvm_bootstrap.model import Manifest, Plan, PlannedComponent
+from podvm_bootstrap.policy import Policy, describe, evaluate_override
+
+
+def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, object]) -> Plan:
+    _check_defaults_pinned(manifest, policy)
+    planned: list[PlannedComponent] = []
+    errors: list[str] = []
+    refused = False
+    for component in manifest.components:
+        if component.name not in overrides:
+            planned.append(PlannedComponent(component, component.image, "default"))
+            continue
+        decision = evaluate_override(policy, component.name, overrides[component.name])
+        if decision.accepted:
+            image = parse_reference(decision.requested)
+            planned.append(PlannedComponent(component, image, "override", decision))
+        else:
+            planned.append(PlannedComponent(component, component.image, "default", decision))
+            errors.append(f"override for {component.name} refused: {decision.reason}; "
+                          f"requested {decision.requested}")
+            refused = True
+    for name in overrides:
+        if not isinstance(name, str) or manifest.get(name) is None:
+            errors.append(f"override for unknown component '{describe(name)}' ignored")
+            refused = True
+    return Plan(
+        components=tuple(planned),
+        start_order=start_order(manifest),
+        errors=tuple(errors),
+        refused=refused and policy.on_rejected_override == "fail",
+    )
+
+
+def _check_defaults_pinned(manifest: Manifest, policy: Policy) -> None:
+    if policy.mutable_tags:
+        return
+    for c in manifest.components:
+        if c.image.digest is None:
+            raise ConfigError(manifest.source, f"components.{c.name}.image",
+                              f"must be pinned by digest (@sha256:...) since the policy does not "
+                              f"allow mutable tags, got {c.image}")
+
+
+def start_order(manifest: Manifest) -> tuple[tuple[str, ...], ...]:
+    """Layers of a topological sort of `after` (Kahn by levels): a layer holds the
+    components whose dependencies are all in earlier layers, in manifest order."""
+    names = manifest.names
+    for c in manifest.components:
+        for dep in c.after:
+            if dep not in names:
+                raise ConfigError(manifest.source, f"components.{c.name}.after", f"unknown component {dep!r}")
+    placed: set[str] = set()
+    layers: list[tuple[str, ...]] = []
+    remaining = list(manifest.components)
+    while remaining:
+        layer = tuple(c.name for c in remaining if all(dep in placed for dep in c.after))
+        if not layer:
+            cycle = find_cycle({c.name: c.after for c in remaining}) or [c.name for c in remaining]
+            raise ConfigError(manifest.source, f"components.{cycle[0]}.after", "cycle " + " -> ".join(cycle))
+        layers.append(layer)
+        placed.update(layer)
+        remaining = [c for c in remaining if c.name not in placed]
+    return tuple(layers)
+
+
+def format_table(plan: Plan) -> str:
+    """The human view of `plan`: one row per component, then refused overrides
+    and other errors, then the start order."""
+    header = ("COMPONENT", "UNIT", "SOURCE", "IMAGE")
+    rows = [header] + [(c.name, c.unit, c.source, str(c.image)) for c in plan.components]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    for c in plan.components:
+        if c.override is not None and not c.override.accepted:
+            lines.append(f"refused override for {c.name}: {c.override.requested}: {c.override.reason}")
+    refused_lines = {f"override for {c.name} refused" for c in plan.components
+                     if c.override is not None and not c.override.accepted}
+    for error in plan.errors:
+        if not any(error.startswith(prefix) for prefix in refused_lines):
+            lines.append(f"error: {error}")
+    lines.append("start order: " + " -> ".join(", ".join(layer) for layer in plan.start_order))
+    if plan.refused:
+        lines.append("the policy says fail on a refused override: nothing would start")
+    return "\n".join(lines) + "\n"
