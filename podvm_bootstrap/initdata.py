@@ -66,6 +66,8 @@ def parse_initdata(blob: bytes, max_size: int) -> Initdata:
         raise InitdataError("initdata TOML is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise InitdataError(f"initdata is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InitdataError("initdata is not valid TOML: nested too deeply") from None
 
     algorithm = document.get("algorithm")
     if algorithm not in ALGORITHMS:

@@ -212,6 +212,12 @@ def test_even_a_single_alias_is_refused():
         parse_userdata(b"#cloud-config\nx: &x hello\ny: *x\n")
 
 
+@pytest.mark.parametrize("opening", [b"[", b"{a: "])
+def test_deep_nesting_is_one_clear_error(opening):
+    with pytest.raises(UserDataError, match="nested too deeply"):
+        parse_userdata(b"#cloud-config\nx: " + opening * 100000)
+
+
 def test_python_object_tags_are_refused_by_the_safe_loader():
     with pytest.raises(UserDataError, match="not valid YAML"):
         parse_userdata(b"#cloud-config\nx: !!python/object/apply:os.system ['true']\n")

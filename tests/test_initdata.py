@@ -91,6 +91,12 @@ def test_toml_error_names_the_line():
         parse_initdata(blob(b'algorithm = "sha256"\nversion = "1"\nbroken ==\n'), MAX)
 
 
+def test_deep_nesting_is_one_clear_error():
+    toml = b'algorithm = "sha256"\nversion = "1"\na = ' + b"[" * 100000
+    with pytest.raises(InitdataError, match="nested too deeply"):
+        parse_initdata(blob(toml), MAX)
+
+
 def test_gzip_bomb_is_bounded():
     with pytest.raises(InitdataError, match=f"more than {MAX} bytes"):
         parse_initdata(base64.b64encode(gzip.compress(b" " * (MAX * 8))), MAX)
