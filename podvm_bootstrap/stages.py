@@ -69,6 +69,8 @@ def obtain_userdata(paths: Paths, settings: Settings, source: UserDataSource) ->
         return None
     for problem in userdata.problems:
         log.error("user-data: %s", problem)
+    if userdata.ignored_keys:
+        log.info("user-data keys not acted on: %s", ", ".join(userdata.ignored_keys))
     return userdata
 
 
