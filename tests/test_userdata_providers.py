@@ -159,6 +159,14 @@ def test_aws_other_token_refusals_are_errors_not_a_fallback(token_status):
     assert [r.method for r in fake.requests] == ["PUT"]
 
 
+@pytest.mark.parametrize("token", ["", "tok\r\nX-Injected: 1", "tok en"])
+def test_aws_malformed_token_is_an_error_and_never_sent(token):
+    with running_metadata_server("aws", user_data=USER_DATA, aws_token=token) as fake:
+        with pytest.raises(UserDataError, match="aws: IMDSv2 token is malformed"):
+            fetch("aws", fake.url)
+    assert [r.method for r in fake.requests] == ["PUT"]
+
+
 def test_aws_token_call_5xx_is_retried_then_imdsv2_is_used():
     with running_metadata_server("aws", user_data=USER_DATA, failures=2) as fake:
         assert fetch("aws", fake.url) == USER_DATA

@@ -173,8 +173,11 @@ def _new_session() -> requests.Session:
 
 
 def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or (exc.args and isinstance(exc.args[0], BaseException)):
-        exc = exc.__cause__ or exc.args[0]
+    for _ in range(10):  # requests → urllib3 → socket error, a few layers deep
+        inner = exc.__cause__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        if inner is None:
+            break
+        exc = inner
     text = str(exc) or type(exc).__name__
     # urllib3 wraps "[Errno 111] Connection refused" in a long repr; keep the errno part.
     marker = text.rfind("[Errno")

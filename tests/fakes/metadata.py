@@ -45,6 +45,7 @@ class Behaviour:
     chunked: bool = False              # send bodies without Content-Length (until close)
     imdsv1_only: bool = False          # aws: the token PUT is refused with token_status
     token_status: int = 403
+    aws_token: str = AWS_TOKEN         # aws: the token the PUT hands out and GETs must carry
     gcp_encoding: str | None = None    # gcp: user-data-encoding attribute; "base64" encodes
     answer_status: int | None = None   # answer every request with this status (e.g. 400, 302)
 
@@ -171,8 +172,8 @@ class MetadataHandler(BaseHTTPRequestHandler):
             ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
             if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
                 return 400, b"", None
-            return 200, AWS_TOKEN.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": ttl}
-        if not b.imdsv1_only and self.headers.get("X-aws-ec2-metadata-token") != AWS_TOKEN:
+            return 200, b.aws_token.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": ttl}
+        if not b.imdsv1_only and self.headers.get("X-aws-ec2-metadata-token") != b.aws_token:
             return 401, b"", None
         if url.path != USERDATA_PATH or self.command != "GET":
             return 404, b"", None
