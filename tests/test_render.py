@@ -1,0 +1,309 @@
+"""Generated units: golden files, systemd-analyze verify, and the argv that the
+machine's real systemd 252 parses out of them. Regenerate the golden files
+with UPDATE_GOLDEN=1 (then review the diff); normally they are compared byte
+for byte."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.imageref import ImageRef, parse_reference
+from podvm_bootstrap.model import (Component, ContainerSpec, Health, OverrideDecision, Plan,
+                                   PlannedComponent, Probe, Restart)
+from podvm_bootstrap.render import podman_run_argv, render_units, volume_host_dirs
+from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
+from tests.systemd_real import analyze_verify, dump_exec_commands
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+SAMPLE_CONFIG = REPO / "image" / "config"
+
+UNIT_KEYS = {"Description", "After", "Requires", "StartLimitIntervalSec", "StartLimitBurst"}
+SERVICE_KEYS = {"Type", "NotifyAccess", "ExecStartPre", "ExecStart", "ExecStop", "ExecStopPost",
+                "TimeoutStartSec", "TimeoutStopSec", "KillSignal", "SendSIGKILL", "Restart", "RestartSec"}
+
+
+def digest(n: int) -> str:
+    return "sha256:" + f"{n:x}" * 64
+
+
+def planned(component: Component, image: ImageRef | None = None, source: str = "default",
+            override: OverrideDecision | None = None) -> PlannedComponent:
+    return PlannedComponent(component, image or component.image, source, override)  # type: ignore[arg-type]
+
+
+def plan_of(*components: PlannedComponent) -> Plan:
+    return Plan(components=components, start_order=(tuple(c.name for c in components),))
+
+
+def design_plan() -> Plan:
+    """The three components of DESIGN.md's components.yaml example, with an
+    accepted override for the forwarder."""
+    aa = Component(
+        name="attestation-agent",
+        image=parse_reference(f"quay.io/confidential-containers/attestation-agent@{digest(1)}"),
+        unit="attestation-agent.service",
+        ready=Probe("unix_socket", "/run/confidential-containers/attestation-agent/attestation-agent.sock"),
+        container=ContainerSpec(command=("attestation-agent", "-c", "/run/peerpod/aa.toml"), network="host",
+                                volumes=("/run/confidential-containers:/run/confidential-containers",
+                                         "/run/peerpod:/run/peerpod:ro")))
+    kata = Component(
+        name="kata-agent",
+        image=parse_reference(f"quay.io/confidential-containers/kata-agent@{digest(2)}"),
+        unit="kata-agent.service", after=("attestation-agent",), essential=True,
+        ready=Probe("unix_socket", "/run/kata-containers/agent.sock", timeout=60.0),
+        container=ContainerSpec(privileged=True, network="host", pid="host",
+                                volumes=("/run/kata-containers:/run/kata-containers:rshared",)))
+    apf = Component(
+        name="agent-protocol-forwarder",
+        image=parse_reference(f"quay.io/confidential-containers/agent-protocol-forwarder@{digest(3)}"),
+        unit="agent-protocol-forwarder.service", after=("kata-agent",),
+        ready=Probe("tcp", "127.0.0.1:15150"), health=Health(interval=5.0, failures=3),
+        container=ContainerSpec(network="host", volumes=("/run/kata-containers:/run/kata-containers",
+                                                         "/run/peerpod:/run/peerpod:ro")))
+    override = f"ghcr.io/example/apf@{digest(4)}"
+    return plan_of(planned(aa), planned(kata),
+                   planned(apf, parse_reference(override), "override", OverrideDecision(override, True, "allowed")))
+
+
+NASTY_COMMAND = ("/bin/agent", "--flag=%n", "$HOME", "${PATH}", "a b", 'say "hi"', "back\\slash\\",
+                 "line\nExecStartPost=/bin/evil", ";", "", "tab\there", "é漢", "\x01\r", "--privileged", "#x")
+
+
+def everything_plan() -> Plan:
+    """Every container option, odd unit names, a tag-only image, and strings
+    that try every way into a unit file."""
+    base = Component(name="base", image=parse_reference("registry.example:5000/tools/base:1.2"),
+                     unit="base.service")
+    sink = Component(
+        name="kitchen-sink", image=parse_reference(f"ghcr.io/example/sink@{digest(5)}"),
+        unit="kitchen-sink@main.service", after=("base",),
+        ready=Probe("notify", "", timeout=12.5), restart=Restart(delay=0.5, max_delay=8.0), stop_timeout=2.5,
+        container=ContainerSpec(
+            command=NASTY_COMMAND,
+            env=(("PLAIN", "value"), ("NASTY", "%i $USER ${X} \"q\" 'q' \\ \n[Service]\nExecStart=/bin/evil"),
+                 ("EMPTY", "")),
+            network="host", pid="host", privileged=True, capabilities=("SYS_ADMIN", "NET_RAW"),
+            devices=("/dev/fuse", "/dev/net/tun:/dev/net/tun:rwm"),
+            volumes=("/run/a b:/a", "/run/%n$X:/b:ro", "named:/c", "/run/dup:/d", "/run/dup:/e"),
+            read_only=True, user="1000:1000"))
+    odd = Component(
+        name="odd.image_1", unit="odd-image.service", after=("kitchen-sink", "base"),
+        image=ImageRef("registry.example:5000", "we ird/%n", tag='t"ag\nDescription=evil %n\\', digest=None),
+        container=ContainerSpec(command=("x",)))
+    return plan_of(planned(base), planned(sink), planned(odd))
+
+
+def sample_plan() -> Plan:
+    from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.planner import make_plan
+    from podvm_bootstrap.policy import load_policy
+
+    return make_plan(load_manifest(SAMPLE_CONFIG / "components.yaml"),
+                     load_policy(SAMPLE_CONFIG / "policy.yaml"), {})
+
+
+SCENARIOS = {"design": design_plan, "everything": everything_plan, "sample-config": sample_plan}
+
+
+def check_golden(scenario: str, units: dict[str, str]) -> None:
+    directory = GOLDEN / scenario
+    if os.environ.get("UPDATE_GOLDEN"):
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.service"):
+            stale.unlink()
+        for name, text in units.items():
+            (directory / name).write_bytes(text.encode("utf-8"))
+    expected = {p.name: p.read_bytes() for p in sorted(directory.glob("*.service"))}
+    assert expected, f"no golden files for {scenario}; run with UPDATE_GOLDEN=1"
+    assert {name: text.encode("utf-8") for name, text in units.items()} == expected
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_units_match_golden_files(scenario: str) -> None:
+    check_golden(scenario, render_units(SCENARIOS[scenario]()))
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_systemd_analyze_verify_accepts_every_unit_silently(scenario: str) -> None:
+    units = render_units(SCENARIOS[scenario]())
+    result = analyze_verify(units)
+    assert result.returncode == 0, result
+    # verify exits 0 on unknown keys and bad values, but says so: it must say nothing.
+    assert result.stdout == "" and result.stderr == "", result
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_only_known_directives_and_the_intended_argv(scenario: str) -> None:
+    plan = SCENARIOS[scenario]()
+    for pc in plan.components:
+        text = render_units(plan)[pc.unit]
+        assignments = parse_unit(text)
+        for a in assignments:
+            assert a.key in (UNIT_KEYS if a.section == "Unit" else SERVICE_KEYS if a.section == "Service" else ()), a
+        keys = [a.key for a in assignments]
+        assert len(keys) == len(set(keys)), keys
+        values = {a.key: a.value for a in assignments}
+        [start] = parse_exec(values["ExecStart"])
+        assert list(start.argv) == podman_run_argv(pc)
+        assert start.argv[-len(pc.component.container.command) - 1:] == (str(pc.image), *pc.component.container.command)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_real_systemd_parses_the_intended_commands(scenario: str) -> None:
+    plan = SCENARIOS[scenario]()
+    units = render_units(plan)
+    for pc in plan.components:
+        commands = dump_exec_commands(units, pc.unit)
+
+        def argv(directive: str) -> list[str]:
+            [words] = commands[directive]
+            return [substitute_environment(w).decode("utf-8") for w in words]
+
+        assert argv("ExecStart") == podman_run_argv(pc)
+        assert argv("ExecStop") == ["/usr/bin/podman", "stop", "--ignore", f"--time={_stop(pc)}", pc.name]
+        assert argv("ExecStopPost") == ["/usr/bin/podman", "rm", "--force", "--ignore", "--time=0", pc.name]
+        dirs = volume_host_dirs(pc)
+        if dirs:
+            assert argv("ExecStartPre") == ["/usr/bin/mkdir", "-p", "--", *dirs]
+        else:
+            assert "ExecStartPre" not in commands
+
+
+def _stop(pc: PlannedComponent) -> int:
+    import math
+    return max(1, math.ceil(pc.component.stop_timeout))
+
+
+def test_kitchen_sink_argv_in_full() -> None:
+    plan = everything_plan()
+    sink = plan.get("kitchen-sink")
+    assert sink is not None
+    assert podman_run_argv(sink) == [
+        "/usr/bin/podman", "run", "--rm", "--replace", "--name", "kitchen-sink", "--sdnotify=container",
+        "--detach", "--stop-signal=SIGTERM", "--stop-timeout=3", "--network=host", "--pid=host", "--privileged",
+        "--cap-add=SYS_ADMIN", "--cap-add=NET_RAW", "--device=/dev/fuse", "--device=/dev/net/tun:/dev/net/tun:rwm",
+        "--volume=/run/a b:/a", "--volume=/run/%n$X:/b:ro", "--volume=named:/c", "--volume=/run/dup:/d",
+        "--volume=/run/dup:/e", "--env=PLAIN=value",
+        "--env=NASTY=%i $USER ${X} \"q\" 'q' \\ \n[Service]\nExecStart=/bin/evil", "--env=EMPTY=",
+        "--read-only", "--user=1000:1000", f"ghcr.io/example/sink@{digest(5)}", *NASTY_COMMAND]
+    assert volume_host_dirs(sink) == ["/run/a b", "/run/%n$X", "/run/dup"]
+
+
+def unit_values(text: str) -> dict[str, bytes]:
+    return {a.key: a.value for a in parse_unit(text)}
+
+
+def test_design_units_order_restart_and_stop() -> None:
+    units = render_units(design_plan())
+    assert list(units) == ["attestation-agent.service", "kata-agent.service", "agent-protocol-forwarder.service"]
+    aa, kata, apf = (unit_values(units[n]) for n in units)
+    assert "After" not in aa and "Requires" not in aa
+    assert kata["After"] == kata["Requires"] == b"attestation-agent.service"
+    assert apf["After"] == apf["Requires"] == b"kata-agent.service"
+    for values in (aa, kata, apf):
+        assert values["Type"] == b"notify" and values["NotifyAccess"] == b"all"
+        assert values["KillSignal"] == b"SIGTERM" and values["SendSIGKILL"] == b"yes"
+        assert values["TimeoutStopSec"] == b"25s"          # stop_timeout 10s + margin
+        assert values["Restart"] == b"always" and values["RestartSec"] == b"1s"
+        assert b"--sdnotify=conmon" in values["ExecStart"] and b"--stop-timeout=10" in values["ExecStart"]
+    assert kata["TimeoutStartSec"] == b"90s"               # ready timeout 60s + margin
+    assert aa["TimeoutStartSec"] == b"60s"
+    assert f"ghcr.io/example/apf@{digest(4)}".encode() in apf["ExecStart"]
+    assert units["agent-protocol-forwarder.service"].startswith(
+        "# Generated by podvm-bootstrap at every boot; do not edit (changes are overwritten).\n"
+        "# Image source: override\n")
+    assert all("[Install]" not in text for text in units.values())
+
+
+def test_notify_probe_lets_the_container_send_ready_and_bounds_the_start() -> None:
+    values = unit_values(render_units(everything_plan())["kitchen-sink@main.service"])
+    assert b"--sdnotify=container" in values["ExecStart"]
+    assert values["TimeoutStartSec"] == b"43s"     # ceil(12.5s) + 30s
+    assert values["TimeoutStopSec"] == b"18s"      # ceil(2.5s) + 15s
+    assert values["RestartSec"] == b"500ms"
+    assert values["StartLimitIntervalSec"] == b"62500ms"
+    assert values["After"] == values["Requires"] == b"base.service"
+
+
+def test_tag_only_image_is_rendered_with_its_tag_and_description_cannot_break_out() -> None:
+    units = render_units(everything_plan())
+    assert b"registry.example:5000/tools/base:1.2" in unit_values(units["base.service"])["ExecStart"]
+    odd = units["odd-image.service"]
+    descriptions = [a for a in parse_unit(odd) if a.key == "Description"]
+    assert len(descriptions) == 1
+    assert b"%%n" in descriptions[0].value and b"\\x0a" in descriptions[0].value
+    assert unit_values(odd)["After"] == b"kitchen-sink@main.service base.service"
+
+
+def test_rendering_is_deterministic() -> None:
+    first = render_units(everything_plan())
+    second = render_units(everything_plan())
+    assert first == second
+    assert list(first) == ["base.service", "kitchen-sink@main.service", "odd-image.service"]
+
+
+def _with_container(**changes: object) -> Plan:
+    component = Component(name="c", image=parse_reference(f"quay.io/x/c@{digest(6)}"), unit="c.service",
+                          container=ContainerSpec(**changes))  # type: ignore[arg-type]
+    return plan_of(planned(component))
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"command": ("ok", "nul\0")}, "components.c.container.command[1]"),
+    ({"env": (("A", "x\0y"),)}, "components.c.container.env.A"),
+    ({"env": (("A=B", "x"),)}, "components.c.container.env.A=B"),
+    ({"volumes": ("/a\0:/b",)}, "components.c.container.volumes[0]"),
+    ({"user": "\ud800"}, "components.c.container.user"),
+    ({"capabilities": ("SYS_ADMIN,NET_ADMIN",)}, "components.c.container.capabilities[0]"),
+    ({"devices": ("/dev/a,/dev/b",)}, "components.c.container.devices[0]"),
+])
+def test_values_no_unit_can_carry_are_config_errors_naming_the_key(changes: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        render_units(_with_container(**changes), source="/etc/podvm-bootstrap/components.yaml")
+    assert info.value.file == "/etc/podvm-bootstrap/components.yaml"
+    assert info.value.key == key
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "unit"), [
+    ("c", "../evil.service"), ("c", "evil"), ("c", "a b.service"), ("c", "%n.service"), ("c", ".service"),
+    ("-c", "c.service"), ("c d", "c.service"), ("", "c.service"),
+])
+def test_bad_names_are_refused(name: str, unit: str) -> None:
+    component = Component(name=name, image=parse_reference(f"quay.io/x/c@{digest(6)}"), unit=unit)
+    with pytest.raises(ConfigError):
+        render_units(plan_of(planned(component)))
+
+
+def test_two_components_with_one_unit_are_refused() -> None:
+    image = parse_reference(f"quay.io/x/c@{digest(6)}")
+    a = Component(name="a", image=image, unit="same.service")
+    b = Component(name="b", image=image, unit="same.service")
+    with pytest.raises(ConfigError, match="same.service"):
+        render_units(plan_of(planned(a), planned(b)))
+
+
+def test_image_that_would_read_as_an_option_is_refused() -> None:
+    component = Component(name="c", image=ImageRef("--privileged", "x"), unit="c.service")
+    with pytest.raises(ConfigError, match="image"):
+        render_units(plan_of(planned(component)))
+
+
+def test_render_command_writes_exactly_the_golden_units(tmp_path: Path) -> None:
+    userdata = tmp_path / "user-data"
+    userdata.write_text("#cloud-config\n")
+    out = tmp_path / "units"
+    proc = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--config-dir", str(SAMPLE_CONFIG),
+                           "--state-dir", str(tmp_path / "state"), "render", "--user-data", str(userdata),
+                           "--output", str(out)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    golden = {p.name: p.read_bytes() for p in (GOLDEN / "sample-config").glob("*.service")}
+    assert written == golden
