@@ -190,6 +190,7 @@ def _check_argv_values(planned: PlannedComponent) -> None:
     for field, value in fields:
         _checked(field, check_representable, value)
     for name, _ in spec.env:
+        _checked(f"container.env.{name!r}", check_representable, name)
         if not name or "=" in name:
             raise _FieldError(f"container.env.{name}") from UnrepresentableValue(
                 "an environment variable name must be non-empty and without '='")

@@ -259,6 +259,7 @@ def _with_container(**changes: object) -> Plan:
     ({"command": ("ok", "nul\0")}, "components.c.container.command[1]"),
     ({"env": (("A", "x\0y"),)}, "components.c.container.env.A"),
     ({"env": (("A=B", "x"),)}, "components.c.container.env.A=B"),
+    ({"env": (("A\0", "x"),)}, "components.c.container.env.'A\\x00'"),
     ({"volumes": ("/a\0:/b",)}, "components.c.container.volumes[0]"),
     ({"user": "\ud800"}, "components.c.container.user"),
     ({"capabilities": ("SYS_ADMIN,NET_ADMIN",)}, "components.c.container.capabilities[0]"),
