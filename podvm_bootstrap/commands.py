@@ -74,3 +74,40 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
     for name, text in render_units(plan).items():
         write_if_changed(output / name, text.encode(), 0o644)
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.daemon import Daemon
+
+    return Daemon(paths, _source(args)).run()
+
+
+def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.status import collect_status, format_status, no_state_line, status_exit
+
+    status = collect_status(paths.state_dir)
+    if status is None:
+        if args.json:
+            print(json.dumps({"error": no_state_line(paths.state_dir), "ok": False}))
+        print(f"podvm-bootstrap: error: {no_state_line(paths.state_dir)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status), end="")
+    return status_exit(status)
+
+
+def cmd_verify(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.images import PodmanImages
+    from podvm_bootstrap.status import verify_lines
+
+    settings = load_settings(paths.bootstrap_yaml)
+    images = PodmanImages(settings.runtime.podman_socket)
+    try:
+        lines, ok = verify_lines(paths, images)
+    finally:
+        images.close()
+    for line in lines:
+        print(line)
+    return EXIT_OK if ok else EXIT_RUNTIME

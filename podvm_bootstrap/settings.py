@@ -51,6 +51,12 @@ class RuntimeSettings:
     podman_socket: str = "/run/podman/podman.sock"
     pull_timeout: float = 300.0
     pull_retries: int = 5
+    pull_backoff: float = 1.0            # first wait between pull attempts ...
+    pull_backoff_max: float = 30.0       # ... doubling up to this (jittered)
+    auth_file: str = "/run/peerpod/auth.json"  # registry credentials (containers-auth.json)
+    job_timeout: float = 120.0           # a systemd start/stop job must finish within this
+    crash_loop_restarts: int = 5         # this many restarts of a component ...
+    crash_loop_window: float = 300.0     # ... within this window is a crash loop
 
 
 @dataclass(frozen=True)
@@ -109,10 +115,24 @@ def _provision(sec: Section) -> ProvisionSettings:
 
 
 def _runtime(sec: Section) -> RuntimeSettings:
-    sec.only(("podman_socket", "pull_timeout", "pull_retries"))
+    sec.only(("podman_socket", "pull_timeout", "pull_retries", "pull_backoff", "pull_backoff_max", "auth_file",
+              "job_timeout", "crash_loop_restarts", "crash_loop_window"))
     d = RuntimeSettings()
+    durations = {key: sec.duration(key, getattr(d, key))
+                 for key in ("pull_timeout", "pull_backoff", "pull_backoff_max", "job_timeout", "crash_loop_window")}
+    for key, value in durations.items():
+        if value <= 0:
+            raise sec.error(key, "must be greater than zero")
+    if durations["pull_backoff_max"] < durations["pull_backoff"]:
+        raise sec.error("pull_backoff_max", "must not be less than pull_backoff")
+    for key in ("podman_socket", "auth_file"):
+        value = sec.string(key, getattr(d, key))
+        if not value.startswith("/"):
+            raise sec.error(key, f"must be an absolute path, got {value!r}")
     return RuntimeSettings(
         podman_socket=sec.string("podman_socket", d.podman_socket),
-        pull_timeout=sec.duration("pull_timeout", d.pull_timeout),
         pull_retries=sec.integer("pull_retries", d.pull_retries),
+        auth_file=sec.string("auth_file", d.auth_file),
+        crash_loop_restarts=sec.integer("crash_loop_restarts", d.crash_loop_restarts, minimum=1),
+        **durations,
     )

@@ -197,10 +197,11 @@ class Supervisor:
         cs.probe_in_flight = False
         self._set(cs, FAILED, error=reason)
 
-    def adopt(self, name: str) -> None:
+    def adopt(self, name: str, restarts: int = 0) -> None:
         """The unit is already active with the same definition: wait for it to be
-        ready without starting it again."""
+        ready without starting it again (restarts: the count so far)."""
         cs = self.components[name]
+        cs.restarts = max(cs.restarts, restarts)
         self._begin_start(cs, job=False)
 
     def job_finished(self, name: str, ok: bool, result: str) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -18,80 +15,13 @@ from podvm_bootstrap.images import (ImageError, PodmanImages, PullPacing, big_da
                                     verify_in_storage)
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.userdata.http import Backoff
-from tests.bed.proc import Service, free_port, wait_until
+from tests.bed.proc import free_port
 from tests.bed.registry import Registry, running_registry
+from tests.runtime_podman import Podman
 
 pytestmark = pytest.mark.podman
 
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-"""
 FAST = PullPacing(retries=2, timeout=60.0, backoff=Backoff(0.01, 0.02))
-
-
-class Podman:
-    """`podman system service` on a temp socket with its own storage; the CLI
-    on the same storage plays the image build (prefetch) and the tamperer."""
-
-    def __init__(self, base: Path, insecure: list[str]) -> None:
-        self.base = base
-        self.root, self.runroot = base / "storage", base / "run"
-        (base / "containers.conf").write_text(CONTAINERS_CONF)
-        (base / "registries.conf").write_text("".join(
-            f'[[registry]]\nlocation = "{host}"\ninsecure = true\n' for host in insecure))
-        self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf"),
-                    "CONTAINERS_REGISTRIES_CONF": str(base / "registries.conf")}
-        self.socket = str(base / "podman.sock")
-        self.service: Service | None = None
-        self.start()
-
-    @property
-    def argv(self) -> list[str]:
-        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot)]
-
-    def start(self) -> None:
-        if os.path.exists(self.socket):
-            os.unlink(self.socket)
-        self.service = Service("podman-service", [*self.argv, "system", "service", "--time=0",
-                                                  f"unix://{self.socket}"], self.base / "service.log", env=self.env)
-        self.service.wait_ready(lambda: os.path.exists(self.socket), 20, "listening")
-
-    def restart(self) -> None:
-        assert self.service is not None
-        self.service.stop()
-        self.start()
-
-    def stop(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-
-    def cli(self, *args: str, input: bytes | None = None) -> str:
-        result = subprocess.run([*self.argv, *args], env=self.env, input=input, capture_output=True, timeout=120)
-        if result.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: {result.stderr.decode()}")
-        return result.stdout.decode().strip()
-
-    def make_image(self, marker: str) -> str:
-        """A small local image whose content (and so digest) depends on `marker`."""
-        tree = self.base / f"tree-{marker}"
-        (tree / "bin").mkdir(parents=True, exist_ok=True)
-        shutil.copy("/bin/busybox", tree / "bin" / "busybox")
-        (tree / "marker").write_text(marker)
-        tar = subprocess.run(["tar", "-C", str(tree), "--sort=name", "--mtime=@0", "-c", "."],
-                             capture_output=True, check=True).stdout
-        local = f"localhost/test-{marker}:1"
-        self.cli("import", "-", local, input=tar)
-        return local
-
-    def images(self, ref: str | None = None) -> PodmanImages:
-        return PodmanImages(self.socket, pacing=FAST, sleep=lambda s: None)
-
-    def store_images_dir(self) -> Path:
-        return self.root / "overlay-images"
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +39,8 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 @pytest.fixture()
 def podman(registry: Registry, auth_registry: Registry) -> Iterator[Podman]:
     # podman wants a short runroot (< 50 characters): not under pytest's tmp_path.
-    base = Path(tempfile.mkdtemp(prefix="pvb-", dir="/tmp"))
-    p = Podman(base, [registry.host, auth_registry.host])
-    try:
+    with Podman.running([registry.host, auth_registry.host]) as p:
         yield p
-    finally:
-        p.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def publish(podman: Podman, registry: Registry, marker: str, *, keep_local: bool = False) -> str:

@@ -1,0 +1,123 @@
+"""`status` and `verify`: what runs and whether its images are what the plan says.
+
+status: state.json (written by the daemon) joined with the units' live state
+from systemd when the system bus is there; without it, state.json alone and a
+note saying so. Exit 0 when every essential component is ready (with none
+essential: every component), 1 otherwise or when there is no state.
+
+verify: every image the daemon runs (state.json), or, before any run, every
+default image of the manifest, checked in local storage against its digest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME
+from podvm_bootstrap.paths import Paths
+from podvm_bootstrap.state import STATE_FILE, read_state
+from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
+
+LiveReader = Callable[[list[str]], dict[str, UnitState]]
+
+
+def _pid_running(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect_status(state_dir: Path, live_reader: LiveReader = read_unit_states) -> dict[str, Any] | None:
+    state = read_state(state_dir)
+    if state is None:
+        return None
+    daemon = dict(state.get("daemon") or {})
+    daemon["running"] = _pid_running(daemon.get("pid"))
+    components = []
+    for name, entry in state["components"].items():
+        if isinstance(entry, dict):
+            components.append({"name": name, **entry})
+    note = None
+    try:
+        live = live_reader([c["unit"] for c in components if isinstance(c.get("unit"), str)])
+    except SystemdError as exc:
+        live = None
+        note = f"{exc}; unit states are the daemon's last record"
+    for c in components:
+        unit_state = live.get(c.get("unit", "")) if live is not None else None
+        if unit_state is not None:
+            c["active_state"], c["sub_state"] = unit_state.active, unit_state.sub
+    essential = [c for c in components if c.get("essential")]
+    judged = essential or components
+
+    def up(c: dict[str, Any]) -> bool:
+        return c.get("state") == "ready" and (live is None or c.get("active_state") == "active")
+
+    return {"daemon": daemon, "live": live is not None, "note": note, "boot": state.get("boot") or {},
+            "components": components, "ok": bool(judged) and all(up(c) for c in judged)}
+
+
+def format_status(status: dict[str, Any]) -> str:
+    daemon = status["daemon"]
+    lines = [f"daemon: pid {daemon.get('pid')} {'running' if daemon['running'] else 'not running'}, "
+             f"{daemon.get('phase', '?')}, READY {'sent' if daemon.get('ready') else 'not sent'}; "
+             f"{daemon.get('status', '')}"]
+    if status["note"]:
+        lines.append(f"note: {status['note']}")
+    header = ("COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "IMAGE", "LAST ERROR")
+    rows = [header]
+    for c in status["components"]:
+        active = "/".join(x for x in (c.get("active_state"), c.get("sub_state")) if x) or "-"
+        name = c["name"] + ("*" if c.get("essential") else "")
+        rows.append((name, str(c.get("unit")), str(c.get("state")), str(c.get("health")), str(c.get("restarts", 0)),
+                     active, str(c.get("source")), str(c.get("image")), str(c.get("last_error") or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1])
+    lines.append("* essential")
+    return "\n".join(lines) + "\n"
+
+
+def status_exit(status: dict[str, Any] | None) -> int:
+    return EXIT_OK if status is not None and status["ok"] else EXIT_RUNTIME
+
+
+def no_state_line(state_dir: Path) -> str:
+    return f"no daemon state: {state_dir / STATE_FILE} does not exist or is unreadable (has `run` started?)"
+
+
+def images_to_verify(paths: Paths) -> list[tuple[str, str]]:
+    """(component, image reference) pairs: what the daemon runs, else the defaults."""
+    state = read_state(paths.state_dir)
+    if state is not None:
+        return [(name, str(entry.get("image"))) for name, entry in state["components"].items()
+                if isinstance(entry, dict)]
+    from podvm_bootstrap.manifest import load_manifest
+
+    manifest = load_manifest(paths.components_yaml)
+    return [(c.name, str(c.image)) for c in manifest.components]
+
+
+def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:
+    from podvm_bootstrap.imageref import ReferenceError, parse_reference
+    from podvm_bootstrap.images import ImageError
+
+    lines, all_ok = [], True
+    for name, text in images_to_verify(paths):
+        try:
+            ref = parse_reference(text)
+            if ref.digest is None:
+                raise ImageError(f"{text} is not pinned by digest")
+            image_id = images.verify(ref)
+            lines.append(f"ok {name} {ref.pinned} (image {image_id[:12]})")
+        except (ImageError, ReferenceError) as exc:
+            all_ok = False
+            lines.append(f"FAILED {name} {text}: {' '.join(str(exc).split())}")
+    return lines, all_ok

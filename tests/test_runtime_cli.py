@@ -1,0 +1,170 @@
+"""`run`, `status` and `verify` on this machine, through the real command line.
+
+There is no system bus here (no systemd as PID 1): `run` gets as far as
+provisioning and the plan, then stops with one line; `status` falls back to
+state.json with a note. The full daemon is exercised in the pod VM
+(test_e2e_runtime.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from podvm_bootstrap.state import write_state
+from tests.bed.registry import Registry, running_registry
+from tests.runtime_podman import Podman
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+DIGEST_C = "sha256:" + "c" * 64
+COMPONENTS = f"""\
+version: 1
+components:
+  attestation-agent:
+    image: quay.io/confidential-containers/attestation-agent@{DIGEST_A}
+    ready: {{unix_socket: /run/confidential-containers/aa.sock}}
+  agent-protocol-forwarder:
+    image: quay.io/confidential-containers/agent-protocol-forwarder@{DIGEST_B}
+    after: [attestation-agent]
+    essential: true
+    ready: {{tcp: 127.0.0.1:15150}}
+"""
+POLICY = """\
+version: 1
+mutable_tags: false
+on_rejected_override: use-default
+components:
+  agent-protocol-forwarder:
+    repositories: [ghcr.io/example/*]
+"""
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "podvm_bootstrap", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent",
+                                            **(env or {})})
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Path:
+    d = tmp_path / "config"
+    d.mkdir()
+    (d / "components.yaml").write_text(COMPONENTS)
+    (d / "policy.yaml").write_text(POLICY)
+    (d / "bootstrap.yaml").write_text("userdata: {provider: none}\n")
+    return d
+
+
+def test_run_provisions_saves_user_data_and_plan_then_needs_systemd(tmp_path: Path, config: Path) -> None:
+    root = tmp_path / "root"
+    userdata = tmp_path / "user-data"
+    userdata.write_text("#cloud-config\nwrite_files:\n  - path: /run/peerpod/apf.json\n    content: '{}'\n"
+                        "  - path: /etc/shadow\n    content: x\n"
+                        f"podvm_bootstrap:\n  images:\n    agent-protocol-forwarder: ghcr.io/example/apf@{DIGEST_C}\n")
+    result = cli("--root", str(root), "--config-dir", str(config), "run", "--user-data", str(userdata))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors[-1].startswith("podvm-bootstrap: error: cannot reach systemd on the system bus")
+    assert "Traceback" not in result.stderr
+    state_dir = root / "run" / "podvm-bootstrap"
+    saved = state_dir / "user-data"
+    assert saved.read_bytes() == userdata.read_bytes() and (saved.stat().st_mode & 0o777) == 0o600
+    assert (root / "run" / "peerpod" / "apf.json").read_text() == "{}"
+    assert not (root / "etc" / "shadow").exists()
+    plan = json.loads((state_dir / "plan.json").read_text())
+    apf = next(c for c in plan["components"] if c["name"] == "agent-protocol-forwarder")
+    assert apf["source"] == "override" and apf["digest"] == DIGEST_C
+    assert plan["start_order"] == [["attestation-agent"], ["agent-protocol-forwarder"]]
+
+
+def _state(state_dir: Path, apf_state: str, restarts: int = 0, pid: int | None = None) -> None:
+    def entry(unit: str, image: str, state: str, essential: bool, restarts: int = 0) -> dict:
+        return {"unit": unit, "image": image, "digest": image.split("@")[1], "source": "default", "override": None,
+                "state": state, "health": "passing" if state == "ready" else "failing", "essential": essential,
+                "restarts": restarts, "crash_loop": state == "crash-loop",
+                "last_error": None if state == "ready" else "unit agent-protocol-forwarder.service is failed",
+                "started": None, "ready": None, "unit_hash": None, "active_state": "active", "sub_state": "running"}
+    write_state(state_dir, {
+        "daemon": {"pid": pid or os.getpid(), "phase": "supervising", "ready": apf_state == "ready",
+                   "status": "x"},
+        "boot": {}, "units": ["attestation-agent.service", "agent-protocol-forwarder.service"],
+        "components": {
+            "attestation-agent": entry("attestation-agent.service", f"quay.io/c/aa@{DIGEST_A}", "ready", False),
+            "agent-protocol-forwarder": entry("agent-protocol-forwarder.service", f"quay.io/c/apf@{DIGEST_B}",
+                                              apf_state, True, restarts),
+        }})
+
+
+def test_status_without_state_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = cli("--state-dir", str(tmp_path / "none"), "status")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"podvm-bootstrap: error: no daemon state: {tmp_path / 'none' / 'state.json'} does not exist or is "
+        "unreadable (has `run` started?)"]
+
+
+def test_status_reads_state_and_says_the_bus_is_missing(tmp_path: Path) -> None:
+    _state(tmp_path, "ready")
+    result = cli("--state-dir", str(tmp_path), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["ok"] is True and status["live"] is False
+    assert "system bus unavailable" in status["note"] and status["daemon"]["running"] is True
+    names = {c["name"]: c for c in status["components"]}
+    assert names["agent-protocol-forwarder"]["state"] == "ready" and names["attestation-agent"]["digest"] == DIGEST_A
+    human = cli("--state-dir", str(tmp_path), "status")
+    assert human.returncode == 0
+    lines = human.stdout.splitlines()
+    assert lines[0].startswith(f"daemon: pid {os.getpid()} running, supervising, READY sent")
+    assert lines[1].startswith("note: system bus unavailable")
+    assert lines[2].split() == ["COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "IMAGE",
+                                "LAST", "ERROR"]
+    assert lines[4].split()[:5] == ["agent-protocol-forwarder*", "agent-protocol-forwarder.service", "ready",
+                                    "passing", "0"]
+
+
+def test_status_exit_1_when_an_essential_component_is_not_ready(tmp_path: Path) -> None:
+    _state(tmp_path, "crash-loop", restarts=7, pid=2 ** 22 + 1)
+    result = cli("--state-dir", str(tmp_path), "status", "--json")
+    assert result.returncode == 1
+    status = json.loads(result.stdout)
+    apf = next(c for c in status["components"] if c["name"] == "agent-protocol-forwarder")
+    assert apf["state"] == "crash-loop" and apf["restarts"] == 7 and apf["crash_loop"] is True
+    assert status["daemon"]["running"] is False
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.mark.podman
+def test_verify_one_line_per_image_and_exit_code(tmp_path: Path, config: Path, registry: Registry) -> None:
+    with Podman.running([registry.host]) as podman:
+        local = podman.make_image("verify")
+        digest = registry.push_podman_image(local, "c/aa", "1", podman=podman.argv)
+        good = f"{registry.host}/c/aa@{digest}"
+        podman.cli("pull", "--quiet", good)
+        (config / "bootstrap.yaml").write_text(f"runtime: {{podman_socket: {podman.socket}}}\n")
+        state_dir = tmp_path / "state"
+        _state(state_dir, "ready")
+        state = json.loads((state_dir / "state.json").read_text())
+        state["components"]["attestation-agent"]["image"] = good
+        (state_dir / "state.json").write_text(json.dumps(state))
+        args = ("--config-dir", str(config), "--state-dir", str(state_dir), "verify")
+        result = cli(*args)
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == [
+            f"ok attestation-agent {good} (image {podman.cli('image', 'inspect', '--format', '{{.Id}}', good)[:12]})",
+            f"FAILED agent-protocol-forwarder quay.io/c/apf@{DIGEST_B}: quay.io/c/apf@{DIGEST_B} is not in local "
+            "storage"]
+        del state["components"]["agent-protocol-forwarder"]
+        (state_dir / "state.json").write_text(json.dumps(state))
+        assert cli(*args).returncode == 0
