@@ -5,9 +5,13 @@ for byte."""
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -177,7 +181,6 @@ def test_real_systemd_parses_the_intended_commands(scenario: str) -> None:
 
 
 def _stop(pc: PlannedComponent) -> int:
-    import math
     return max(1, math.ceil(pc.component.stop_timeout))
 
 
@@ -308,3 +311,101 @@ def test_render_command_writes_exactly_the_golden_units(tmp_path: Path) -> None:
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     golden = {p.name: p.read_bytes() for p in (GOLDEN / "sample-config").glob("*.service")}
     assert written == golden
+
+
+# Real podman runs the rendered commands (private storage, the test bed's containers.conf).
+
+PODMAN_CONF = """[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+"""
+
+
+@pytest.fixture()
+def podman_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A busybox image in a private vfs store; yields (global podman options, image ref)."""
+    conf = tmp_path / "containers.conf"
+    conf.write_text(PODMAN_CONF)
+    monkeypatch.setenv("CONTAINERS_CONF", str(conf))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    store = Path(tempfile.mkdtemp(prefix="pvm-", dir="/tmp"))  # podman wants a runroot under 50 characters
+    options = ["--root", str(store / "storage"), "--runroot", str(store / "run"), "--storage-driver", "vfs"]
+    rootfs = tmp_path / "rootfs" / "bin"
+    rootfs.mkdir(parents=True)
+    (rootfs / "busybox").write_bytes(Path("/bin/busybox").read_bytes())
+    (rootfs / "busybox").chmod(0o755)
+    for applet in ("sh", "sleep", "printf"):
+        (rootfs / applet).symlink_to("busybox")
+    tar = subprocess.run(["tar", "-C", str(tmp_path / "rootfs"), "-c", "."], capture_output=True, check=True)
+    imported = subprocess.run(["podman", *options, "import", "-q", "-", "localhost/podvm-test/busybox:1"],
+                              input=tar.stdout, capture_output=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr.decode(errors="replace")
+    digest_text = subprocess.run(["podman", *options, "image", "inspect", "--format", "{{.Digest}}",
+                                  "localhost/podvm-test/busybox:1"], capture_output=True, text=True,
+                                 check=True, timeout=60).stdout.strip()
+    yield options, parse_reference(f"localhost/podvm-test/busybox@{digest_text}")
+    subprocess.run(["podman", *options, "rm", "--all", "--force", "--time=0"], capture_output=True, timeout=120)
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def _exec(values: dict[str, bytes], key: str, podman_options: list[str]) -> list[str]:
+    [command] = parse_exec(values[key])
+    argv = list(command.argv)
+    if argv[0] == "/usr/bin/podman":
+        argv[1:1] = podman_options
+    return argv
+
+
+def _wait_for(path: Path) -> None:
+    for _ in range(300):   # bounded: 30s at most
+        if path.exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+@pytest.mark.podman
+def test_podman_runs_the_rendered_command_with_the_exact_argv_and_env(podman_store, tmp_path: Path) -> None:
+    options, image = podman_store
+    args = ("a b", "%n", "$HOME", 'q"x', "nl\nx", "", ";", "é", "\\")
+    out = tmp_path / "out dir"
+    component = Component(name="podvm-probe", image=image, unit="podvm-probe.service", container=ContainerSpec(
+        command=("sh", "-c", 'printf "%s\\0" "$@" > /out/argv.tmp; printf %s "$NASTY" > /out/env;'
+                             " mv /out/argv.tmp /out/argv", "sh", *args),
+        env=(("NASTY", 'v $X %i "q"\nline'),), network="host", volumes=(f"{out}:/out",), read_only=True,
+        user="0:0", capabilities=("NET_RAW",)))
+    values = unit_values(render_units(plan_of(planned(component)))["podvm-probe.service"])
+    subprocess.run(_exec(values, "ExecStartPre", options), check=True, timeout=30)
+    assert out.is_dir()
+    started = subprocess.run(_exec(values, "ExecStart", options), capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    _wait_for(out / "argv")
+    assert (out / "argv").read_bytes().split(b"\0")[:-1] == [a.encode() for a in args]
+    assert (out / "env").read_text() == 'v $X %i "q"\nline'
+
+
+@pytest.mark.podman
+def test_podman_stop_commands_end_a_container_that_ignores_sigterm(podman_store) -> None:
+    options, image = podman_store
+    # sh as PID 1 of its container has no SIGTERM handler: only SIGKILL ends it.
+    component = Component(name="podvm-stubborn", image=image, unit="podvm-stubborn.service", stop_timeout=1.0,
+                          container=ContainerSpec(command=("sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600")))
+    values = unit_values(render_units(plan_of(planned(component)))["podvm-stubborn.service"])
+    started = subprocess.run(_exec(values, "ExecStart", options), capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+
+    def running() -> str:
+        return subprocess.run(["podman", *options, "ps", "--filter", "name=^podvm-stubborn$", "--format",
+                               "{{.Names}}"], capture_output=True, text=True, timeout=60).stdout.strip()
+
+    assert running() == "podvm-stubborn"
+    stopped = subprocess.run(_exec(values, "ExecStop", options), capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert running() == ""
+    cleanup = subprocess.run(_exec(values, "ExecStopPost", options), capture_output=True, text=True, timeout=60)
+    assert cleanup.returncode == 0, cleanup.stderr
+    gone = subprocess.run(["podman", *options, "ps", "-a", "--filter", "name=^podvm-stubborn$", "--format",
+                           "{{.Names}}"], capture_output=True, text=True, timeout=60)
+    assert gone.stdout.strip() == ""
