@@ -23,6 +23,7 @@ Choices (see DESIGN.md "Generated units"; README explains them to operators):
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.model import Plan, PlannedComponent
@@ -58,12 +59,11 @@ def render_units(plan: Plan, source: str = "components.yaml") -> dict[str, str]:
     units: dict[str, str] = {}
     for planned in plan.components:
         key = f"components.{planned.name}"
-        try:
-            units[planned.unit] = render_unit(planned, units_by_name)
-        except _FieldError as exc:
-            raise ConfigError(source, f"{key}.{exc.field}", str(exc.__cause__)) from None
-        except KeyError as exc:
-            raise ConfigError(source, f"{key}.after", f"unknown component {exc.args[0]!r}") from None
+        _check_values(planned, source, key)
+        for dep in planned.component.after:
+            if dep not in units_by_name:
+                raise ConfigError(source, f"{key}.after", f"unknown component {dep!r}")
+        units[planned.unit] = render_unit(planned, units_by_name)
     return units
 
 
@@ -118,26 +118,12 @@ def volume_host_dirs(planned: PlannedComponent) -> list[str]:
     return dirs
 
 
-class _FieldError(Exception):
-    def __init__(self, field: str) -> None:
-        super().__init__(field)
-        self.field = field
-
-
-def _checked(field: str, func, *args):  # type: ignore[no-untyped-def]
-    try:
-        return func(*args)
-    except UnrepresentableValue as exc:
-        raise _FieldError(field) from exc
-
-
 def render_unit(planned: PlannedComponent, units_by_name: dict[str, str]) -> str:
     component = planned.component
     stop = _whole_seconds(component.stop_timeout)
     ready_timeout = component.ready.timeout if component.ready is not None else DEFAULT_READY_TIMEOUT
     deps = [units_by_name[name] for name in component.after]
-    _check_argv_values(planned)
-    description = _checked("image", unit_text, f"podvm-bootstrap component {planned.name} ({planned.image})")
+    description = unit_text(f"podvm-bootstrap component {planned.name} ({planned.image})")
 
     lines = [
         HEADER,
@@ -176,11 +162,16 @@ def render_unit(planned: PlannedComponent, units_by_name: dict[str, str]) -> str
     return "\n".join(lines)
 
 
-def _check_argv_values(planned: PlannedComponent) -> None:
-    """Name each manifest field that holds a value no unit can carry."""
+def _check_values(planned: PlannedComponent, source: str, key: str) -> None:
+    """ConfigError naming the field for a value no unit can carry, or one that
+    would not reach podman as the single value it is."""
+    def refuse(field: str, message: str) -> NoReturn:
+        raise ConfigError(source, f"{key}.{field}", message)
+
     spec = planned.component.container
     fields: list[tuple[str, str]] = [("image", str(planned.image))]
     fields += [(f"container.command[{i}]", v) for i, v in enumerate(spec.command)]
+    fields += [(f"container.env.{k!r}", k) for k, _ in spec.env]
     fields += [(f"container.env.{k}", v) for k, v in spec.env]
     fields += [(f"container.volumes[{i}]", v) for i, v in enumerate(spec.volumes)]
     fields += [(f"container.devices[{i}]", v) for i, v in enumerate(spec.devices)]
@@ -188,21 +179,21 @@ def _check_argv_values(planned: PlannedComponent) -> None:
     fields += [(f"container.{k}", v) for k, v in (("network", spec.network), ("pid", spec.pid),
                                                   ("user", spec.user)) if v is not None]
     for field, value in fields:
-        _checked(field, check_representable, value)
+        try:
+            check_representable(value)
+        except UnrepresentableValue as exc:
+            refuse(field, str(exc))
     for name, _ in spec.env:
-        _checked(f"container.env.{name!r}", check_representable, name)
         if not name or "=" in name:
-            raise _FieldError(f"container.env.{name}") from UnrepresentableValue(
-                "an environment variable name must be non-empty and without '='")
+            refuse(f"container.env.{name}", "an environment variable name must be non-empty and without '='")
     for field, values in (("capabilities", spec.capabilities), ("devices", spec.devices)):
         for i, value in enumerate(values):
             # podman splits these options at commas, CSV-style: one value must stay one value.
             if not value or any(ch in value for ch in ',"') or value != value.strip():
-                raise _FieldError(f"container.{field}[{i}]") from UnrepresentableValue(
-                    f"{value!r} would not reach podman as one value (empty, comma, quote or blank)")
-    image = str(planned.image)
-    if image.startswith("-"):
-        raise _FieldError("image") from UnrepresentableValue(f"{image!r} would be read as an option")
+                refuse(f"container.{field}[{i}]",
+                       f"{value!r} would not reach podman as one value (empty, comma, quote or blank)")
+    if str(planned.image).startswith("-"):
+        refuse("image", f"{str(planned.image)!r} would be read as an option")
 
 
 def _check_names(planned: PlannedComponent, source: str, key: str) -> None:
