@@ -71,7 +71,7 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
         raise PolicyFailure("an override was refused and the policy says fail; no units written")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    for name, text in render_units(plan).items():
+    for name, text in render_units(plan, source=str(paths.components_yaml)).items():
         write_if_changed(output / name, text.encode(), 0o644)
     return EXIT_OK
 
