@@ -154,7 +154,9 @@ class WriteFile:
 @dataclass(frozen=True)
 class UserData:
     write_files: tuple[WriteFile, ...] = ()
-    images: dict[str, str] = field(default_factory=dict)  # component -> requested reference
+    # component -> requested reference; a non-string request is kept as it is
+    # so that the policy refuses it (and `on_rejected_override: fail` applies).
+    images: dict[str, object] = field(default_factory=dict)
     problems: tuple[str, ...] = ()  # one line per unusable part, which was skipped
     ignored_keys: tuple[str, ...] = ()  # top-level cloud-config keys this daemon does not act on
 
@@ -320,7 +322,7 @@ def _content(value: object, encoding: object, where: str, limit: int) -> bytes:
     return data
 
 
-def _podvm_bootstrap(value: object, problems: list[str]) -> dict[str, str]:
+def _podvm_bootstrap(value: object, problems: list[str]) -> dict[str, object]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -335,13 +337,10 @@ def _podvm_bootstrap(value: object, problems: list[str]) -> dict[str, str]:
     if not isinstance(images, dict):
         problems.append(f"podvm_bootstrap.images: expected a mapping, got {_type_name(images)}; ignored")
         return {}
-    result: dict[str, str] = {}
+    result: dict[str, object] = {}
     for name, ref in images.items():
         if not isinstance(name, str) or not name:
             problems.append(f"podvm_bootstrap.images: component name must be a string, got {show(name)}; ignored")
-        elif not isinstance(ref, str) or not ref.strip():
-            problems.append(f"podvm_bootstrap.images.{show(name)}: expected an image reference string, "
-                            f"got {_type_name(ref)}; ignored")
         else:
-            result[name] = ref.strip()
+            result[name] = ref.strip() if isinstance(ref, str) else ref
     return result

@@ -122,6 +122,18 @@ def test_fail_policy_exits_3(tmp_path):
     assert run_plan(tmp_path, config, USERDATA_NO_OVERRIDES, "--json").returncode == 0
 
 
+def test_fail_policy_applies_to_a_request_that_is_not_a_string(tmp_path):
+    config = copy_config(tmp_path)
+    policy = config / "policy.yaml"
+    policy.write_text(policy.read_text().replace("on_rejected_override: use-default",
+                                                 "on_rejected_override: fail"))
+    userdata = f"#cloud-config\npodvm_bootstrap:\n  images:\n    {APF}: [not, a, string]\n"
+    result = run_plan(tmp_path, config, userdata, "--json")
+    assert result.returncode == 3, result.stderr
+    apf = next(c for c in json.loads(result.stdout)["components"] if c["name"] == APF)
+    assert apf["source"] == "default" and apf["override"]["accepted"] is False
+
+
 @pytest.mark.parametrize("edit, key", [
     (lambda t: t.replace("    essential: true", "    essential: true\n    priority: 1"),
      "components.kata-agent.priority"),

@@ -339,9 +339,12 @@ def test_podvm_bootstrap_images():
 def test_podvm_bootstrap_bad_parts_are_problems():
     ud = parse_userdata(b"#cloud-config\npodvm_bootstrap:\n  policy: {mutable_tags: true}\n  images:\n"
                         b"    a: [x]\n    b: 5\n    c: ''\n    good: q.io/g:1\n    1: q.io/n:1\n")
-    assert ud.images == {"good": "q.io/g:1"}
-    assert len(ud.problems) == 5
+    # Requests that are not strings reach the policy, which refuses them (so
+    # that `on_rejected_override: fail` applies to them too).
+    assert ud.images == {"a": ["x"], "b": 5, "c": "", "good": "q.io/g:1"}
+    assert len(ud.problems) == 2
     assert "unknown key policy" in ud.problems[0]
+    assert "component name must be a string" in ud.problems[1]
     assert all("ignored" in p for p in ud.problems)
 
 
