@@ -1,6 +1,7 @@
 """Pytest fixtures of the test bed (registered by tests/conftest.py).
 
 Session scope: standin_images, standin_bin, bed_registry, auth_registry, podvm_image.
+Module scope:  pod_vm (one booted VM with the minimal user-data).
 Per test:      boot_pod_vm (a factory; every VM it boots is torn down after the test).
 See tests/bed/README.md."""
 
@@ -119,3 +120,16 @@ def pytest_runtest_makereport(item, call):
         vms += [v for v in getattr(item, "funcargs", {}).values() if hasattr(v, "journal_safe") and v not in vms]
         for vm in vms:
             report.sections.append((f"journal of {vm.name}", vm.journal_safe()))
+
+
+@pytest.fixture(scope="module")
+def pod_vm(podvm_image, bed_registry, tmp_path_factory):
+    """One VM per test module, booted with the minimal user-data (the baked
+    defaults come up), for tests that only look. Do not combine with
+    boot_pod_vm in one module: one VM runs at a time."""
+    from tests.bed.userdata import MINIMAL_USERDATA
+    from tests.bed.vm import booted
+
+    with booted(podvm_image, tmp_path_factory.mktemp("pod-vm") / "vm", registry=bed_registry,
+                userdata=MINIMAL_USERDATA) as vm:
+        yield vm

@@ -107,6 +107,15 @@ class Registry:
         self.service.stop()
 
 
+def mirror_conf(registry_host: str) -> str:
+    """registries.conf drop-in: pulls of quay.io/confidential-containers/* (by
+    digest too) go to the loopback registry holding the stand-ins."""
+    return (f"# TEST BED ONLY: the stand-ins of quay.io/confidential-containers/* live in a loopback registry.\n"
+            f"[[registry]]\nprefix = \"quay.io/confidential-containers\"\n"
+            f"location = \"quay.io/confidential-containers\"\n"
+            f"[[registry.mirror]]\nlocation = \"{registry_host}/confidential-containers\"\ninsecure = true\n")
+
+
 def _answers(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as resp:

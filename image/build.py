@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Builds the pod VM image's root filesystem as two cached layers:
+
+  base   Debian 12 from debootstrap (image/rootfs_base.py), keyed by its inputs;
+  layer  this project on top of it: installed offline by pip, the daemon's
+         unit enabled, the baked /etc/podvm-bootstrap files, and the default
+         component images prefetched into the image's container storage, with
+         their digests written into the baked components.yaml.
+
+The layer is the upper directory of an overlay mount over the base, so it
+holds only what the project adds; a booted VM stacks its own throw-away upper
+directory on top (tests/bed/vm.py) and never changes either layer.
+
+This builds the TEST BED image: the default components are the stand-ins of
+tests/standins (named like the real ones, quay.io/confidential-containers/...,
+served by a loopback registry that a registries.conf mirror points at), and
+podman is configured for running nested in systemd-nspawn (TESTBED.md).
+
+    image/build.py [--cache DIR]     prints the built image as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "image"))
+
+import rootfs_base  # noqa: E402
+import yaml  # noqa: E402
+from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
+from tests.bed.registry import mirror_conf, running_registry  # noqa: E402
+from tests.standins import images as standins  # noqa: E402
+
+PODMAN_PY = "podman==5.8.0"
+CONFIG_DIR = REPO / "image" / "config"
+UNIT = REPO / "systemd" / "podvm-bootstrap.service"
+PROJECT_FILES = ("pyproject.toml", "README.md")
+MIRROR_CONF = "etc/containers/registries.conf.d/50-podvm-test-bed-mirror.conf"
+# Nothing listens on 127.0.0.1:9: a test VM that is not given a metadata
+# service can never reach a real one (auto-detection reads the host's DMI).
+NOWHERE = "http://127.0.0.1:9"
+
+TEST_BED_CONTAINERS_CONF = """\
+# TEST BED ONLY (podman nested in systemd-nspawn on a cgroup v1 hybrid host,
+# tests/bed/README.md): cgroup v1 is read-only there (and under cgroup v2 the
+# device-filter eBPF programs are refused), the keyring syscall and /proc/sys
+# writes are blocked, and the default rlimits are refused.
+[containers]
+cgroups = "disabled"
+keyring = false
+default_sysctls = []
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "crun"
+[network]
+network_backend = "netavark"
+"""
+# Test bed deviations from the sample manifest, each forced by the nesting:
+# podman refuses a host PID namespace to a container without cgroups.
+TEST_BED_DROPPED_KEYS = {"kata-agent": ("pid",)}
+# vfs: the booted tree is itself an overlay mount, and overlayfs cannot take
+# an overlayfs upper directory; vfs works anywhere.
+TEST_BED_STORAGE_CONF = """\
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+"""
+
+
+def log(message: str) -> None:
+    print(f"image: {message}", file=sys.stderr, flush=True)
+
+
+def _hash_files(h, paths) -> None:
+    for p in sorted(paths):
+        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
+
+
+def project_sources() -> list[Path]:
+    files = [REPO / f for f in PROJECT_FILES]
+    files += [p for p in (REPO / "podvm_bootstrap").rglob("*.py")]
+    return files
+
+
+def layer_key(standins_key: str) -> str:
+    h = hashlib.sha256()
+    h.update(rootfs_base.base_key().encode() + standins_key.encode() + PODMAN_PY.encode())
+    _hash_files(h, project_sources() + sorted(CONFIG_DIR.glob("*.yaml")) + [UNIT, Path(__file__), REPO / "tests/bed/registry.py"])
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def overlay(lowers: list[Path], upper: Path, work: Path, merged: Path) -> Iterator[Path]:
+    for d in (upper, work, merged):
+        d.mkdir(parents=True, exist_ok=True)
+    lowerdir = ":".join(str(p) for p in lowers)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lowerdir},upperdir={upper},workdir={work}", str(merged)], check=True)
+    try:
+        yield merged
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+
+
+def in_tree(tree: Path, *argv: str) -> None:
+    """Run a command inside the tree (not booted): systemd-nspawn gives it
+    /proc, /dev and the machine's network (for the loopback registry)."""
+    subprocess.run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(tree),
+                    "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1", "--setenv=PIP_ROOT_USER_ACTION=ignore", *argv],
+                   check=True, stdin=subprocess.DEVNULL, stdout=sys.stderr)  # stdout is the JSON answer
+
+
+def podman_py_wheel(cache: Path) -> Path:
+    """podman-py is not in Debian 12: its wheel is downloaded once into the
+    cache (the machine's pip has the index's certificates, the tree's not)."""
+    wheels = cache / "wheels"
+    found = sorted(wheels.glob("podman-5.8.0-*.whl"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheels),
+                        PODMAN_PY], check=True)
+        found = sorted(wheels.glob("podman-5.8.0-*.whl"))
+    return found[0]
+
+
+def copy_project(dest: Path) -> None:
+    """The project's sources, for pip to build inside the tree offline with
+    Debian's setuptools and wheel (no build isolation: no index needed)."""
+    for f in project_sources():
+        target = dest / f.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+
+
+def baked_components(digests: dict[str, str]) -> str:
+    """The sample components.yaml with each default image's digest replaced by
+    the one prefetched, minus the test bed's TEST_BED_DROPPED_KEYS."""
+    manifest = yaml.safe_load((CONFIG_DIR / "components.yaml").read_text())
+    dropped = []
+    for name, spec in manifest["components"].items():
+        if name not in digests:
+            raise SystemExit(f"image/build.py: no stand-in image for component {name}")
+        spec["image"] = f"{spec['image'].split('@', 1)[0]}@{digests[name]}"
+        for key in TEST_BED_DROPPED_KEYS.get(name, ()):
+            if spec.get("container", {}).pop(key, None) is not None:
+                dropped.append(f"{name}.container.{key}")
+    return ("# Written by image/build.py from image/config/components.yaml: the digests are those of the images\n"
+            "# prefetched into this image's storage (TEST BED: the stand-ins of tests/standins).\n"
+            f"# Test bed only, dropped (podman nested in systemd-nspawn cannot do them): {', '.join(dropped) or 'none'}\n"
+            + yaml.safe_dump(manifest, sort_keys=False))
+
+
+def baked_bootstrap() -> str:
+    """The sample bootstrap.yaml with every metadata endpoint on loopback and
+    a short user-data timeout (test bed only)."""
+    settings = yaml.safe_load((CONFIG_DIR / "bootstrap.yaml").read_text()) or {}
+    userdata = settings.setdefault("userdata", {})
+    userdata["endpoints"] = {cloud: NOWHERE for cloud in ("azure", "aws", "gcp", "alibaba")}
+    userdata["timeout"] = "20s"
+    header = "# TEST BED variant of image/config/bootstrap.yaml: metadata endpoints on loopback only.\n"
+    return header + yaml.safe_dump(settings, sort_keys=False)
+
+
+def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
+    tmp = final.with_name(final.name + ".partial")
+    if tmp.exists():  # left by an interrupted build
+        if os.path.ismount(tmp / "merged"):
+            subprocess.run(["umount", str(tmp / "merged")], check=True)
+        shutil.rmtree(tmp)
+    defaults = {c: images[(c, "v1")] for c in standins.COMPONENTS}
+    with overlay([base], tmp / "upper", tmp / "work", tmp / "merged") as tree, \
+            running_registry() as registry:
+        log(f"installing the project into {tmp / 'upper'}")
+        work = tree / "var/tmp/podvm-build"  # not /tmp: systemd-nspawn mounts a tmpfs there
+        (work / "wheels").mkdir(parents=True)
+        shutil.copy2(podman_py_wheel(cache), work / "wheels")
+        copy_project(work / "src")
+        in_tree(tree, "pip", "install", "--quiet", "--break-system-packages", "--no-index", "--no-build-isolation",
+                "--find-links", "/var/tmp/podvm-build/wheels", "/var/tmp/podvm-build/src")
+        shutil.rmtree(work)
+
+        etc = tree / "etc" / "podvm-bootstrap"
+        etc.mkdir(parents=True)
+        (etc / "bootstrap.yaml").write_text(baked_bootstrap())
+        (etc / "policy.yaml").write_text((CONFIG_DIR / "policy.yaml").read_text())
+        unit_dir = tree / "usr/lib/systemd/system"
+        shutil.copy2(UNIT, unit_dir / UNIT.name)
+        subprocess.run(["systemctl", f"--root={tree}", "--quiet", "enable", UNIT.name, "podman.socket"], check=True)
+
+        (tree / "etc/containers/containers.conf").write_text(TEST_BED_CONTAINERS_CONF)
+        (tree / "etc/containers/storage.conf").write_text(TEST_BED_STORAGE_CONF)
+        (tree / MIRROR_CONF).parent.mkdir(parents=True, exist_ok=True)
+        (tree / MIRROR_CONF).write_text(mirror_conf(registry.host))
+
+        log("prefetching the default component images (stand-ins) by digest")
+        refs = []
+        for component, image in defaults.items():
+            registry.push_standin(image)
+            refs.append(f"quay.io/{image.repository}@{image.digest}")
+        in_tree(tree, "podman", "pull", "--quiet", *refs)
+        (etc / "components.yaml").write_text(baked_components({c: i.digest for c, i in defaults.items()}))
+        # Nothing of the build's own runs may stay in the image.
+        shutil.rmtree(tree / "run" / "containers", ignore_errors=True)
+    shutil.rmtree(tmp / "work")
+    shutil.rmtree(tmp / "merged")
+    (tmp / "image.json").write_text(json.dumps({
+        "defaults": {c: f"quay.io/{i.repository}@{i.digest}" for c, i in defaults.items()},
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def prune(cache: Path, keep: set[str], max_age: float = 3600) -> None:
+    """Remove layers, bases and stand-ins of older inputs, once unused for an
+    hour (a VM of a concurrent session may still stand on a recent one)."""
+    for entry in cache.iterdir():
+        if entry.name.startswith(("layer-", "base-", "standins-")) and entry.name not in keep \
+                and not entry.name.endswith(".partial") and time.time() - entry.stat().st_mtime > max_age:
+            log(f"pruning {entry}")
+            subprocess.run(["rm", "-rf", "--one-file-system", str(entry)], check=False)
+
+
+def build(cache: Path) -> dict:
+    with cache_lock(cache):
+        base = rootfs_base.ensure_base(cache, log)
+        images = standins.build_all(cache / f"standins-{standins.inputs_key()}")
+        final = cache / f"layer-{layer_key(standins.inputs_key())}"
+        if not (final / "image.json").exists():
+            started = time.monotonic()
+            build_layer(cache, base, images, final)
+            log(f"project layer built in {time.monotonic() - started:.0f}s: {final}")
+            prune(cache, keep={final.name, base.parent.name, images[(standins.COMPONENTS[0], "v1")].layout.parent.name})
+        info = json.loads((final / "image.json").read_text())
+    return {
+        "lowerdirs": [str(final / "upper"), str(base)],
+        "layer": str(final),
+        "base": str(base),
+        "standins": str(images[(standins.COMPONENTS[0], "v1")].layout.parent),
+        "defaults": info["defaults"],
+        "mirror_conf": "/" + MIRROR_CONF,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, help="cache directory ($PODVM_CACHE, /var/cache/podvm-bootstrap)")
+    args = parser.parse_args()
+    if args.cache:
+        os.environ["PODVM_CACHE"] = str(args.cache)
+    if os.geteuid() != 0:
+        print("image/build.py: must run as root (debootstrap, mount, systemd-nspawn)", file=sys.stderr)
+        return 1
+    print(json.dumps(build(cache_dir()), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

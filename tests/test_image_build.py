@@ -1,0 +1,56 @@
+"""The built pod VM image (image/build.py), looked at without booting it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podvm_bootstrap.manifest import load_manifest
+from podvm_bootstrap.settings import load_settings
+
+pytestmark = pytest.mark.vm  # builds the image (root, debootstrap on a cold cache)
+
+
+def in_image(image, path: str) -> Path:
+    """The file as the image has it: the project layer over the base."""
+    for lower in image.lowerdirs:
+        candidate = Path(lower) / path.lstrip("/")
+        if os.path.lexists(candidate):
+            return candidate
+    raise FileNotFoundError(path)
+
+
+def test_baked_manifest_pins_the_prefetched_stand_ins(podvm_image, standin_images):
+    manifest = load_manifest(in_image(podvm_image, "/etc/podvm-bootstrap/components.yaml"))
+    assert {c.name: str(c.image) for c in manifest.components} == podvm_image.defaults
+    for name, ref in podvm_image.defaults.items():
+        assert ref == f"quay.io/confidential-containers/{name}@{standin_images[(name, 'v1')].digest}"
+    sample = yaml.safe_load(Path("image/config/components.yaml").read_text())
+    assert set(sample["components"]) == set(podvm_image.defaults)
+
+
+def test_baked_settings_never_leave_loopback(podvm_image):
+    settings = load_settings(in_image(podvm_image, "/etc/podvm-bootstrap/bootstrap.yaml"))
+    assert all(url.startswith("http://127.0.0.1:") for url in settings.userdata.endpoints.values())
+    policy = in_image(podvm_image, "/etc/podvm-bootstrap/policy.yaml").read_text()
+    assert policy == Path("image/config/policy.yaml").read_text()
+
+
+def test_unit_is_installed_enabled_and_the_cli_is_where_it_points(podvm_image):
+    unit = in_image(podvm_image, "/usr/lib/systemd/system/podvm-bootstrap.service")
+    assert unit.read_text() == Path("systemd/podvm-bootstrap.service").read_text()
+    wants = in_image(podvm_image, "/etc/systemd/system/multi-user.target.wants/podvm-bootstrap.service")
+    assert os.readlink(wants).endswith("/systemd/system/podvm-bootstrap.service")
+    assert "ExecStart=/usr/local/bin/podvm-bootstrap run" in unit.read_text()
+    assert os.access(in_image(podvm_image, "/usr/local/bin/podvm-bootstrap"), os.X_OK)
+
+
+def test_second_build_reuses_the_cache(podvm_image):
+    out = subprocess.run([".venv/bin/python", "image/build.py"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "debootstrap" not in out.stderr and "installing the project" not in out.stderr
+    assert podvm_image.lowerdirs[0] in out.stdout
