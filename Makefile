@@ -13,5 +13,10 @@ test: deps
 test-unit: deps
 	$(VENV)/bin/python -m pytest -q -m "not vm" $(PYTEST_ARGS)
 
+# Benchmarks in the booted pod VM test bed (README "Benchmarks"): prints one
+# table and writes bench/results/latest.md and latest.json (about 15 minutes).
+bench: deps
+	$(VENV)/bin/python bench/run.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
