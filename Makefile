@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: deps test test-unit demo bench clean
+.PHONY: deps test test-unit image demo bench clean
 
 deps:
 	./scripts/host-deps.sh
@@ -12,6 +12,16 @@ test: deps
 
 test-unit: deps
 	$(VENV)/bin/python -m pytest -q -m "not vm" $(PYTEST_ARGS)
+
+# The pod VM image (test bed: stand-in components), cached under $(PODVM_CACHE)
+# (default /var/cache/podvm-bootstrap) by the hash of its inputs.
+image: deps
+	$(VENV)/bin/python image/build.py
+
+# Builds the image, boots it with sample user-data (an override of the
+# forwarder's image), shows status, units and start order, then shuts it down.
+demo: deps
+	$(VENV)/bin/python image/demo.py
 
 # Benchmarks in the booted pod VM test bed (README "Benchmarks"): prints one
 # table and writes bench/results/latest.md and latest.json (about 15 minutes).

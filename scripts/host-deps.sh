@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3-venv podman runc crun skopeo docker-registry debootstrap systemd-container
-  busybox-static uidmap iproute2 apache2-utils
+  busybox-static uidmap iproute2 apache2-utils gcc libc6-dev
   libgirepository1.0-dev libcairo2-dev pkg-config
 )
 missing=()

@@ -22,7 +22,15 @@ def cloud_config(images: dict[str, str] | None = None, files: dict[str, str] | N
     doc: dict = {"write_files": [{"path": p, "content": c} for p, c in write.items()]}
     if images:
         doc["podvm_bootstrap"] = {"images": dict(images)}
-    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
+    return "#cloud-config\n" + yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line file contents as readable `|` blocks."""
+
+
+_BlockDumper.add_representer(str, lambda d, v: d.represent_scalar(
+    "tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
 
 
 MINIMAL_USERDATA = cloud_config()

@@ -63,7 +63,7 @@ def ensure_image(timeout: float = 900) -> BuiltImage:
     return BuiltImage(info["lowerdirs"], info["defaults"], info["mirror_conf"], info["standins"])
 
 
-@dataclass
+@dataclass(eq=False)
 class PodVM:
     """A booted pod VM. `run` executes a command inside (all namespaces of the
     VM, a clean environment); paths given to the file helpers are the VM's."""
@@ -169,6 +169,8 @@ class PodVM:
             self.lock.close()  # releases the flock
             self.lock = None
             _running_here.remove(self.name)
+        if self in _live:
+            _live.remove(self)
 
 
 def _kill(pid: int) -> None:
@@ -190,6 +192,25 @@ def _unmount(path: Path) -> None:
 
 
 _running_here: list[str] = []  # the VM this process has booted, if any
+_live: list["PodVM"] = []
+
+
+def _destroy_on_sigterm() -> None:
+    """`timeout` and CI runners end a test run with SIGTERM, which Python does
+    not turn into teardown: destroy this process's VM first, then die of it."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def handler(signum, frame):
+        for vm in list(_live):
+            vm.destroy()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: no handler, the orphan check remains
+        pass
 
 
 def _take_vm_lock(name: str, timeout: float):
@@ -210,6 +231,7 @@ def _take_vm_lock(name: str, timeout: float):
             _refuse_orphan(f.read().split())
             _record(f, os.getpid())
             _running_here.append(name)
+            _destroy_on_sigterm()
             return f
         except BlockingIOError:
             if time.monotonic() > deadline:
@@ -308,6 +330,7 @@ def boot(image: BuiltImage, workdir: Path, *, name: str | None = None, userdata:
         raise BedError(f"the VM's work directory {workdir} exists already (it is removed with the VM)")
     vm = PodVM(name=name, workdir=workdir, image=image)
     vm.lock = _take_vm_lock(name, lock_timeout)
+    _live.append(vm)
     try:
         for d in ("upper", "work", "merged"):
             (workdir / d).mkdir(parents=True)
