@@ -165,9 +165,43 @@ def cmd_daemon_boot(args: dict) -> dict:
     for name, entry in (state.get("components") or {}).items():
         wall = wall_of(entry.get("ready"))
         per_component[name] = None if wall is None else wall - t0w
-    return {"ready_s": ready, "all_ready_s": all_ready, "probes_s": seen, "pid": pid, **usage,
+    result = {"ready_s": ready, "all_ready_s": all_ready, "probes_s": seen, "pid": pid, **usage,
             "daemon_ready_stamps_s": per_component, "cgroup": cgroup_accounting(),
-            "started_in_state": (state.get("daemon") or {}).get("started")}
+            "started_in_state": (state.get("daemon") or {}).get("started"),
+            "podman_api": _podman_api_usage()}
+    if args.get("timeline"):
+        time.sleep(0.3)  # let journald catch up
+        result["timeline"] = _timeline(t0w, all_ready + 0.2)
+    return result
+
+
+def _podman_api_usage() -> dict | None:
+    """The podman API service the daemon's first call socket-activated (the
+    reset stopped it): its CPU so far is work done for the daemon."""
+    try:
+        pid = main_pid("podman.service")
+        return proc_usage(pid)
+    except (DriverError, OSError):
+        return None
+
+
+def _timeline(t0w: float, until: float, limit: int = 120) -> list[tuple[float, str, str]]:
+    """Journal entries of the whole VM from t0w to t0w+until: (seconds, who, message)."""
+    out = sh(["journalctl", "--no-pager", "-o", "json", "--since", f"@{int(t0w) - 1}"], check=False)
+    entries = []
+    for line in out.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        stamp = entry.get("_SOURCE_REALTIME_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP") or 0
+        at = int(stamp) / 1e6 - t0w
+        message = entry.get("MESSAGE")
+        if 0 <= at <= until and isinstance(message, str) and message.strip():
+            who = entry.get("SYSLOG_IDENTIFIER") or entry.get("_SYSTEMD_UNIT") or "?"
+            entries.append((round(at, 3), who, " ".join(message.split())[:150]))
+    entries.sort(key=lambda e: e[0])
+    return entries[:limit]
 
 
 def cmd_ideal_boot(args: dict) -> dict:
