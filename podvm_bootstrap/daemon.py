@@ -15,7 +15,6 @@ import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, UserDataError
@@ -30,7 +29,7 @@ from podvm_bootstrap.state import now_iso, read_state, write_state
 from podvm_bootstrap.supervisor import (FAILED, PENDING, PULLING, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
 from podvm_bootstrap.systemd_units import Systemd, SystemdError
-from podvm_bootstrap.userdata.http import Backoff
+from podvm_bootstrap.backoff import Backoff
 
 log = get_logger("daemon")
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from podvm_bootstrap.errors import BootstrapError
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.userdata.http import Backoff
+from podvm_bootstrap.backoff import Backoff
 
 log = get_logger("images")
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Protocol
 
 from podvm_bootstrap.model import Component, Probe
-from podvm_bootstrap.userdata.http import Backoff
+from podvm_bootstrap.backoff import Backoff
 
 PENDING = "pending"
 PULLING = "pulling"

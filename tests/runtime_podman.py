@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from podvm_bootstrap.images import PodmanImages, PullPacing
-from podvm_bootstrap.userdata.http import Backoff
+from podvm_bootstrap.backoff import Backoff
 from tests.bed.proc import Service
 
 CONTAINERS_CONF = """\

@@ -14,7 +14,7 @@ import pytest
 from podvm_bootstrap.images import (ImageError, PodmanImages, PullPacing, big_data_path, registry_auth,
                                     verify_in_storage)
 from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.userdata.http import Backoff
+from podvm_bootstrap.backoff import Backoff
 from tests.bed.proc import free_port
 from tests.bed.registry import Registry, running_registry
 from tests.runtime_podman import Podman

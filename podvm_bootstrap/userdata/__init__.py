@@ -16,7 +16,8 @@ from podvm_bootstrap.errors import UsageError
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.settings import PROVIDERS, UserDataSettings
 from podvm_bootstrap.userdata import alibaba, aws, azure, detect, file, gcp
-from podvm_bootstrap.userdata.http import Deadline, MetadataClient, RetryPolicy
+from podvm_bootstrap.backoff import Deadline
+from podvm_bootstrap.userdata.http import MetadataClient, RetryPolicy
 
 __all__ = ["fetch_userdata", "RetryPolicy"]
 

@@ -7,49 +7,19 @@ are answered to the caller at once; anything else is a UserDataError."""
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Collection, Mapping
+from typing import Collection, Mapping
 
 import requests
 
+from podvm_bootstrap.backoff import Backoff, Deadline
 from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.log import get_logger
 
 log = get_logger("userdata")
 
 CHUNK = 16 * 1024
-
-
-class Deadline:
-    """A point in time on a monotonic clock."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds = seconds
-        self._clock = clock
-        self._end = clock() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self._end - self._clock())
-
-    def expired(self) -> bool:
-        return self.remaining() <= 0.0
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff, capped, with "equal jitter": the delay of attempt n
-    lies in [d/2, d] where d = min(cap, initial * 2**(n-1)). Never zero, so a
-    failing service is not hammered; jittered, so a fleet booting together
-    does not retry in lockstep."""
-
-    initial: float = 0.5
-    cap: float = 5.0
-
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        base = min(self.cap, self.initial * (2 ** min(max(attempt - 1, 0), 32)))
-        return base / 2 + rng() * base / 2
 
 
 @dataclass(frozen=True)
