@@ -186,10 +186,10 @@ def bench_plan(driver: Driver, vm: PodVM, sizes: list[int], reps: int, results: 
             cli = summarize(data["cli_s"])
             rows.append(Row(metric, "ms", cli, summarize(data["python_bare_s"]), "python3 -c pass",
                             cli.median, "ms", PLAN_WALL))
-            rows.append(Row(f"  in-process: import", "ms", summarize(r["import_s"] for r in data["inproc"])))
-            rows.append(Row(f"  in-process: load files + user-data + plan", "ms",
+            rows.append(Row("  in-process: import", "ms", summarize(r["import_s"] for r in data["inproc"])))
+            rows.append(Row("  in-process: load files + user-data + plan", "ms",
                             summarize(r["resolve_s"] for r in data["inproc"])))
-            rows.append(Row(f"  in-process: make_plan alone", "ms", summarize(r["make_plan_s"] for r in data["inproc"])))
+            rows.append(Row("  in-process: make_plan alone", "ms", summarize(r["make_plan_s"] for r in data["inproc"])))
 
 
 def bench_cost(results: Results, rows: list[Row], boot3: dict, steady: dict) -> None:

@@ -4,7 +4,6 @@ module (pod_vm): what the image bakes (unit, configs, prefetched images)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -13,7 +13,7 @@ import yaml
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
 from tests.test_e2e_runtime import (all_ready, bed_components, bootstrap_yaml, component, daemon_journal, daemon_pid,
-                                    daemon_status_text, first, status, userdata, wait_status)
+                                    daemon_status_text, first, userdata, wait_status)
 
 pytestmark = pytest.mark.vm
 
