@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-venv podman runc crun skopeo docker-registry debootstrap systemd-container
   busybox-static uidmap iproute2 apache2-utils gcc libc6-dev
-  libgirepository1.0-dev libcairo2-dev pkg-config
+  python3-dev libgirepository1.0-dev libcairo2-dev pkg-config
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
