@@ -2,22 +2,31 @@
 
 fetch user-data → provision files → plan → ensure images (verified) → render
 and write units → start by dependencies → READY=1 → supervise, in a GLib main
-loop (D-Bus signals, timers, SIGTERM). SIGTERM ends supervision and leaves the
+loop driven by events (JobRemoved, the units' PropertiesChanged, probe
+results, SIGTERM) and by timers only where something is due (a probe slot, a
+restart, a deadline, the watchdog). SIGTERM ends supervision and leaves the
 components running. A restarted daemon adopts what runs: a unit whose
-definition did not change and that is active is not started again."""
+definition did not change and that is active is not started again.
+
+Start-up overlaps what does not depend on each other: the podman API service
+is activated and the systemd connection made while the user-data is fetched,
+and the images are verified concurrently."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import math
 import os
 import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, UserDataError
+from podvm_bootstrap.errors import EXIT_OK, PolicyFailure
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.log import get_logger
@@ -26,16 +35,29 @@ from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
 from podvm_bootstrap.state import now_iso, read_state, write_state
-from podvm_bootstrap.supervisor import (FAILED, PENDING, PULLING, RestartUnit, RunProbe, StartUnit, Supervisor,
-                                        SupervisorConfig)
-from podvm_bootstrap.systemd_units import Systemd, SystemdError
+from podvm_bootstrap.supervisor import FAILED, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig
+from podvm_bootstrap.systemd_units import Systemd, SystemdError, UnitState
 from podvm_bootstrap.backoff import Backoff
 
 log = get_logger("daemon")
 
-TICK_MS = 100
-UNIT_CHECK_INTERVAL = 1.0
 UP_STATES = ("active", "activating", "reloading")
+MAX_STEPS = 20  # tick() rounds in one step (each round's actions may make the next due at once)
+T = TypeVar("T")
+
+
+def in_background(fn: Callable[[], T], name: str) -> "Future[T]":
+    """Run fn in a daemon thread (never keeps the process alive); its result
+    or exception in the returned future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            future.set_exception(exc)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 class Terminated(BaseException):
@@ -77,9 +99,12 @@ class Daemon:
         self.units_written: list[str] = []
         self.phase = "starting"
         self.supervisor: Supervisor | None = None
+        self.images: PodmanImages | None = None
         self._written_version = -1
-        self._last_unit_check = 0.0
-        self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._probes: ThreadPoolExecutor | None = None
+        self._timer: int | None = None
+        self._timer_at: float | None = None
+        self._step_queued = False
 
     # --- entry -------------------------------------------------------------
 
@@ -93,23 +118,27 @@ class Daemon:
             self._write_state(force=True)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self._probes.shutdown(wait=False, cancel_futures=True)
+            if self._probes is not None:
+                self._probes.shutdown(wait=False, cancel_futures=True)
         return EXIT_OK
 
     def _terminate_early(self, signum: int, frame: object) -> None:
         raise Terminated()
 
     def _run(self) -> None:
+        from podvm_bootstrap.settings import load_settings
+
         self.previous_state = read_state(self.paths.state_dir) or {}
         self.notifier.status("reading user-data")
+        self.settings = load_settings(self.paths.bootstrap_yaml)
+        # Neither needs the user-data: both wait on other processes (the podman
+        # API service's socket activation, the bus), so they overlap the fetch.
+        images = in_background(self._connect_podman, "podman")
+        systemd = in_background(self.systemd_factory, "systemd")
         plan = self._prepare()
         self.notifier.status("connecting to systemd")
-        self.systemd = self.systemd_factory()
-        self.images = PodmanImages(
-            self.settings.runtime.podman_socket,
-            auth_file=self.paths.rooted(self.settings.runtime.auth_file),
-            pacing=PullPacing(self.settings.runtime.pull_retries, self.settings.runtime.pull_timeout,
-                              Backoff(self.settings.runtime.pull_backoff, self.settings.runtime.pull_backoff_max)))
+        self.systemd = systemd.result()
+        self.images = images.result()
         runtime = self.settings.runtime
         self.supervisor = Supervisor(
             [p.component for p in plan.components], self.clock,
@@ -125,47 +154,44 @@ class Daemon:
         self._write_state()
         self._supervise()
 
+    def _connect_podman(self) -> PodmanImages:
+        runtime = self.settings.runtime
+        images = PodmanImages(
+            runtime.podman_socket, auth_file=self.paths.rooted(runtime.auth_file),
+            pacing=PullPacing(runtime.pull_retries, runtime.pull_timeout,
+                              Backoff(runtime.pull_backoff, runtime.pull_backoff_max)))
+        try:
+            images.store()  # activates the API service; a failure is reported by each image's check
+        except ImageError:
+            pass
+        return images
+
     # --- stage 1: user-data, provisioning, plan -----------------------------
 
     def _prepare(self) -> Plan:
-        from podvm_bootstrap.cloudconfig import parse_userdata
-        from podvm_bootstrap.manifest import load_manifest
-        from podvm_bootstrap.planner import make_plan
-        from podvm_bootstrap.policy import load_policy
         from podvm_bootstrap.provision import provision_files
-        from podvm_bootstrap.settings import load_settings
-        from podvm_bootstrap.stages import read_raw_userdata
+        from podvm_bootstrap.stages import resolve
 
-        self.settings = load_settings(self.paths.bootstrap_yaml)
-        manifest = load_manifest(self.paths.components_yaml)
-        self.policy = load_policy(self.paths.policy_yaml)
+        resolved = resolve(self.paths, self.source, settings=self.settings)
+        self.policy = resolved.policy
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         saved = self.paths.state_dir / "user-data"
-        overrides: dict[str, str] = {}
-        try:
-            raw = read_raw_userdata(self.paths, self.settings.userdata, self.source)
-        except UserDataError as exc:
-            log.error("user-data ignored: %s; going on with the baked defaults", exc)
-            self.boot["userdata"] = f"error: {exc}"
-            raw = None
-        else:
-            self.boot["userdata"] = "none" if raw is None else f"{len(raw)} bytes"
+        raw, userdata = resolved.raw, resolved.userdata
         if raw is None:
             saved.unlink(missing_ok=True)
         else:
             atomic_write(saved, raw, 0o600)
-            userdata = parse_userdata(raw)
-            for problem in userdata.problems:
-                log.error("user-data: %s", problem)
+        if resolved.userdata_error is not None:
+            self.boot["userdata"] = f"error: {resolved.userdata_error}"
+        else:
+            self.boot["userdata"] = "none" if raw is None else f"{len(raw)} bytes"
+        if userdata is not None:
             results = provision_files(userdata.write_files, self.settings.provision.allowed_paths, self.paths.root)
             for result in results:
                 (log.info if result.written else log.error)("provision: %s", result.line())
             self.boot["provisioned"] = [r.line() for r in results]
             self.boot["userdata_problems"] = list(userdata.problems)
-            overrides = userdata.images
-        plan = make_plan(manifest, self.policy, overrides)
-        for error in plan.errors:
-            log.error("%s", error)
+        plan = resolved.plan
         self.boot["plan_errors"] = list(plan.errors)
         self.plan = plan
         self._write_plan()
@@ -228,6 +254,7 @@ class Daemon:
             return self._stored(fallback, allow_tag)
 
     def _stored(self, planned: PlannedComponent, allow_tag: bool) -> PlannedComponent:
+        assert self.images is not None
         stored = self.images.ensure(planned.image, allow_tag=allow_tag)
         if stored.from_tag is not None:
             self.resolved_from[planned.name] = str(planned.image)
@@ -244,14 +271,14 @@ class Daemon:
         self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
         old_components = self.previous_state.get("components") or {}
         changed: set[str] = set()
-        any_written = False
+        written: list[str] = []
         for planned in runnable:
             text = units[planned.unit]
-            wrote = write_if_changed(self.paths.unit_dir / planned.unit, text.encode(), 0o644)
-            any_written |= wrote
+            if write_if_changed(self.paths.unit_dir / planned.unit, text.encode(), 0o644):
+                written.append(planned.unit)
             self.unit_hashes[planned.name] = unit_hash(text)
             before = (old_components.get(planned.name) or {}).get("unit_hash")
-            if wrote or (before is not None and before != self.unit_hashes[planned.name]):
+            if planned.unit in written or (before is not None and before != self.unit_hashes[planned.name]):
                 changed.add(planned.name)
         self.units_written = [p.unit for p in runnable]
         stale = set(self.previous_state.get("units") or []) - set(self.units_written)
@@ -259,15 +286,16 @@ class Daemon:
                   if p.unit not in self.units_written and (self.paths.unit_dir / p.unit).exists()}
         for unit in sorted(stale):
             self._remove_unit(unit)
-        if any_written or stale:
+        if stale or self._reload_needed(written):
             self.systemd.reload()
         for planned in runnable:
             name = planned.name
             try:
-                live = self.systemd.state(planned.unit)
+                live = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
             except SystemdError as exc:
                 log.error("%s", exc, **_log(name))
                 continue
+            self._observe(name, live)
             if live.active not in UP_STATES:
                 continue
             if name in changed:
@@ -277,6 +305,18 @@ class Daemon:
                 restarts = (old_components.get(name) or {}).get("restarts", 0)
                 log.info("unit %s unchanged and %s: adopting it", planned.unit, live.active, **_log(name))
                 self.supervisor.adopt(name, restarts=restarts if isinstance(restarts, int) else 0)
+
+    def _reload_needed(self, written: list[str]) -> bool:
+        """A daemon-reload only when systemd holds an older version of a written
+        unit (a unit file it has not loaded yet is read as it is loaded)."""
+        for unit in written:
+            try:
+                if self.systemd.needs_reload(unit):
+                    return True
+            except SystemdError as exc:
+                log.warning("%s; reloading", exc)
+                return True
+        return False
 
     def _remove_unit(self, unit: str) -> None:
         """Stop a unit no longer planned (bounded wait) and delete its file."""
@@ -288,6 +328,7 @@ class Daemon:
                     log.error("stopping %s did not finish within %gs", unit, self.settings.runtime.job_timeout)
         except SystemdError as exc:
             log.error("%s", exc)
+        self.systemd.forget(unit)
         path = self.paths.unit_dir / unit
         if path.exists() or path.is_symlink():
             path.unlink()
@@ -298,13 +339,16 @@ class Daemon:
     def _supervise(self) -> None:
         from gi.repository import GLib
 
+        self._glib = GLib
         self.loop = GLib.MainLoop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, self._on_sigterm)
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, self._on_sigterm)
-        GLib.timeout_add(TICK_MS, self._on_tick)
+        if self.notifier.watchdog_interval is not None:
+            self.notifier.watchdog(self.clock.monotonic())
+            GLib.timeout_add(max(1, int(self.notifier.watchdog_interval * 1000)), self._on_watchdog)
         self.phase = "supervising"
-        self._on_tick()
+        self._step()
         self.loop.run()
 
     def _on_sigterm(self) -> bool:
@@ -315,45 +359,89 @@ class Daemon:
         self.loop.quit()
         return False
 
-    def _on_tick(self) -> bool:
-        try:
-            self._tick()
-        except Exception as exc:  # noqa: BLE001 - the loop must survive anything one tick meets
-            log.error("supervision step failed: %s", " ".join(str(exc).split()))
+    def _on_watchdog(self) -> bool:
+        self.notifier.watchdog(self.clock.monotonic())
         return True
 
-    def _tick(self) -> None:
-        sup = self.supervisor
-        assert sup is not None
-        now = self.clock.monotonic()
-        if now - self._last_unit_check >= UNIT_CHECK_INTERVAL:
-            self._last_unit_check = now
-            self._observe_units()
-        for action in sup.tick():
-            self._execute(action)
-        if not self.notifier.ready_sent and sup.ready_to_notify():
-            self.notifier.ready()
-            log.info("READY: %s", sup.status_line())
-        self.notifier.status(sup.status_line())
-        self.notifier.watchdog(now)
-        self._write_state()
+    def _kick(self) -> None:
+        """Something happened: one step soon (events arriving together share it).
+        Before supervision begins its first step takes everything in."""
+        if self.phase == "supervising" and not self._step_queued:
+            self._step_queued = True
+            self._glib.idle_add(self._queued_step)
 
-    def _observe_units(self) -> None:
+    def _queued_step(self) -> bool:
+        self._step_queued = False
+        self._step()
+        return False
+
+    def _on_timer(self) -> bool:
+        self._timer = None
+        self._timer_at = None
+        self._step()
+        return False
+
+    def _step(self) -> None:
+        """Let the supervisor act on everything due now, report, and sleep
+        until its next deadline (or the next event)."""
         sup = self.supervisor
         assert sup is not None
-        for name, cs in sup.components.items():
-            if cs.state in (PENDING, PULLING, FAILED):
-                continue
-            try:
-                live = self.systemd.state(cs.component.unit)
-            except SystemdError as exc:
-                log.warning("%s", exc, **_log(name))
-                continue
-            self.live[name] = (live.active, live.sub)
-            before = cs.state
-            sup.unit_observed(name, live.active, live.n_restarts)
-            if cs.state != before:
-                log.warning("unit %s is %s/%s: %s", cs.component.unit, live.active, live.sub, cs.state, **_log(name))
+        try:
+            for _ in range(MAX_STEPS):
+                actions = sup.tick()
+                for action in actions:
+                    self._execute(action)
+                if not actions:
+                    break
+            if not self.notifier.ready_sent and sup.ready_to_notify():
+                self.notifier.ready()
+                log.info("READY: %s", sup.status_line())
+                self._startup_done()
+            self.notifier.status(sup.status_line())
+            self._write_state()
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything one step meets
+            log.error("supervision step failed: %s", " ".join(str(exc).split()))
+        self._schedule(sup.next_wakeup())
+
+    def _schedule(self, at: float | None) -> None:
+        if at is not None and self._timer_at is not None and abs(at - self._timer_at) < 0.0005:
+            return
+        if self._timer is not None:
+            self._glib.source_remove(self._timer)
+            self._timer = self._timer_at = None
+        if at is None:
+            return
+        delay_ms = max(0, math.ceil((at - self.clock.monotonic()) * 1000))
+        self._timer_at = at
+        self._timer = self._glib.timeout_add(delay_ms, self._on_timer)
+
+    def _startup_done(self) -> None:
+        """What only start-up needed goes: the podman client (made again for a
+        restart's image check), and the garbage of start-up."""
+        if self.images is not None:
+            self.images.close()
+            self.images = None
+        gc.collect()
+
+    def _on_unit(self, name: str, live: UnitState) -> None:
+        self._observe(name, live)
+        self._kick()
+
+    def _observe(self, name: str, live: UnitState) -> None:
+        sup = self.supervisor
+        assert sup is not None
+        cs = sup.get(name)
+        self.live[name] = (live.active, live.sub)
+        before = cs.state
+        sup.unit_observed(name, live.active, live.n_restarts, live.sub)
+        if cs.state != before:
+            log.warning("unit %s is %s/%s: %s (%d restarts)", cs.component.unit, live.active, live.sub, cs.state,
+                        cs.restarts, **_log(name))
+
+    def _images_client(self) -> PodmanImages:
+        if self.images is None:
+            self.images = self._connect_podman()
+        return self.images
 
     def _execute(self, action: StartUnit | RestartUnit | RunProbe) -> None:
         sup = self.supervisor
@@ -366,12 +454,16 @@ class Daemon:
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
             self.restart_on_start.discard(name)
             try:
-                self.images.verify(self.planned[name].image)  # at every start, not only at pull
+                self._images_client().verify(self.planned[name].image)  # at every start, not only at pull
             except ImageError as exc:
                 log.error("image no longer verifies, not restarting: %s", exc, **_log(name))
                 sup.image_failed(name, str(exc))
                 self.systemd.stop(unit, lambda result: None)
                 return
+            finally:
+                if self.notifier.ready_sent and self.images is not None:
+                    self.images.close()
+                    self.images = None
             log.info("restarting %s (restart %d): %s", unit, sup.get(name).restarts,
                      sup.get(name).last_error or "changed", **_log(name))
             call = self.systemd.restart
@@ -385,6 +477,7 @@ class Daemon:
                 sup.job_finished(name, result == "done", result)
                 if result != "done":
                     log.error("job for %s: %s", unit, result, **_log(name))
+                self._kick()
         try:
             call(unit, on_done)
         except SystemdError as exc:
@@ -392,19 +485,14 @@ class Daemon:
             sup.job_finished(name, False, str(exc))
 
     def _probe(self, action: RunProbe) -> None:
-        sup = self.supervisor
-        assert sup is not None
         name = action.name
         if action.probe.kind == "notify":
-            try:
-                ok = self.systemd.state(self.planned[name].unit).active == "active"
-            except SystemdError as exc:
-                sup.probe_finished(name, action.generation, False, str(exc))
-                return
+            live = self.live.get(name, ("", ""))[0]
+            ok = live == "active"
             self._probe_done(action, ok, "" if ok else "unit not active (no READY=1 yet)")
             return
-        from gi.repository import GLib
-
+        if self._probes is None:
+            self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         future = self._probes.submit(run_probe, action.probe, name, action.timeout, root=self.paths.root,
                                      podman_socket=self.settings.runtime.podman_socket)
 
@@ -413,7 +501,7 @@ class Daemon:
                 ok, detail = f.result()
             except Exception as exc:  # noqa: BLE001
                 ok, detail = False, str(exc)
-            GLib.idle_add(lambda: self._probe_done(action, ok, detail) and False)
+            self._glib.idle_add(lambda: self._probe_done(action, ok, detail))
         future.add_done_callback(deliver)
 
     def _probe_done(self, action: RunProbe, ok: bool, detail: str) -> bool:
@@ -421,11 +509,12 @@ class Daemon:
         assert sup is not None
         cs = sup.get(action.name)
         before = cs.state
-        sup.probe_finished(action.name, action.generation, ok, detail)
+        sup.probe_finished(action.name, action.generation, ok, detail, action.seq)
         if cs.state != before:
             level = log.info if ok else log.warning
             level("%s probe %s: %s%s", action.purpose, "passed" if ok else "failed", cs.state,
                   f" ({detail})" if detail else "", **_log(action.name))
+        self._step()
         return False
 
     # --- state --------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podvm_bootstrap.cloudconfig import UserData, decode_payload, parse_userdata
 from podvm_bootstrap.errors import UserDataError
@@ -15,7 +16,9 @@ from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.model import Plan
 from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
-from podvm_bootstrap.userdata import fetch_userdata
+
+if TYPE_CHECKING:
+    from podvm_bootstrap.policy import Policy
 
 log = get_logger("stages")
 
@@ -37,6 +40,8 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
     if source.file is not None:
         raw = _read_limited(Path(source.file), settings.max_size)
     else:
+        from podvm_bootstrap.userdata import fetch_userdata  # HTTP clients only when a provider is asked
+
         raw = fetch_userdata(settings, root=paths.root, provider=source.provider,
                              endpoint=source.endpoint, timeout=source.timeout)
     if raw is None:
@@ -55,23 +60,38 @@ def _read_limited(path: Path, max_size: int) -> bytes:
     return data
 
 
-def obtain_userdata(paths: Paths, settings: Settings, source: UserDataSource) -> UserData | None:
+@dataclass(frozen=True)
+class Obtained:
+    """The user-data of this boot: the raw (decoded) bytes when there are any,
+    what parsed of them, and the one-line reason when they are not used."""
+
+    raw: bytes | None = None
+    userdata: UserData | None = None
+    error: str | None = None
+
+
+def obtain(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained:
     """Fetch and parse user-data for a boot; on failure log one line and go on
     with none (the baked defaults)."""
+    raw = None
     try:
         raw = read_raw_userdata(paths, settings.userdata, source)
         if raw is None:
             log.info("no user-data for this VM; using the baked defaults")
-            return None
+            return Obtained()
         userdata = parse_userdata(raw)
     except UserDataError as exc:
-        log.error("user-data ignored: %s", exc)
-        return None
+        log.error("user-data ignored: %s; going on with the baked defaults", exc)
+        return Obtained(raw=raw, error=str(exc))
     for problem in userdata.problems:
         log.error("user-data: %s", problem)
     if userdata.ignored_keys:
         log.info("user-data keys not acted on: %s", ", ".join(userdata.ignored_keys))
-    return userdata
+    return Obtained(raw=raw, userdata=userdata)
+
+
+def obtain_userdata(paths: Paths, settings: Settings, source: UserDataSource) -> UserData | None:
+    return obtain(paths, settings, source).userdata
 
 
 @dataclass(frozen=True)
@@ -79,20 +99,26 @@ class Resolved:
     settings: Settings
     userdata: UserData | None
     plan: Plan
+    policy: Policy
+    raw: bytes | None = None           # the decoded user-data, as fetched (None: there is none)
+    userdata_error: str | None = None  # why the user-data is not used, when it is not
 
 
-def resolve(paths: Paths, source: UserDataSource) -> Resolved:
-    """Baked configuration + user-data → the plan (no side effects)."""
+def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = None) -> Resolved:
+    """Baked configuration + user-data → the plan (no side effects).
+    `settings`: bootstrap.yaml when the caller has loaded it already."""
     from podvm_bootstrap.manifest import load_manifest
     from podvm_bootstrap.planner import make_plan
     from podvm_bootstrap.policy import load_policy
 
-    settings = load_settings(paths.bootstrap_yaml)
+    if settings is None:
+        settings = load_settings(paths.bootstrap_yaml)
     manifest = load_manifest(paths.components_yaml)
     policy = load_policy(paths.policy_yaml)
-    userdata = obtain_userdata(paths, settings, source)
-    overrides = userdata.images if userdata is not None else {}
+    obtained = obtain(paths, settings, source)
+    overrides = obtained.userdata.images if obtained.userdata is not None else {}
     plan = make_plan(manifest, policy, overrides)
     for error in plan.errors:
         log.error("%s", error)
-    return Resolved(settings=settings, userdata=userdata, plan=plan)
+    return Resolved(settings=settings, userdata=obtained.userdata, plan=plan, policy=policy, raw=obtained.raw,
+                    userdata_error=obtained.error)

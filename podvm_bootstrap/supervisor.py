@@ -1,11 +1,17 @@
 """The supervisor's pure core: per-component state, health counting, restart
 backoff, crash-loop detection and the READY decision. No I/O: the daemon feeds
 it events (image results, job results, probe results, observed unit states)
-and carries out the actions `tick()` returns. Time comes from a Clock, so
-tests drive it with a fake one."""
+and carries out the actions `tick()` returns, then sleeps until
+`next_wakeup()` or the next event. Time comes from a Clock, so tests drive it
+with a fake one.
+
+Health probes run at a fixed rate (slot n+1 = slot n + interval, missed slots
+skipped), so a probe's own duration does not delay the next one; a probe that
+outlives its timeout counts as failed at the timeout."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,11 +39,13 @@ class Clock(Protocol):
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    ready_poll: float = 0.2          # between ready-probe attempts at start
+    ready_poll: float = 0.025        # between ready-probe attempts at start
     job_timeout: float = 90.0        # a start/restart job must finish within this
     crash_loop_restarts: int = 5     # this many restarts ...
     crash_loop_window: float = 300.0  # ... within this window = crash loop
     stable_after: float = 60.0       # ready this long: restart backoff starts over
+    unit_settle: float = 0.5         # a unit seen failed/inactive that systemd does not restart within
+                                     # this (Restart= goes failed → auto-restart) is restarted by us
 
 
 # Actions for the daemon to carry out.
@@ -58,6 +66,7 @@ class RunProbe:
     timeout: float
     generation: int  # results of an older generation are stale and dropped
     purpose: str     # "ready" | "health"
+    seq: int = 0     # this probe; a result after its timeout (already counted) is dropped
 
 
 Action = StartUnit | RestartUnit | RunProbe
@@ -80,10 +89,16 @@ class ComponentState:
     generation: int = 0
     job_pending_since: float | None = None
     probe_in_flight: bool = False
+    probe_seq: int = 0
+    probe_deadline: float = 0.0       # the in-flight probe fails at this time
+    probe_timeout: float = 0.0
+    probe_slot: float = 0.0           # scheduled time of the last health probe
     next_probe_at: float = 0.0
     ready_deadline: float = 0.0
     restart_at: float | None = None
+    await_unit_until: float | None = None  # systemd restarts the unit itself (Restart=): wait this long
     n_restarts_seen: int | None = None  # systemd's NRestarts, last observed
+    restarts_ahead: int = 0           # restarts counted before NRestarts showed them
     active_state: str | None = None
 
     @property
@@ -192,6 +207,7 @@ class Supervisor:
         cs = self.components[name]
         cs.image_ok = False
         cs.restart_at = None
+        cs.await_unit_until = None
         cs.job_pending_since = None
         cs.generation += 1
         cs.probe_in_flight = False
@@ -216,10 +232,13 @@ class Supervisor:
         else:
             self._changed()
 
-    def probe_finished(self, name: str, generation: int, ok: bool, detail: str = "") -> None:
+    def probe_finished(self, name: str, generation: int, ok: bool, detail: str = "", seq: int | None = None) -> None:
         cs = self.components[name]
-        if generation != cs.generation:
+        if generation != cs.generation or not cs.probe_in_flight or (seq is not None and seq != cs.probe_seq):
             return
+        self._probe_result(cs, ok, detail)
+
+    def _probe_result(self, cs: ComponentState, ok: bool, detail: str) -> None:
         cs.probe_in_flight = False
         now = self.clock.monotonic()
         if cs.state == STARTING:
@@ -231,7 +250,7 @@ class Supervisor:
         if cs.state not in UP:
             return
         health = cs.component.health
-        cs.next_probe_at = now + health.interval
+        cs.next_probe_at = self._next_slot(cs.probe_slot, health.interval, now)
         if ok:
             if cs.state != READY or cs.health != "passing" or cs.consecutive_failures:
                 cs.consecutive_failures = 0
@@ -247,21 +266,65 @@ class Supervisor:
         else:
             self._set(cs, UNHEALTHY, error=f"health probe failed: {detail}")
 
-    def unit_observed(self, name: str, active_state: str, n_restarts: int | None = None) -> None:
-        """What systemd says about the unit now. A unit that failed or stopped
-        while we expect it up is restarted; systemd's own restarts (NRestarts)
-        count as restarts too."""
+    @staticmethod
+    def _next_slot(slot: float, interval: float, now: float) -> float:
+        """The first slot of the fixed-rate schedule after `slot` that is not
+        already past (a probe that took longer than an interval skips slots)."""
+        following = slot + interval
+        if following > now:
+            return following
+        return slot + (math.floor((now - slot) / interval) + 1) * interval
+
+    def unit_observed(self, name: str, active_state: str, n_restarts: int | None = None, sub_state: str = "") -> None:
+        """What systemd says about the unit now (PropertiesChanged). A unit that
+        leaves `active` while we expect it up is down at once: the restart is
+        counted and the component waits for systemd's Restart= to bring the
+        unit back (activating → active, then the ready probe). A unit that
+        stays failed or inactive for `unit_settle` (systemd passes through
+        those on its way to auto-restart) is restarted by the supervisor.
+        systemd's NRestarts catches restarts not seen as a state change."""
         cs = self.components[name]
-        if active_state != cs.active_state:
+        previous = cs.active_state
+        if active_state != previous:
             cs.active_state = active_state
             self._changed()
+        down = active_state in ("failed", "inactive")
+        now = self.clock.monotonic()
+        if cs.state in UP or (cs.state == STARTING and cs.job_pending_since is None):
+            if down or (previous == "active" and active_state not in ("active", "reloading")):
+                self._systemd_restarting(cs, f"{active_state}/{sub_state}" if sub_state else active_state)
+                if down:
+                    cs.await_unit_until = now + self.config.unit_settle
+        elif cs.state == RESTARTING and cs.await_unit_until is not None:
+            if active_state == "active":
+                self._begin_start(cs, job=False)
+            elif down:
+                cs.await_unit_until = min(cs.await_unit_until, now + self.config.unit_settle)
+            else:  # activating, deactivating: systemd is at it
+                cs.await_unit_until = now + self._await_bound(cs)
         if n_restarts is not None:
             if cs.n_restarts_seen is not None and n_restarts > cs.n_restarts_seen:
-                self._count_restarts(cs, n_restarts - cs.n_restarts_seen)
+                new = n_restarts - cs.n_restarts_seen
+                already = min(new, cs.restarts_ahead)
+                cs.restarts_ahead -= already
+                if new > already:
+                    self._count_restarts(cs, new - already)
             cs.n_restarts_seen = n_restarts
-        expecting_up = cs.state in UP or (cs.state == STARTING and cs.job_pending_since is None)
-        if expecting_up and active_state in ("failed", "inactive"):
-            self._failure(cs, f"unit {cs.component.unit} is {active_state}")
+
+    def _await_bound(self, cs: ComponentState) -> float:
+        return self.config.job_timeout + cs.component.restart.max_delay
+
+    def _systemd_restarting(self, cs: ComponentState, live: str) -> None:
+        now = self.clock.monotonic()
+        cs.generation += 1
+        cs.probe_in_flight = False
+        cs.job_pending_since = None
+        cs.restart_at = None
+        cs.health = "failing" if cs.component.ready is not None else cs.health
+        cs.await_unit_until = now + self._await_bound(cs)
+        cs.restarts_ahead += 1
+        self._count_restarts(cs, 1)
+        self._set(cs, RESTARTING, error=f"unit {cs.component.unit} went down ({live}); systemd restarts it")
 
     # --- time ------------------------------------------------------------
 
@@ -276,15 +339,48 @@ class Supervisor:
                 cs.restart_at = None
                 self._begin_start(cs, job=True)
                 actions.append(RestartUnit(cs.name))
-            if cs.job_pending_since is not None and now - cs.job_pending_since > self.config.job_timeout:
+            elif cs.state == RESTARTING and cs.await_unit_until is not None and now >= cs.await_unit_until:
+                # systemd did not bring it back: our restart is the one counted
+                # when it went down, unless systemd's own restarts took that one.
+                counted = cs.restarts_ahead > 0
+                cs.restarts_ahead = 0
+                live = cs.active_state or "unknown"
+                self._failure(cs, f"unit {cs.component.unit} is {live} and systemd did not restart it",
+                              count=not counted)
+            if cs.job_pending_since is not None and now >= cs.job_pending_since + self.config.job_timeout:
                 cs.job_pending_since = None
                 self._failure(cs, f"unit {cs.component.unit} job did not finish within "
                                   f"{self.config.job_timeout:g}s")
                 continue
+            if cs.probe_in_flight and now >= cs.probe_deadline:
+                cs.probe_seq += 1  # its late result is dropped
+                self._probe_result(cs, False, f"probe timed out after {cs.probe_timeout:g}s")
             probe = self._due_probe(cs, now)
             if probe is not None:
                 actions.append(probe)
         return actions
+
+    def next_wakeup(self) -> float | None:
+        """When tick() has something to do next, if nothing happens before
+        (None: only an event can change anything)."""
+        times: list[float] = []
+        for cs in self.components.values():
+            if cs.state == PENDING and cs.image_ok and self._deps_up(cs):
+                times.append(self.clock.monotonic())
+            if cs.state == RESTARTING:
+                times.extend(t for t in (cs.restart_at, cs.await_unit_until) if t is not None)
+            if cs.job_pending_since is not None:
+                times.append(cs.job_pending_since + self.config.job_timeout)
+                continue
+            if cs.component.ready is None:
+                continue
+            if cs.probe_in_flight:
+                times.append(cs.probe_deadline)
+            elif cs.state == STARTING:
+                times.append(min(cs.next_probe_at, cs.ready_deadline))
+            elif cs.state in UP:
+                times.append(cs.next_probe_at)
+        return min(times) if times else None
 
     def _due_probe(self, cs: ComponentState, now: float) -> RunProbe | None:
         ready = cs.component.ready
@@ -296,13 +392,20 @@ class Supervisor:
                 return None
             if now < cs.next_probe_at:
                 return None
-            cs.probe_in_flight = True
             timeout = max(0.1, min(cs.component.health.timeout, cs.ready_deadline - now))
-            return RunProbe(cs.name, ready, timeout, cs.generation, "ready")
+            return self._issue(cs, now, timeout, "ready")
         if cs.state in UP and now >= cs.next_probe_at:
-            cs.probe_in_flight = True
-            return RunProbe(cs.name, ready, cs.component.health.timeout, cs.generation, "health")
+            cs.probe_slot = cs.next_probe_at  # the schedule's time, not now: fixed rate
+            return self._issue(cs, now, cs.component.health.timeout, "health")
         return None
+
+    def _issue(self, cs: ComponentState, now: float, timeout: float, purpose: str) -> RunProbe:
+        assert cs.component.ready is not None
+        cs.probe_in_flight = True
+        cs.probe_seq += 1
+        cs.probe_timeout = timeout
+        cs.probe_deadline = now + timeout
+        return RunProbe(cs.name, cs.component.ready, timeout, cs.generation, purpose, cs.probe_seq)
 
     # --- transitions -----------------------------------------------------
 
@@ -313,6 +416,7 @@ class Supervisor:
         now = self.clock.monotonic()
         cs.generation += 1
         cs.probe_in_flight = False
+        cs.await_unit_until = None
         cs.consecutive_failures = 0
         cs.health = "unknown"
         cs.started_mono = now
@@ -334,18 +438,20 @@ class Supervisor:
         cs.next_probe_at = cs.ready_mono + cs.component.health.interval
         self._set(cs, READY, error=None)
 
-    def _failure(self, cs: ComponentState, reason: str) -> None:
+    def _failure(self, cs: ComponentState, reason: str, count: bool = True) -> None:
         """Down, or never came up: restart after a capped, jittered backoff."""
         now = self.clock.monotonic()
         cs.generation += 1
         cs.probe_in_flight = False
         cs.job_pending_since = None
+        cs.await_unit_until = None
         cs.health = "failing" if cs.component.ready is not None else cs.health
         restart = cs.component.restart
         cs.backoff_attempt += 1
         delay = Backoff(restart.delay, restart.max_delay).delay(cs.backoff_attempt, self.rng)
         cs.restart_at = now + delay
-        self._count_restarts(cs, 1)
+        if count:
+            self._count_restarts(cs, 1)
         self._set(cs, RESTARTING, error=reason)
 
     def _count_restarts(self, cs: ComponentState, count: int) -> None:

@@ -127,10 +127,13 @@ def test_failed_unit_is_restarted_with_capped_exponential_backoff() -> None:
     sup.tick()
     bring_up(sup, "aa")
     delays = []
+    settle = SupervisorConfig().unit_settle
     for _ in range(5):
         sup.unit_observed("aa", "failed")
         cs = sup.get("aa")
         assert cs.state == RESTARTING
+        clock.advance(settle)  # systemd does not restart it: the supervisor does
+        assert sup.tick() == []
         delays.append(cs.restart_at - clock.now)
         clock.advance(delays[-1])
         assert RestartUnit("aa") in sup.tick()
@@ -243,3 +246,154 @@ def test_snapshot_has_timestamps_and_changes_bump_version() -> None:
     snap = sup.snapshot()["aa"]
     assert snap["started"]["monotonic"] == 1000.0 and snap["started"]["wall"].startswith("2023-11-14T")
     assert snap["ready"] is not None and snap["health"] == "passing" and snap["restarts"] == 0
+
+
+# --- event-driven start and fixed-rate probes ------------------------------------
+
+
+def test_next_layer_starts_the_moment_its_dependency_is_ready_without_waiting() -> None:
+    sup, clock = make(comp("aa"), comp("kata", after=("aa",)))
+    assert sup.tick() == [StartUnit("aa")]
+    assert sup.next_wakeup() == clock.now + 90.0  # only the job's deadline: the job's end is an event
+    sup.job_finished("aa", True, "done")
+    assert sup.next_wakeup() == clock.now  # the first ready probe is due at once
+    probe = next(a for a in sup.tick() if isinstance(a, RunProbe))  # same instant, no clock advance
+    assert probe.purpose == "ready"
+    sup.probe_finished("aa", probe.generation, False, "refused", probe.seq)
+    assert sup.next_wakeup() == clock.now + SupervisorConfig().ready_poll  # quick retry while starting
+    clock.advance(SupervisorConfig().ready_poll)
+    probe = next(a for a in sup.tick() if isinstance(a, RunProbe))
+    sup.probe_finished("aa", probe.generation, True, "", probe.seq)
+    assert sup.next_wakeup() == clock.now  # kata can start now
+    assert sup.tick() == [StartUnit("kata")]
+
+
+def test_nothing_due_means_no_wakeup_until_the_next_probe_slot() -> None:
+    sup, clock = make(comp("aa", interval=5.0))
+    sup.tick()
+    bring_up(sup, "aa")
+    assert sup.next_wakeup() == clock.now + 5.0
+    clock.advance(1.0)
+    assert sup.tick() == []
+
+
+def test_health_probes_run_at_a_fixed_rate_whatever_each_one_takes() -> None:
+    sup, clock = make(comp("apf", interval=5.0, failures=3))
+    sup.tick()
+    bring_up(sup, "apf")
+    ready_at = clock.now
+    issued = []
+    for n in range(1, 4):
+        clock.now = ready_at + 5.0 * n
+        probe = next(a for a in sup.tick() if isinstance(a, RunProbe))
+        issued.append(clock.now - ready_at)
+        clock.advance(1.5)  # the probe takes its time before it answers
+        sup.probe_finished("apf", probe.generation, False, "no answer", probe.seq)
+        if n < 3:
+            assert sup.next_wakeup() == ready_at + 5.0 * (n + 1)  # not 1.5 s later than the slot
+    assert issued == [5.0, 10.0, 15.0]
+    assert sup.get("apf").state == RESTARTING and "failed 3 times" in sup.get("apf").last_error
+
+
+def test_a_probe_slower_than_the_interval_skips_missed_slots() -> None:
+    sup, clock = make(comp("apf", interval=5.0))
+    sup.tick()
+    bring_up(sup, "apf")
+    ready_at = clock.now
+    clock.advance(5.0)
+    probe = next(a for a in sup.tick() if isinstance(a, RunProbe))
+    clock.advance(11.0)  # slots at +10 and +15 passed while it ran
+    sup.probe_finished("apf", probe.generation, True, "", probe.seq)
+    assert sup.next_wakeup() == ready_at + 20.0
+
+
+def test_a_probe_that_outlives_its_timeout_fails_at_the_timeout_and_its_late_answer_is_dropped() -> None:
+    sup, clock = make(comp("apf", interval=5.0, failures=2))  # health timeout 2 s
+    sup.tick()
+    bring_up(sup, "apf")
+    clock.advance(5.0)
+    probe = next(a for a in sup.tick() if isinstance(a, RunProbe))
+    assert sup.next_wakeup() == clock.now + 2.0  # its deadline
+    clock.advance(2.0)
+    assert sup.tick() == []
+    cs = sup.get("apf")
+    assert cs.state == UNHEALTHY and cs.consecutive_failures == 1 and "timed out after 2s" in cs.last_error
+    sup.probe_finished("apf", probe.generation, True, "", probe.seq)  # the hung probe answers at last
+    assert cs.state == UNHEALTHY and cs.consecutive_failures == 1
+    clock.advance(3.0)  # the next slot: 5 s after the previous one, not after the timeout
+    probe = next(a for a in sup.tick() if isinstance(a, RunProbe))
+    clock.advance(2.0)
+    sup.tick()
+    assert cs.state == RESTARTING and "health probe failed 2 times" in cs.last_error
+
+
+def test_unit_leaving_active_is_down_at_once_and_counted_once_with_systemd_restarts() -> None:
+    sup, clock = make(comp("apf"))
+    sup.tick()
+    bring_up(sup, "apf")
+    sup.unit_observed("apf", "active", n_restarts=0, sub_state="running")
+    sup.unit_observed("apf", "deactivating", n_restarts=0, sub_state="stop-post")  # the container died
+    cs = sup.get("apf")
+    assert cs.state == RESTARTING and cs.restarts == 1 and sup.snapshot()["apf"]["state"] == "restarting"
+    assert "systemd restarts it" in cs.last_error
+    sup.unit_observed("apf", "activating", n_restarts=0, sub_state="auto-restart")
+    assert sup.tick() == []  # systemd's Restart= brings it back: no restart of ours
+    sup.unit_observed("apf", "activating", n_restarts=1, sub_state="start")  # NRestarts shows the same restart
+    assert cs.restarts == 1
+    sup.unit_observed("apf", "active", n_restarts=1, sub_state="running")
+    assert cs.state == STARTING
+    probe = next(a for a in sup.tick() if isinstance(a, RunProbe))
+    assert probe.purpose == "ready"
+    sup.probe_finished("apf", probe.generation, True, "", probe.seq)
+    assert cs.state == READY and cs.restarts == 1
+
+
+def test_unit_passing_through_failed_to_systemds_auto_restart_is_left_to_systemd() -> None:
+    sup, clock = make(comp("apf"))
+    sup.tick()
+    bring_up(sup, "apf")
+    # The sequence systemd 252 emits for a crash of a Restart=always unit (seen in the pod VM).
+    for active, sub in (("active", "running"), ("deactivating", "stop-post"), ("failed", "failed"),
+                        ("activating", "auto-restart")):
+        sup.unit_observed("apf", active, n_restarts=0, sub_state=sub)
+    cs = sup.get("apf")
+    assert cs.state == RESTARTING and cs.restarts == 1
+    clock.advance(1.0)  # RestartSec passes: systemd, not the supervisor, restarts it
+    assert sup.tick() == []
+    for active, sub, n in (("activating", "auto-restart", 1), ("inactive", "dead", 1), ("activating", "start", 1),
+                           ("active", "running", 1)):
+        sup.unit_observed("apf", active, n_restarts=n, sub_state=sub)
+    assert cs.state == STARTING and cs.restarts == 1
+    assert not [a for a in sup.tick() if isinstance(a, (StartUnit, RestartUnit))]
+
+
+def test_unit_that_systemd_gives_up_on_is_restarted_by_the_supervisor_counted_once() -> None:
+    sup, clock = make(comp("apf", delay=1.0))
+    sup.tick()
+    bring_up(sup, "apf")
+    sup.unit_observed("apf", "active", n_restarts=0)
+    sup.unit_observed("apf", "deactivating", n_restarts=0)
+    sup.unit_observed("apf", "failed", n_restarts=0)
+    cs = sup.get("apf")
+    assert cs.state == RESTARTING and cs.restarts == 1 and cs.restart_at is None
+    assert sup.next_wakeup() == clock.now + SupervisorConfig().unit_settle
+    clock.advance(SupervisorConfig().unit_settle)
+    assert sup.tick() == []
+    assert cs.restarts == 1 and cs.restart_at == clock.now + 1.0 and "systemd did not restart it" in cs.last_error
+    clock.advance(1.0)
+    assert sup.tick() == [RestartUnit("apf")]
+
+
+def test_unit_that_does_not_come_back_is_restarted_by_the_supervisor() -> None:
+    sup, clock = make(comp("apf", delay=1.0, max_delay=8.0), job_timeout=10.0)
+    sup.tick()
+    bring_up(sup, "apf")
+    sup.unit_observed("apf", "active")
+    sup.unit_observed("apf", "activating", sub_state="auto-restart")
+    assert sup.next_wakeup() == clock.now + 18.0
+    clock.advance(18.0)
+    assert sup.tick() == []
+    cs = sup.get("apf")
+    assert cs.state == RESTARTING and "systemd did not restart it" in cs.last_error and cs.restarts == 1
+    clock.advance(1.0)
+    assert sup.tick() == [RestartUnit("apf")]
