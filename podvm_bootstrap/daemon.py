@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -44,6 +45,17 @@ log = get_logger("daemon")
 UP_STATES = ("active", "activating", "reloading")
 MAX_STEPS = 20  # tick() rounds in one step (each round's actions may make the next due at once)
 T = TypeVar("T")
+
+
+def knock(socket_path: str) -> None:
+    """Connect and hang up at once: a socket-activated service (podman's API)
+    starts now, while the rest of start-up goes on, instead of at first use."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.setblocking(False)
+            s.connect(socket_path)
+    except OSError:
+        pass
 
 
 def in_background(fn: Callable[[], T], name: str) -> "Future[T]":
@@ -133,6 +145,7 @@ class Daemon:
         self.settings = load_settings(self.paths.bootstrap_yaml)
         # Neither needs the user-data: both wait on other processes (the podman
         # API service's socket activation, the bus), so they overlap the fetch.
+        knock(self.settings.runtime.podman_socket)
         images = in_background(self._connect_podman, "podman")
         systemd = in_background(self.systemd_factory, "systemd")
         plan = self._prepare()
@@ -286,37 +299,32 @@ class Daemon:
                   if p.unit not in self.units_written and (self.paths.unit_dir / p.unit).exists()}
         for unit in sorted(stale):
             self._remove_unit(unit)
-        if stale or self._reload_needed(written):
-            self.systemd.reload()
+        live: dict[str, UnitState] = {}
         for planned in runnable:
             name = planned.name
             try:
-                live = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
+                live[name] = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
             except SystemdError as exc:
                 log.error("%s", exc, **_log(name))
+        # A unit file systemd has not loaded yet is read as it is looked up: a
+        # daemon-reload only when it holds an older version (or none was found).
+        if stale or any(p.name not in live or live[p.name].need_reload or live[p.name].loaded != "loaded"
+                        for p in runnable if p.unit in written):
+            self.systemd.reload()
+        for planned in runnable:
+            name = planned.name
+            if name not in live:
                 continue
-            self._observe(name, live)
-            if live.active not in UP_STATES:
+            self._observe(name, live[name])
+            if live[name].active not in UP_STATES:
                 continue
             if name in changed:
                 log.info("unit %s changed: restarting it", planned.unit, **_log(name))
                 self.restart_on_start.add(name)
             else:
                 restarts = (old_components.get(name) or {}).get("restarts", 0)
-                log.info("unit %s unchanged and %s: adopting it", planned.unit, live.active, **_log(name))
+                log.info("unit %s unchanged and %s: adopting it", planned.unit, live[name].active, **_log(name))
                 self.supervisor.adopt(name, restarts=restarts if isinstance(restarts, int) else 0)
-
-    def _reload_needed(self, written: list[str]) -> bool:
-        """A daemon-reload only when systemd holds an older version of a written
-        unit (a unit file it has not loaded yet is read as it is loaded)."""
-        for unit in written:
-            try:
-                if self.systemd.needs_reload(unit):
-                    return True
-            except SystemdError as exc:
-                log.warning("%s; reloading", exc)
-                return True
-        return False
 
     def _remove_unit(self, unit: str) -> None:
         """Stop a unit no longer planned (bounded wait) and delete its file."""

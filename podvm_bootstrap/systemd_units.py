@@ -1,13 +1,18 @@
-"""systemd on the system bus (pydbus): reload, start/restart/stop units, job
-results through the Manager's JobRemoved signal (after Subscribe()), unit
-states through the unit objects' properties and their PropertiesChanged
-signals (no polling). Signals are delivered by the GLib main loop the caller
-runs."""
+"""systemd on the system bus: reload, start/restart/stop units, job results
+through the Manager's JobRemoved signal (after Subscribe()), unit states
+through the unit objects' properties and their PropertiesChanged signals (no
+polling). Signals are delivered by the GLib main loop the caller runs.
+
+The daemon talks to systemd with plain Gio calls of the few methods it uses,
+not through pydbus proxies: no introspection at start-up, and only the
+properties used are unpacked from each signal (a unit's PropertiesChanged
+carries about a hundred). `read_unit_states` (the `status` command) keeps
+pydbus."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from podvm_bootstrap.errors import BootstrapError
@@ -25,6 +30,7 @@ class UnitState:
     sub: str                    # SubState
     n_restarts: int | None      # systemd's own restarts (Service.NRestarts)
     loaded: str = "loaded"      # LoadState
+    need_reload: bool = False   # NeedDaemonReload: systemd holds an older version of the unit file
 
 
 def _one_line(exc: Exception) -> str:
@@ -39,27 +45,41 @@ PROPS_IFACE = "org.freedesktop.DBus.Properties"
 UnitCallback = Callable[[UnitState], None]
 
 
-class Systemd:
-    def __init__(self, bus: Any = None) -> None:
-        try:
-            if bus is None:
-                from pydbus import SystemBus
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 
-                bus = SystemBus()
-            self.bus = bus
-            self.manager = bus.get(".systemd1")
-            self.manager.Subscribe()
+
+class Systemd:
+    def __init__(self, con: Any = None) -> None:
+        """con: a Gio.DBusConnection (default: the system bus)."""
+        try:
+            if con is None:
+                from gi.repository import Gio
+
+                con = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
+            self.con = con
+            self._manager("Subscribe")
         except Exception as exc:  # noqa: BLE001 - no bus, no systemd
             raise SystemdError(f"cannot reach systemd on the system bus: {_one_line(exc)}") from None
         self._jobs: dict[str, JobCallback] = {}
         self._paths: dict[str, str] = {}
-        self._watched: dict[str, tuple[UnitState, Any]] = {}
-        self.manager.JobRemoved.connect(self._job_removed)
+        self._watched: dict[str, tuple[UnitState, int]] = {}
+        con.signal_subscribe(SYSTEMD, MANAGER_IFACE, "JobRemoved", MANAGER_PATH, None, 0, self._job_removed)
 
-    def _job_removed(self, job_id: int, job: str, unit: str, result: str) -> None:
+    def _manager(self, method: str, *args: str) -> Any:
+        """Call a Manager method whose arguments are all strings; its reply, unpacked."""
+        from gi.repository import GLib
+
+        params = GLib.Variant("(" + "s" * len(args) + ")", args) if args else None
+        reply = self.con.call_sync(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, method, params, None, 0, -1, None)
+        values = reply.unpack() if reply is not None else ()
+        return values[0] if len(values) == 1 else None
+
+    def _job_removed(self, con: Any, sender: str, path: str, iface: str, signal: str, params: Any) -> None:
+        job = params.get_child_value(1).get_string()
         callback = self._jobs.pop(job, None)
         if callback is not None:
-            callback(result)
+            callback(params.get_child_value(3).get_string())
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -68,67 +88,66 @@ class Systemd:
             raise SystemdError(f"{what}: {_one_line(exc)}") from None
 
     def reload(self) -> None:
-        self._call("daemon reload", self.manager.Reload)
+        self._call("daemon reload", lambda: self._manager("Reload"))
 
     def start(self, unit: str, on_done: JobCallback) -> None:
-        job = self._call(f"start {unit}", lambda: self.manager.StartUnit(unit, "replace"))
-        self._jobs[job] = on_done
+        job = self._call(f"start {unit}", lambda: self._manager("StartUnit", unit, "replace"))
+        self._jobs[str(job)] = on_done
 
     def restart(self, unit: str, on_done: JobCallback) -> None:
         # A unit that hit its start limit refuses to restart until reset.
         try:
-            self.manager.ResetFailedUnit(unit)
+            self._manager("ResetFailedUnit", unit)
         except Exception:  # noqa: BLE001 - not failed: nothing to reset
             pass
-        job = self._call(f"restart {unit}", lambda: self.manager.RestartUnit(unit, "replace"))
-        self._jobs[job] = on_done
+        job = self._call(f"restart {unit}", lambda: self._manager("RestartUnit", unit, "replace"))
+        self._jobs[str(job)] = on_done
 
     def stop(self, unit: str, on_done: JobCallback) -> None:
-        job = self._call(f"stop {unit}", lambda: self.manager.StopUnit(unit, "replace"))
-        self._jobs[job] = on_done
+        job = self._call(f"stop {unit}", lambda: self._manager("StopUnit", unit, "replace"))
+        self._jobs[str(job)] = on_done
 
-    # --- unit properties: plain D-Bus calls (no introspected proxy per unit) ---
+    # --- unit properties: plain D-Bus calls and signal subscriptions (no
+    # introspected proxy per unit; only the properties used are unpacked) ---
 
     def _path(self, unit: str) -> str:
         path = self._paths.get(unit)
         if path is None:
-            path = str(self.manager.LoadUnit(unit))  # loads a new unit file without a daemon-reload
+            path = str(self._manager("LoadUnit", unit))  # loads a new unit file without a daemon-reload
             self._paths[unit] = path
         return path
 
-    def _get_all(self, path: str, iface: str) -> dict[str, Any]:
+    def _get_all(self, path: str, iface: str) -> Any:
         from gi.repository import GLib
 
-        reply = self.bus.con.call_sync(SYSTEMD, path, PROPS_IFACE, "GetAll", GLib.Variant("(s)", (iface,)),
+        reply = self.con.call_sync(SYSTEMD, path, PROPS_IFACE, "GetAll", GLib.Variant("(s)", (iface,)),
                                        GLib.VariantType.new("(a{sv})"), 0, 30000, None)
-        return reply.unpack()[0]
+        return reply.get_child_value(0)
 
-    def _read(self, unit: str) -> tuple[UnitState, bool]:
+    def _read(self, unit: str) -> UnitState:
         path = self._path(unit)
         props = self._get_all(path, UNIT_IFACE)
         n_restarts = None
         if unit.endswith(".service"):
             try:
-                n_restarts = int(self._get_all(path, SERVICE_IFACE).get("NRestarts"))
+                n_restarts = _value(self._get_all(path, SERVICE_IFACE), "NRestarts")
             except Exception:  # noqa: BLE001 - not loaded as a service
                 n_restarts = None
-        state = UnitState(str(props.get("ActiveState")), str(props.get("SubState")), n_restarts,
-                          str(props.get("LoadState")))
-        return state, bool(props.get("NeedDaemonReload"))
+        return UnitState(str(_value(props, "ActiveState")), str(_value(props, "SubState")),
+                         None if n_restarts is None else int(n_restarts), str(_value(props, "LoadState")),
+                         bool(_value(props, "NeedDaemonReload")))
 
     def state(self, unit: str) -> UnitState:
-        return self._call(f"state of {unit}", lambda: self._read(unit)[0])
-
-    def needs_reload(self, unit: str) -> bool:
-        """Whether systemd must reload to see this unit's file as it is now: it
-        is loaded with an older file, or was not found when it was looked up.
-        A unit file systemd has not loaded yet is read at LoadUnit."""
-        state, need = self._call(f"state of {unit}", lambda: self._read(unit))
-        return need or state.loaded != "loaded"
+        """ActiveState, SubState, NRestarts, LoadState and NeedDaemonReload (a
+        unit file systemd has not loaded yet is read as it is looked up)."""
+        return self._call(f"state of {unit}", lambda: self._read(unit))
 
     def forget(self, unit: str) -> None:
-        """Drop cached unit paths (after a reload or a removed unit)."""
+        """Stop watching a unit and drop its cached path (a removed unit)."""
         self._paths.pop(unit, None)
+        old = self._watched.pop(unit, None)
+        if old is not None:
+            self.con.signal_unsubscribe(old[1])
 
     def watch(self, unit: str, on_change: UnitCallback) -> UnitState:
         """Call on_change(UnitState) whenever the unit's ActiveState, SubState
@@ -136,26 +155,27 @@ class Systemd:
         main loop); the current state."""
         path = self._call(f"watch {unit}", lambda: self._path(unit))
 
-        def changed(sender: str, obj: str, iface: str, signal: str, params: tuple) -> None:
-            interface, values = params[0], params[1]
-            current, sub = self._watched[unit]
+        def changed(con: Any, sender: str, obj: str, iface: str, signal: str, params: Any) -> None:
+            interface, values = params.get_child_value(0).get_string(), params.get_child_value(1)
+            current, subscription = self._watched[unit]
             if interface == UNIT_IFACE:
-                new = UnitState(str(values.get("ActiveState", current.active)),
-                                str(values.get("SubState", current.sub)), current.n_restarts,
-                                str(values.get("LoadState", current.loaded)))
-            elif interface == SERVICE_IFACE and "NRestarts" in values:
-                new = UnitState(current.active, current.sub, int(values["NRestarts"]), current.loaded)
+                new = UnitState(str(_value(values, "ActiveState", current.active)),
+                                str(_value(values, "SubState", current.sub)), current.n_restarts,
+                                str(_value(values, "LoadState", current.loaded)),
+                                bool(_value(values, "NeedDaemonReload", current.need_reload)))
+            elif interface == SERVICE_IFACE:
+                n_restarts = _value(values, "NRestarts", current.n_restarts)
+                new = replace(current, n_restarts=None if n_restarts is None else int(n_restarts))
             else:
                 return
             if new != current:
-                self._watched[unit] = (new, sub)
+                self._watched[unit] = (new, subscription)
                 on_change(new)
 
-        old = self._watched.pop(unit, None)
-        if old is not None:
-            old[1].unsubscribe()
-        subscription = self._call(f"watch {unit}", lambda: self.bus.subscribe(
-            sender=SYSTEMD, iface=PROPS_IFACE, signal="PropertiesChanged", object=path, signal_fired=changed))
+        self.forget(unit)
+        self._paths[unit] = path
+        subscription = self._call(f"watch {unit}", lambda: self.con.signal_subscribe(
+            SYSTEMD, PROPS_IFACE, "PropertiesChanged", path, None, 0, changed))
         current = self.state(unit)  # after subscribing: no change is missed in between
         self._watched[unit] = (current, subscription)
         return current
@@ -173,6 +193,12 @@ class Systemd:
             if not context.iteration(False):
                 time.sleep(0.01)
         return True
+
+
+def _value(props: Any, name: str, default: Any = None) -> Any:
+    """One property of an a{sv} GVariant, unpacked alone."""
+    value = props.lookup_value(name, None)
+    return default if value is None else value.unpack()
 
 
 def read_unit_states(units: list[str], bus: Any = None) -> dict[str, UnitState]:
