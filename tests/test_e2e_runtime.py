@@ -180,6 +180,26 @@ def test_crashed_component_is_restarted_and_ready_again(ready_vm: PodVM) -> None
     assert answer(vm) == "agent-protocol-forwarder standin v1"
 
 
+def test_killed_component_is_counted_at_once_and_left_to_systemds_restart(ready_vm: PodVM) -> None:
+    """SIGKILL of the container: the daemon sees the unit leave active (its
+    PropertiesChanged), shows the component restarting, counts the restart
+    exactly once, lets systemd's Restart= bring it back (no restart of its
+    own on top) and shows it ready again once its probe passes."""
+    vm = ready_vm
+    restarts = component(status(vm), "agent-protocol-forwarder")["restarts"]
+    journal = vm.journal("podvm-bootstrap.service")
+    vm.podman("kill", "--signal", "KILL", "agent-protocol-forwarder")
+    st = wait_status(vm, lambda s: all_ready(s) and component(s, "agent-protocol-forwarder")["restarts"] > restarts,
+                     60, "the forwarder counted and ready again")
+    assert component(st, "agent-protocol-forwarder")["restarts"] == restarts + 1
+    new_lines = vm.journal("podvm-bootstrap.service")[len(journal):]
+    assert re.search(r"agent-protocol-forwarder: unit agent-protocol-forwarder\.service is \w+/[\w-]+: restarting "
+                     rf"\({restarts + 1} restarts\)", new_lines), new_lines
+    assert "restarting agent-protocol-forwarder.service (restart" not in new_lines  # systemd's restart, not a 2nd
+    assert "agent-protocol-forwarder: ready probe passed: ready" in new_lines
+    assert answer(vm) == "agent-protocol-forwarder standin v1"
+
+
 def test_hung_component_is_detected_by_its_probe_and_restarted(ready_vm: PodVM) -> None:
     vm = ready_vm
     before_container = containers(vm)["kata-agent"]
