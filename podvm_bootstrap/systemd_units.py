@@ -3,11 +3,11 @@ through the Manager's JobRemoved signal (after Subscribe()), unit states
 through the unit objects' properties and their PropertiesChanged signals (no
 polling). Signals are delivered by the GLib main loop the caller runs.
 
-The daemon talks to systemd with plain Gio calls of the few methods it uses,
-not through pydbus proxies: no introspection at start-up, and only the
-properties used are unpacked from each signal (a unit's PropertiesChanged
-carries about a hundred). `read_unit_states` (the `status` command) keeps
-pydbus."""
+The daemon talks to systemd over pydbus's system bus connection, with plain
+Gio calls of the few methods it uses rather than pydbus proxies: no
+introspection at start-up, and only the properties used are unpacked from
+each signal (a unit's PropertiesChanged carries about a hundred).
+`read_unit_states` (the one-shot `status` command) uses pydbus proxies."""
 
 from __future__ import annotations
 
@@ -51,12 +51,14 @@ MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 
 class Systemd:
     def __init__(self, con: Any = None) -> None:
-        """con: a Gio.DBusConnection (default: the system bus)."""
+        """con: a Gio.DBusConnection (default: pydbus's system bus)."""
         try:
             if con is None:
-                from gi.repository import Gio
+                from pydbus import SystemBus
 
-                con = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
+                # pydbus's bus is a Gio.DBusConnection underneath; its proxy
+                # objects are left aside here (see the module docstring).
+                con = SystemBus().con
             self.con = con
             self._manager("Subscribe")
         except Exception as exc:  # noqa: BLE001 - no bus, no systemd
