@@ -314,13 +314,18 @@ class Supervisor:
     def _await_bound(self, cs: ComponentState) -> float:
         return self.config.job_timeout + cs.component.restart.max_delay
 
-    def _systemd_restarting(self, cs: ComponentState, live: str) -> None:
-        now = self.clock.monotonic()
+    def _went_down(self, cs: ComponentState) -> None:
+        """Forget what was under way for the component's last run: probe
+        results and job answers of an older generation are dropped."""
         cs.generation += 1
         cs.probe_in_flight = False
         cs.job_pending_since = None
-        cs.restart_at = None
         cs.health = "failing" if cs.component.ready is not None else cs.health
+
+    def _systemd_restarting(self, cs: ComponentState, live: str) -> None:
+        now = self.clock.monotonic()
+        self._went_down(cs)
+        cs.restart_at = None
         cs.await_unit_until = now + self._await_bound(cs)
         cs.restarts_ahead += 1
         self._count_restarts(cs, 1)
@@ -441,11 +446,8 @@ class Supervisor:
     def _failure(self, cs: ComponentState, reason: str, count: bool = True) -> None:
         """Down, or never came up: restart after a capped, jittered backoff."""
         now = self.clock.monotonic()
-        cs.generation += 1
-        cs.probe_in_flight = False
-        cs.job_pending_since = None
+        self._went_down(cs)
         cs.await_unit_until = None
-        cs.health = "failing" if cs.component.ready is not None else cs.health
         restart = cs.component.restart
         cs.backoff_attempt += 1
         delay = Backoff(restart.delay, restart.max_delay).delay(cs.backoff_attempt, self.rng)
