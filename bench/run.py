@@ -241,7 +241,7 @@ def bench_crash(driver: Driver, manifest, rows: list[Row], reps: int, start_time
     noticed = [r["daemon_noticed_s"] for r in runs if r["daemon_noticed_s"] is not None]
     rows.append(Row("  detection: podvm-bootstrap's state.json changes (restart counted)", "s", summarize(noticed),
                     note=f"seen in {len(noticed)} of {len(runs)} crashes; systemd's Restart= brings the unit back, "
-                         "the daemon counts NRestarts when it next looks (every 1 s)"))
+                         "the daemon sees the unit leave active through its PropertiesChanged signal and counts the restart (the figure includes the bench's own 50 ms polling of state.json)"))
     restarted = [r["systemd_restart_s"] for r in runs if r["systemd_restart_s"] is not None]
     rows.append(Row("  systemd schedules the restart (RestartSec)", "s", summarize(restarted)))
 
@@ -289,8 +289,9 @@ def bench_hang(driver: Driver, vm: PodVM, baked_text: str, rows: list[Row], reps
                 det = summarize(detected)
                 rows.append(Row(metric, "s", det, value=det.high, value_unit="s", target=target,
                                 note=f"{label}: the value is the worst of {len(runs)} hangs, each at a random phase "
-                                     "of the probe interval; a failing probe takes its own time (here the stand-in's "
-                                     "2 s read timeout) before the next is scheduled one interval later"))
+                                     "of the probe interval; probes run at a fixed rate, so detection is within interval x "
+                                     "failures plus one interval; a failing probe ends at its answer or its timeout "
+                                     "(here the stand-in's 2 s read timeout)"))
                 rows.append(Row("  first failed health probe seen in state.json", "s",
                                 summarize(r["first_failed_probe_s"] for r in runs
                                           if r["first_failed_probe_s"] is not None)))
