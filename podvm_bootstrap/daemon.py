@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any, Callable, TypeVar
 
+from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
@@ -38,7 +39,6 @@ from podvm_bootstrap.probes import run_probe
 from podvm_bootstrap.state import now_iso, read_state, write_state
 from podvm_bootstrap.supervisor import FAILED, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig
 from podvm_bootstrap.systemd_units import Systemd, SystemdError, UnitState
-from podvm_bootstrap.backoff import Backoff
 
 log = get_logger("daemon")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Protocol
 
-from podvm_bootstrap.model import Component, Probe
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.model import Component, Probe
 
 PENDING = "pending"
 PULLING = "pulling"
