@@ -1,10 +1,13 @@
 """End to end in the booted pod VM: what untrusted or missing user-data does
 to a boot. A refused override runs the baked default and says why (status and
 journal); a metadata service that is down still boots the defaults once the
-user-data timeout has passed."""
+user-data timeout has passed; an override from a password-protected registry
+is pulled with the auth.json that user-data provisions, and without it falls
+back to the verified default."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -74,3 +77,31 @@ def test_metadata_service_down_still_boots_the_defaults(podvm_image: Any, boot_p
     journal = vm.journal("podvm-bootstrap.service")
     assert "user-data ignored" in journal and "aws" in journal, journal[-3000:]
     assert vm.run(["test", "-e", "/run/peerpod/apf.json"], check=False).returncode == 1
+
+
+def auth_policy(registry_host: str) -> str:
+    return ("version: 1\nmutable_tags: false\non_rejected_override: use-default\ncomponents:\n"
+            f"  agent-protocol-forwarder:\n    repositories: [{registry_host}/confidential-containers/*]\n")
+
+
+@pytest.mark.parametrize("with_auth", [True, False], ids=["auth.json", "no-auth.json"])
+def test_override_from_a_password_protected_registry_needs_auth_json(
+        podvm_image: Any, boot_pod_vm: Any, auth_registry: Any, standin_images: Any, with_auth: bool) -> None:
+    v2 = standin_images[(APF, "v2")]
+    ref = f"{auth_registry.host}/confidential-containers/{APF}@{v2.digest}"
+    files = {"/run/peerpod/auth.json": json.dumps(auth_registry.auth_json())} if with_auth else {}
+    vm = boot_pod_vm(userdata=cloud_config(images={APF: ref}, files=files),
+                     insecure_registries=[auth_registry.host],
+                     files={"/etc/podvm-bootstrap/policy.yaml": auth_policy(auth_registry.host)})
+    st = wait_status(vm, all_ready, 180, "every component ready")
+    entry = component(st, APF)
+    if with_auth:
+        assert entry["source"] == "override", entry
+        assert container_image(vm, APF) == ref
+        assert vm.podman("exec", APF, APF, "--version").stdout.strip().endswith("v2")
+    else:
+        # The pull is refused (401): the verified default runs, and says why.
+        assert entry["source"] == "default", entry
+        assert container_image(vm, APF) == podvm_image.defaults[APF]
+        journal = vm.journal("podvm-bootstrap.service")
+        assert f"override {ref} unusable" in journal, journal[-3000:]
