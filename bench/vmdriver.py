@@ -185,15 +185,22 @@ def _podman_api_usage() -> dict | None:
         return None
 
 
-def _timeline(t0w: float, until: float, limit: int = 120) -> list[tuple[float, str, str]]:
-    """Journal entries of the whole VM from t0w to t0w+until: (seconds, who, message)."""
-    out = sh(["journalctl", "--no-pager", "-o", "json", "--since", f"@{int(t0w) - 1}"], check=False)
+def _journal_since(t0w: float, *selectors: str) -> list[dict]:
+    """The journal's entries (JSON) since just before t0w, optionally of one unit (`-u U`)."""
+    out = sh(["journalctl", "--no-pager", "-o", "json", *selectors, "--since", f"@{int(t0w) - 1}"], check=False)
     entries = []
     for line in out.stdout.splitlines():
         try:
-            entry = json.loads(line)
+            entries.append(json.loads(line))
         except ValueError:
             continue
+    return entries
+
+
+def _timeline(t0w: float, until: float, limit: int = 120) -> list[tuple[float, str, str]]:
+    """Journal entries of the whole VM from t0w to t0w+until: (seconds, who, message)."""
+    entries = []
+    for entry in _journal_since(t0w):
         stamp = entry.get("_SOURCE_REALTIME_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP") or 0
         at = int(stamp) / 1e6 - t0w
         message = entry.get("MESSAGE")
@@ -266,13 +273,8 @@ def _component(state: dict | None, name: str) -> dict:
 
 
 def _unit_events(unit: str, t0w: float) -> list[tuple[float, str]]:
-    out = sh(["journalctl", "--no-pager", "-o", "json", "-u", unit, "--since", f"@{int(t0w) - 1}"], check=False)
     events = []
-    for line in out.stdout.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
+    for entry in _journal_since(t0w, "-u", unit):
         at = int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6 - t0w
         message = entry.get("MESSAGE")
         if at >= 0 and isinstance(message, str):
