@@ -184,6 +184,10 @@ def _load_yaml(text: str) -> Any:
         raise UserDataError(f"user-data is not valid YAML: {problem}{where}") from None
     except RecursionError:
         raise UserDataError("user-data is not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:
+        # The safe constructors raise these for a scalar they cannot build
+        # (a timestamp like 2001-13-14, an integer of thousands of digits).
+        raise UserDataError(f"user-data is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
 
 
 def parse_userdata(raw: bytes) -> UserData:

@@ -20,7 +20,7 @@ class BootstrapError(Exception):
     def __str__(self) -> str:
         # One line, always: a message carrying a newline would break journald's
         # one-event-per-line and could forge a second log entry.
-        return " ".join(super().__str__().split("\n"))
+        return " ".join(super().__str__().splitlines())
 
 
 class UsageError(BootstrapError):

@@ -90,10 +90,6 @@ def obtain(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained
     return Obtained(raw=raw, userdata=userdata)
 
 
-def obtain_userdata(paths: Paths, settings: Settings, source: UserDataSource) -> UserData | None:
-    return obtain(paths, settings, source).userdata
-
-
 @dataclass(frozen=True)
 class Resolved:
     settings: Settings

@@ -33,6 +33,9 @@ def load_yaml_mapping(path: Path, *, missing_ok: bool) -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(path, "", f"{problem}{where}") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # A scalar the safe constructors cannot build (a bad date, a huge integer).
+        raise ConfigError(path, "", f"invalid value: {' '.join(str(exc).split())[:200]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -192,6 +192,16 @@ def test_invalid_yaml_names_the_line_and_does_not_dump_content():
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("text", [
+    b"#cloud-config\nwhen: 2001-13-14\n",               # a timestamp the constructor cannot build
+    b"#cloud-config\nbig: " + b"9" * 5000 + b"\n",        # past Python's int-string limit
+])
+def test_scalars_the_safe_loader_cannot_build_are_one_user_data_error(text):
+    with pytest.raises(UserDataError, match="^user-data is not valid YAML: ") as info:
+        parse_userdata(text)
+    assert "\n" not in str(info.value)
+
+
 def test_yaml_error_line_number_is_the_failing_line():
     text = b"#cloud-config\na: 1\nb: 2\nc: : :\n"
     with pytest.raises(UserDataError, match="at line 4"):

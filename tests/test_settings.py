@@ -74,6 +74,14 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path):
         load_settings(path)
 
 
+@pytest.mark.parametrize("text", ["userdata:\n  timeout: 2001-13-14\n", "userdata:\n  max_size: " + "9" * 5000 + "\n"])
+def test_scalars_the_safe_loader_cannot_build_are_config_errors_naming_the_file(tmp_path, text):
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}: invalid value: "):
+        load_settings(path)
+
+
 def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path):
     path = tmp_path / "bootstrap.yaml"
     path.write_text("- userdata\n")
