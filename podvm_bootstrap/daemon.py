@@ -72,6 +72,18 @@ def in_background(fn: Callable[[], T], name: str) -> "Future[T]":
     return future
 
 
+def _image_step(fn: Callable[[], T], planned: PlannedComponent) -> T:
+    """Run an image operation; whatever goes wrong in it (a malformed store or
+    registry answer, an unreadable file) is that image's ImageError, never a
+    crash of the daemon."""
+    try:
+        return fn()
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise ImageError(f"{planned.image}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+
 class Terminated(BaseException):
     """SIGTERM before the main loop runs (BaseException: no `except Exception`
     on the way may swallow it)."""
@@ -268,7 +280,7 @@ class Daemon:
 
     def _stored(self, planned: PlannedComponent, allow_tag: bool) -> PlannedComponent:
         assert self.images is not None
-        stored = self.images.ensure(planned.image, allow_tag=allow_tag)
+        stored = _image_step(lambda: self.images.ensure(planned.image, allow_tag=allow_tag), planned)
         if stored.from_tag is not None:
             self.resolved_from[planned.name] = str(planned.image)
         return replace(planned, image=stored.ref)
@@ -349,7 +361,6 @@ class Daemon:
 
         self._glib = GLib
         self.loop = GLib.MainLoop()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, self._on_sigterm)
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, self._on_sigterm)
         if self.notifier.watchdog_interval is not None:
@@ -363,7 +374,10 @@ class Daemon:
         log.info("SIGTERM: supervision stops; the components keep running")
         self.notifier.stopping()
         self.phase = "stopped"
-        self._write_state(force=True)
+        try:
+            self._write_state(force=True)
+        except Exception as exc:  # noqa: BLE001 - stopping must not depend on /run being writable
+            log.error("cannot write the final state: %s", " ".join(str(exc).split()))
         self.loop.quit()
         return False
 
@@ -398,7 +412,12 @@ class Daemon:
             for _ in range(MAX_STEPS):
                 actions = sup.tick()
                 for action in actions:
-                    self._execute(action)
+                    try:
+                        self._execute(action)
+                    except Exception as exc:  # noqa: BLE001 - that action failed, not the others
+                        message = " ".join(str(exc).split())
+                        log.error("%s failed: %s", type(action).__name__, message, **_log(action.name))
+                        sup.job_finished(action.name, False, message)
                 if not actions:
                     break
             if not self.notifier.ready_sent and sup.ready_to_notify():
@@ -462,7 +481,8 @@ class Daemon:
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
             self.restart_on_start.discard(name)
             try:
-                self._images_client().verify(self.planned[name].image)  # at every start, not only at pull
+                # at every start the daemon makes, not only at pull
+                _image_step(lambda: self._images_client().verify(self.planned[name].image), self.planned[name])
             except ImageError as exc:
                 log.error("image no longer verifies, not restarting: %s", exc, **_log(name))
                 sup.image_failed(name, str(exc))

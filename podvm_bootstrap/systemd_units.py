@@ -159,7 +159,10 @@ class Systemd:
 
         def changed(con: Any, sender: str, obj: str, iface: str, signal: str, params: Any) -> None:
             interface, values = params.get_child_value(0).get_string(), params.get_child_value(1)
-            current, subscription = self._watched[unit]
+            watched = self._watched.get(unit)
+            if watched is None:  # a signal still queued after forget()
+                return
+            current, subscription = watched
             if interface == UNIT_IFACE:
                 new = UnitState(str(_value(values, "ActiveState", current.active)),
                                 str(_value(values, "SubState", current.sub)), current.n_restarts,
