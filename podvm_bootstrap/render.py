@@ -95,7 +95,7 @@ def _podman_run_groups(planned: PlannedComponent) -> list[list[str]]:
         groups.append(["--read-only"])
     if spec.user is not None:
         groups.append([f"--user={spec.user}"])
-    groups.append([str(planned.image), *spec.command])
+    groups.append([_image_to_run(planned), *spec.command])
     return groups
 
 
@@ -118,12 +118,19 @@ def volume_host_dirs(planned: PlannedComponent) -> list[str]:
     return dirs
 
 
+def _image_to_run(planned: PlannedComponent) -> str:
+    """repo@digest when there is a digest (a tag beside it is informational and
+    would make `render` differ from `run`, which runs what it verified)."""
+    image = planned.image
+    return image.pinned if image.digest is not None else str(image)
+
+
 def render_unit(planned: PlannedComponent, units_by_name: dict[str, str]) -> str:
     component = planned.component
     stop = _whole_seconds(component.stop_timeout)
     ready_timeout = component.ready.timeout if component.ready is not None else DEFAULT_READY_TIMEOUT
     deps = [units_by_name[name] for name in component.after]
-    description = unit_text(f"podvm-bootstrap component {planned.name} ({planned.image})")
+    description = unit_text(f"podvm-bootstrap component {planned.name} ({_image_to_run(planned)})")
 
     lines = [
         HEADER,
@@ -145,7 +152,9 @@ def render_unit(planned: PlannedComponent, units_by_name: dict[str, str]) -> str
     ]
     host_dirs = volume_host_dirs(planned)
     if host_dirs:
-        lines.append("ExecStartPre=" + exec_command([MKDIR, "-p", "--", *host_dirs]))
+        # "-": a host path that already exists as a file (a bind-mounted file)
+        # makes mkdir fail for it alone; the missing directories are still made.
+        lines.append("ExecStartPre=-" + exec_command([MKDIR, "-p", "--", *host_dirs]))
     lines += [
         "ExecStart=" + _exec_lines(_podman_run_groups(planned)),
         "ExecStop=" + exec_command([PODMAN, "stop", "--ignore", f"--time={stop}", planned.name]),

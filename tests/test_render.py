@@ -245,6 +245,24 @@ def test_tag_only_image_is_rendered_with_its_tag_and_description_cannot_break_ou
     assert unit_values(odd)["After"] == b"kitchen-sink@main.service base.service"
 
 
+def test_tag_beside_a_digest_is_not_run_so_render_matches_what_run_writes() -> None:
+    image = parse_reference(f"quay.io/org/apf:v2@{digest(7)}")
+    component = Component("apf", image, "apf.service")
+    values = unit_values(render_units(plan_of(planned(component)))["apf.service"])
+    [start] = parse_exec(values["ExecStart"])
+    assert start.argv[-1] == f"quay.io/org/apf@{digest(7)}"
+    assert b":v2" not in values["Description"]
+
+
+def test_volume_directories_are_made_without_failing_on_a_bind_mounted_file() -> None:
+    component = Component("apf", parse_reference(f"quay.io/org/apf@{digest(7)}"), "apf.service",
+                          container=ContainerSpec(volumes=("/run/peerpod/auth.json:/auth.json:ro", "/run/x:/x")))
+    [pre] = parse_exec(unit_values(render_units(plan_of(planned(component)))["apf.service"])["ExecStartPre"])
+    # "-": mkdir's failure on an existing file does not fail the start; it still makes /run/x.
+    assert pre.prefixes == "-"
+    assert pre.argv == ("/usr/bin/mkdir", "-p", "--", "/run/peerpod/auth.json", "/run/x")
+
+
 def test_rendering_is_deterministic() -> None:
     first = render_units(everything_plan())
     second = render_units(everything_plan())

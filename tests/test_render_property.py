@@ -85,7 +85,9 @@ def intended_argv_parts(pc: PlannedComponent) -> tuple[list[str], list[str]]:
         + [f"--cap-add={c}" for c in spec.capabilities] + [f"--device={d}" for d in spec.devices] \
         + [f"--volume={v}" for v in spec.volumes] + [f"--env={k}={v}" for k, v in spec.env] \
         + ([f"--user={spec.user}"] if spec.user is not None else [])
-    return options, [str(pc.image), *spec.command]
+    # With a digest the image runs as repo@digest (a tag beside it is informational).
+    image = pc.image.pinned if pc.image.digest is not None else str(pc.image)
+    return options, [image, *spec.command]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
