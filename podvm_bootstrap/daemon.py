@@ -124,7 +124,7 @@ class Daemon:
         self.phase = "starting"
         self.supervisor: Supervisor | None = None
         self.images: PodmanImages | None = None
-        self._written_version = -1
+        self._written_key: tuple | None = None
         self._probes: ThreadPoolExecutor | None = None
         self._timer: int | None = None
         self._timer_at: float | None = None
@@ -549,7 +549,10 @@ class Daemon:
 
     def _write_state(self, force: bool = False) -> None:
         sup = self.supervisor
-        if sup is not None and not force and sup.version == self._written_version:
+        # Everything state.json shows beside the supervisor's own record.
+        key = (sup.version if sup is not None else None, self.phase, self.notifier.ready_sent,
+               tuple(sorted(self.live.items())))
+        if sup is not None and not force and key == self._written_key:
             return
         components: dict[str, Any] = {}
         snapshot = sup.snapshot() if sup is not None else {}
@@ -572,5 +575,4 @@ class Daemon:
             "units": self.units_written,
             "components": components,
         })
-        if sup is not None:
-            self._written_version = sup.version
+        self._written_key = key

@@ -6,6 +6,7 @@ content or the new one."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -13,7 +14,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` atomically with `mode`. The final rename replaces
     a symlink at `path` itself rather than writing through it."""
     directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    # A random part: a temp file left by a killed earlier run never blocks this one.
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     # O_EXCL|O_NOFOLLOW: never reuse or follow something planted at the temp name.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -23,12 +25,22 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.rename(tmp, path)
+        _fsync_directory(directory)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:

@@ -324,7 +324,13 @@ class PodmanImages:
             if response.status_code != 200:
                 raise ImageError(f"podman answered {response.status_code}: {_short(response.text)}")
             image_id = None
+            # `timeout` bounds each read; a pull that keeps sending progress is
+            # bounded here, by the whole pull's deadline.
+            deadline = time.monotonic() + timeout
             for line in response.iter_lines():
+                if time.monotonic() > deadline:
+                    response.close()
+                    raise ImageError(f"pull of {reference} did not finish within {timeout:.0f}s")
                 try:
                     message = json.loads(line)
                 except ValueError:

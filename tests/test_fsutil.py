@@ -1,0 +1,45 @@
+"""Atomic writes of state, plans and units: all or nothing, never through a
+symlink, never blocked by what a killed earlier run left behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from podvm_bootstrap.fsutil import atomic_write, write_if_changed
+
+
+def test_writes_the_content_and_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    atomic_write(target, b"{}", 0o600)
+    assert target.read_bytes() == b"{}"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    (tmp_path / "units").mkdir()
+    target = tmp_path / "units" / "a.service"
+    target.symlink_to(outside)
+    atomic_write(target, b"new")
+    assert outside.read_bytes() == b"keep"
+    assert not target.is_symlink() and target.read_bytes() == b"new"
+
+
+def test_a_temp_file_left_by_a_killed_run_with_the_same_pid_does_not_block(tmp_path: Path) -> None:
+    target = tmp_path / "plan.json"
+    (tmp_path / f".plan.json.tmp-{os.getpid()}").write_bytes(b"half")
+    atomic_write(target, b"whole")
+    assert target.read_bytes() == b"whole"
+
+
+def test_write_if_changed_rewrites_nothing_when_content_and_mode_are_the_same(tmp_path: Path) -> None:
+    target = tmp_path / "a.service"
+    assert write_if_changed(target, b"x") is True
+    inode = target.stat().st_ino
+    assert write_if_changed(target, b"x") is False
+    assert target.stat().st_ino == inode
+    assert write_if_changed(target, b"y") is True
+    assert target.read_bytes() == b"y"
