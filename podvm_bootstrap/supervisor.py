@@ -256,8 +256,6 @@ class Supervisor:
                 cs.consecutive_failures = 0
                 cs.health = "passing"
                 self._set(cs, READY)
-            if cs.backoff_attempt and cs.ready_mono is not None and now - cs.ready_mono >= self.config.stable_after:
-                cs.backoff_attempt = 0
             return
         cs.consecutive_failures += 1
         cs.health = "failing"
@@ -449,6 +447,8 @@ class Supervisor:
         self._went_down(cs)
         cs.await_unit_until = None
         restart = cs.component.restart
+        if cs.ready_mono is not None and now - cs.ready_mono >= self.config.stable_after:
+            cs.backoff_attempt = 0  # it had been up long enough: backoff starts over
         cs.backoff_attempt += 1
         delay = Backoff(restart.delay, restart.max_delay).delay(cs.backoff_attempt, self.rng)
         cs.restart_at = now + delay

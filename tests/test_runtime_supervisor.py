@@ -142,6 +142,28 @@ def test_failed_unit_is_restarted_with_capped_exponential_backoff() -> None:
     assert sup.get("aa").restarts == 5
 
 
+def test_backoff_starts_over_after_a_stable_run_also_without_a_probe() -> None:
+    sup, clock = make(comp("plain", ready=False, delay=1.0, max_delay=8.0), crash_loop_restarts=100)
+    settle = SupervisorConfig().unit_settle
+
+    def fail_and_restart() -> float:
+        sup.unit_observed("plain", "failed")
+        clock.advance(settle)
+        sup.tick()
+        delay = sup.get("plain").restart_at - clock.now
+        clock.advance(delay)
+        assert RestartUnit("plain") in sup.tick()
+        sup.job_finished("plain", True, "done")
+        assert sup.get("plain").state == READY
+        return delay
+
+    assert sup.tick() == [StartUnit("plain")]
+    sup.job_finished("plain", True, "done")
+    assert [fail_and_restart() for _ in range(3)] == [1.0, 2.0, 4.0]
+    clock.advance(SupervisorConfig().stable_after)
+    assert fail_and_restart() == 1.0
+
+
 def test_crash_loop_reported_and_retried() -> None:
     sup, clock = make(comp("kata", essential=True, delay=1.0, max_delay=1.0),
                       crash_loop_restarts=3, crash_loop_window=60.0)
