@@ -28,7 +28,6 @@ UNHEALTHY = "unhealthy"
 RESTARTING = "restarting"
 FAILED = "failed"
 CRASH_LOOP = "crash-loop"
-STATES = (PENDING, PULLING, STARTING, READY, UNHEALTHY, RESTARTING, FAILED, CRASH_LOOP)
 UP = (READY, UNHEALTHY)  # has passed its ready probe and is not known down
 
 
@@ -85,7 +84,6 @@ class ComponentState:
     last_error: str | None = None
     started_mono: float | None = None
     ready_mono: float | None = None
-    ever_ready: bool = False
     generation: int = 0
     job_pending_since: float | None = None
     probe_in_flight: bool = False
@@ -435,7 +433,6 @@ class Supervisor:
 
     def _became_ready(self, cs: ComponentState) -> None:
         cs.ready_mono = self.clock.monotonic()
-        cs.ever_ready = True
         cs.health = "passing"
         cs.consecutive_failures = 0
         cs.next_probe_at = cs.ready_mono + cs.component.health.interval
