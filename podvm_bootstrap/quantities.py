@@ -60,11 +60,3 @@ def parse_size(value: object) -> int:
         raise ValueError(f"size must be positive: {value!r}")
     return size
 
-
-def format_duration(seconds: float) -> str:
-    """Compact form for systemd and humans: 10s, 1.5s, 250ms."""
-    if seconds < 1 and seconds != 0:
-        return f"{round(seconds * 1000)}ms"
-    if float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    return f"{seconds:g}s"
