@@ -92,7 +92,10 @@ def _handler(name: str) -> Handler:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse exits 2
+    if getattr(args, "user_data", None) and getattr(args, "endpoint", None):
+        parser.error("--endpoint goes with a provider; it has no meaning with --user-data")
     setup_logging(args.log_level)
     paths = Paths.build(root=args.root, config_dir=args.config_dir, state_dir=args.state_dir,
                         unit_dir=getattr(args, "unit_dir", None))
