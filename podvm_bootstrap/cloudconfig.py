@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.errors import UserDataError, one_line
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Largest content of one provisioned file, after decoding (and of all of them
@@ -187,7 +187,7 @@ def _load_yaml(text: str) -> Any:
     except (ValueError, OverflowError) as exc:
         # The safe constructors raise these for a scalar they cannot build
         # (a timestamp like 2001-13-14, an integer of thousands of digits).
-        raise UserDataError(f"user-data is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+        raise UserDataError(f"user-data is not valid YAML: {one_line(exc, 200)}") from None
 
 
 def parse_userdata(raw: bytes) -> UserData:

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any, Callable, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
-from podvm_bootstrap.errors import EXIT_OK, PolicyFailure
+from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.log import get_logger
@@ -81,7 +81,7 @@ def _image_step(fn: Callable[[], T], planned: PlannedComponent) -> T:
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - see the docstring
-        raise ImageError(f"{planned.image}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+        raise ImageError(f"{planned.image}: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 class Terminated(BaseException):
@@ -377,7 +377,7 @@ class Daemon:
         try:
             self._write_state(force=True)
         except Exception as exc:  # noqa: BLE001 - stopping must not depend on /run being writable
-            log.error("cannot write the final state: %s", " ".join(str(exc).split()))
+            log.error("cannot write the final state: %s", one_line(exc))
         self.loop.quit()
         return False
 
@@ -415,7 +415,7 @@ class Daemon:
                     try:
                         self._execute(action)
                     except Exception as exc:  # noqa: BLE001 - that action failed, not the others
-                        message = " ".join(str(exc).split())
+                        message = one_line(exc)
                         log.error("%s failed: %s", type(action).__name__, message, **_log(action.name))
                         sup.job_finished(action.name, False, message)
                 if not actions:
@@ -427,7 +427,7 @@ class Daemon:
             self.notifier.status(sup.status_line())
             self._write_state()
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything one step meets
-            log.error("supervision step failed: %s", " ".join(str(exc).split()))
+            log.error("supervision step failed: %s", one_line(exc))
         self._schedule(sup.next_wakeup())
 
     def _schedule(self, at: float | None) -> None:

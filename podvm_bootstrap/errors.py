@@ -12,6 +12,13 @@ EXIT_CONFIG = 2
 EXIT_POLICY = 3
 
 
+def one_line(value: object, limit: int = 300) -> str:
+    """Text for a log or error line: whitespace runs (line breaks included)
+    folded to one space, cut at `limit` characters."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class BootstrapError(Exception):
     """A failure that is reported as one line, not a traceback."""
 

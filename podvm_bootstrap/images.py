@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from podvm_bootstrap.errors import BootstrapError
+from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.errors import BootstrapError, one_line
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.backoff import Backoff
 
 log = get_logger("images")
 
@@ -236,7 +236,7 @@ class PodmanImages:
     def _api_error(self, what: str, exc: Exception) -> ImageError:
         if not os.path.exists(self.socket_path):
             return ImageError(f"{what}: podman API socket {self.socket_path} does not exist")
-        return ImageError(f"{what}: {_short(exc)}")
+        return ImageError(f"{what}: {one_line(exc)}")
 
     def store(self) -> tuple[Path, str]:
         """(graph root, storage driver) of podman's image store."""
@@ -322,7 +322,7 @@ class PodmanImages:
             response = self.client.api.post("/images/pull", params={"reference": reference, "policy": "always"},
                                             headers=headers, stream=True, timeout=timeout)
             if response.status_code != 200:
-                raise ImageError(f"podman answered {response.status_code}: {_short(response.text)}")
+                raise ImageError(f"podman answered {response.status_code}: {one_line(response.text)}")
             image_id = None
             # `timeout` bounds each read; a pull that keeps sending progress is
             # bounded here, by the whole pull's deadline.
@@ -336,7 +336,7 @@ class PodmanImages:
                 except ValueError:
                     continue
                 if isinstance(message, dict) and message.get("error"):
-                    raise ImageError(_short(message["error"]))
+                    raise ImageError(one_line(message["error"]))
                 if isinstance(message, dict) and isinstance(message.get("id"), str):
                     image_id = message["id"]
         except ImageError:
@@ -346,8 +346,3 @@ class PodmanImages:
         if not image_id:
             raise ImageError("podman reported no image")
         return image_id.removeprefix("sha256:")
-
-
-def _short(value: object, limit: int = 300) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -10,6 +10,7 @@ import os
 import socket
 from pathlib import Path
 
+from podvm_bootstrap.errors import one_line
 from podvm_bootstrap.model import Probe
 from podvm_bootstrap.paths import under_root
 
@@ -58,8 +59,8 @@ def _exec(argv: tuple[str, ...], container: str, timeout: float, podman_socket: 
         with PodmanClient(base_url=f"http+unix://{podman_socket}", timeout=timeout) as client:
             code, output = client.containers.get(container).exec_run(list(argv))
     except Exception as exc:  # noqa: BLE001 - not found, API error, timeout: all a failed probe
-        return False, f"exec {argv[0]}: {' '.join(str(exc).split())[:200]}"
+        return False, f"exec {argv[0]}: {one_line(exc, 200)}"
     if code == 0:
         return True, ""
     text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-    return False, f"exec {argv[0]} exited {code}: {' '.join(text.split())[:200]}"
+    return False, f"exec {argv[0]} exited {code}: {one_line(text, 200)}"

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME
+from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.state import STATE_FILE, read_state
 from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
@@ -119,5 +119,5 @@ def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:
             lines.append(f"ok {name} {ref.pinned} (image {image_id[:12]})")
         except (ImageError, ReferenceError) as exc:
             all_ok = False
-            lines.append(f"FAILED {name} {text}: {' '.join(str(exc).split())}")
+            lines.append(f"FAILED {name} {text}: {one_line(exc)}")
     return lines, all_ok

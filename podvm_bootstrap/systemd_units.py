@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from podvm_bootstrap.errors import BootstrapError
+from podvm_bootstrap.errors import BootstrapError, one_line
 
 JobCallback = Callable[[str], None]  # called with the job result: done, failed, canceled, timeout, ...
 
@@ -34,8 +34,7 @@ class UnitState:
 
 
 def _one_line(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return " ".join(str(text).split())
+    return one_line(getattr(exc, "message", None) or exc)
 
 
 SYSTEMD = "org.freedesktop.systemd1"

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, one_line
 from podvm_bootstrap.quantities import parse_duration, parse_size
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ def load_yaml_mapping(path: Path, *, missing_ok: bool) -> dict[str, Any]:
         raise ConfigError(path, "", f"{problem}{where}") from None
     except (ValueError, OverflowError, RecursionError) as exc:
         # A scalar the safe constructors cannot build (a bad date, a huge integer).
-        raise ConfigError(path, "", f"invalid value: {' '.join(str(exc).split())[:200]}") from None
+        raise ConfigError(path, "", f"invalid value: {one_line(exc, 200)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
