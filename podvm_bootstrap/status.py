@@ -106,7 +106,7 @@ def images_to_verify(paths: Paths) -> list[tuple[str, str]]:
 
 
 def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:
-    from podvm_bootstrap.imageref import ReferenceError, parse_reference
+    from podvm_bootstrap.imageref import parse_reference
     from podvm_bootstrap.images import ImageError
 
     lines, all_ok = [], True
@@ -117,7 +117,7 @@ def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:
                 raise ImageError(f"{text} is not pinned by digest")
             image_id = images.verify(ref)
             lines.append(f"ok {name} {ref.pinned} (image {image_id[:12]})")
-        except (ImageError, ReferenceError) as exc:
+        except (ImageError, ValueError, OSError) as exc:  # a malformed store answers as a failed check
             all_ok = False
             lines.append(f"FAILED {name} {text}: {one_line(exc)}")
     return lines, all_ok
