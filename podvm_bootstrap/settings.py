@@ -66,6 +66,13 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
+def endpoint_ok(url: str) -> bool:
+    """A metadata service base URL: http(s), a host, no query or fragment
+    (the providers append their own paths and queries)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+
+
 def load_settings(path: Path) -> Settings:
     """Read bootstrap.yaml; a missing file means every default."""
     top = Section(path, "", load_yaml_mapping(path, missing_ok=True))
@@ -86,9 +93,8 @@ def _userdata(sec: Section) -> UserDataSettings:
     for name in PROVIDERS:
         url = eps.string(name, None)
         if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise eps.error(name, f"expected an http:// or https:// URL, got {url!r}")
+            if not endpoint_ok(url):
+                raise eps.error(name, f"expected an http:// or https:// URL with no query, got {url!r}")
             endpoints[name] = url.rstrip("/")
     timeout = sec.duration("timeout", d.timeout)
     if timeout <= 0:

@@ -45,6 +45,7 @@ def test_values_are_read(tmp_path):
     ("userdata: {provider: openstack}\n", "userdata.provider"),
     ("userdata: {file: media/user-data}\n", "userdata.file"),
     ("userdata: {endpoints: {aws: 'ftp://127.0.0.1'}}\n", "userdata.endpoints.aws"),
+    ("userdata: {endpoints: {gcp: 'http://127.0.0.1:8080/?x=1'}}\n", "userdata.endpoints.gcp"),
     ("userdata: {endpoints: {gcp: 'metadata.google.internal'}}\n", "userdata.endpoints.gcp"),
     ("userdata: {endpoints: {aws: 8080}}\n", "userdata.endpoints.aws"),
     ("userdata: {endpoints: {openstack: 'http://127.0.0.1'}}\n", "userdata.endpoints.openstack"),

@@ -93,7 +93,7 @@ def test_a_bad_bootstrap_yaml_exits_2_naming_file_and_key(tmp_path):
     assert result.returncode == 2
     assert result.stderr.decode().splitlines() == [
         f"podvm-bootstrap: error: {tmp_path}/config/bootstrap.yaml: userdata.endpoints.aws: "
-        "expected an http:// or https:// URL, got 'ftp://x'"]
+        "expected an http:// or https:// URL with no query, got 'ftp://x'"]
 
 
 def test_file_provider_reads_under_root(tmp_path):

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
 
 from podvm_bootstrap.errors import UsageError
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.settings import PROVIDERS, UserDataSettings
+from podvm_bootstrap.settings import PROVIDERS, UserDataSettings, endpoint_ok
 from podvm_bootstrap.userdata import alibaba, aws, azure, detect, file, gcp
 from podvm_bootstrap.backoff import Deadline
 from podvm_bootstrap.userdata.http import MetadataClient, RetryPolicy
@@ -65,7 +64,6 @@ def fetch_userdata(settings: UserDataSettings, *, root: Path, provider: str | No
 
 
 def _endpoint(provider: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    if not endpoint_ok(url):
         raise UsageError(f"{provider}: endpoint must be an http:// or https:// URL, got {url!r}")
     return url.rstrip("/")
