@@ -25,6 +25,16 @@ cgroup_manager = "cgroupfs"
 """
 
 
+def unmount_under(base: Path) -> None:
+    """Unmount what podman's overlay driver mounted below `base` (it bind-mounts
+    storage/overlay onto itself); else every test run would leave a mount."""
+    prefix = str(base).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, timeout=30)
+
+
 class Podman:
     """`podman system service` on a temp socket with its own storage; the CLI
     on the same storage plays the image build (prefetch) and the tamperer."""
@@ -93,6 +103,7 @@ class Podman:
             yield p
         finally:
             p.stop()
+            unmount_under(base)
             shutil.rmtree(base, ignore_errors=True)
 
     def store_images_dir(self) -> Path:
