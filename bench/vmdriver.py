@@ -313,16 +313,23 @@ def _watch_recovery(name: str, probe: dict, t0: float, timeout: float, before_re
     return {"down_seen_s": down, "back_s": back, "daemon_noticed_s": daemon_noticed, "daemon_ready_s": daemon_ready}
 
 
+def _signal_component(name: str, probe: dict, sig: int, what: str) -> tuple[int, float, float]:
+    """Check the component answers, then send `sig` to its container process.
+    Returns its restart count before, and the wall and monotonic send times."""
+    if not answers(probe, banner=True):
+        raise DriverError(f"{name} does not answer before the {what}")
+    pid = _container_pid(name)
+    before = _component(read_state(), name).get("restarts", 0)
+    t0w, t0 = time.time(), time.monotonic()
+    os.kill(pid, sig)
+    return before, t0w, t0
+
+
 def cmd_crash(args: dict) -> dict:
     """SIGKILL the component's container process; when systemd saw its unit's
     main process exit, when the daemon's state changed, when it answers again."""
     name, probe, unit = args["name"], args["probe"], args["unit"]
-    if not answers(probe, banner=True):
-        raise DriverError(f"{name} does not answer before the crash")
-    pid = _container_pid(name)
-    before = _component(read_state(), name).get("restarts", 0)
-    t0w, t0 = time.time(), time.monotonic()
-    os.kill(pid, signal.SIGKILL)
+    before, t0w, t0 = _signal_component(name, probe, signal.SIGKILL, "crash")
     result = _watch_recovery(name, probe, t0, args.get("timeout", 60), before)
     time.sleep(0.3)  # let the journal catch up
     events = _unit_events(unit, t0w)
@@ -340,12 +347,7 @@ def cmd_hang(args: dict) -> dict:
     from here would fill its listen backlog and fail the daemon's connect
     probe for it); then the stand-in is polled until it answers again."""
     name, probe, bound = args["name"], args["probe"], float(args["detect_bound"])
-    if not answers(probe, banner=True):
-        raise DriverError(f"{name} does not answer before the hang")
-    pid = _container_pid(name)
-    before = _component(read_state(), name).get("restarts", 0)
-    t0w, t0 = time.time(), time.monotonic()
-    os.kill(pid, signal.SIGUSR2)
+    before, t0w, t0 = _signal_component(name, probe, signal.SIGUSR2, "hang")
     first_failure = detected = None
     while time.monotonic() - t0 < bound:
         entry = _component(read_state(), name)
