@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tests.bed.proc import BedError
+from tests.bed.proc import BedError, flock_within
 
 DEFAULT_CACHE = "/var/cache/podvm-bootstrap"
 
@@ -26,15 +25,8 @@ def cache_dir() -> Path:
 def cache_lock(cache: Path, timeout: float = 1200.0) -> Iterator[None]:
     """Exclusive lock on the cache, waited for at most `timeout` seconds."""
     with open(cache / ".lock", "a") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BedError(f"the cache {cache} stayed locked for {timeout:.0f}s (another build?)") from None
-                time.sleep(0.5)
+        if not flock_within(f, timeout):
+            raise BedError(f"the cache {cache} stayed locked for {timeout:.0f}s (another build?)")
         try:
             yield
         finally:

@@ -5,6 +5,7 @@ Only the PIDs started here are ever signalled."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -87,6 +88,20 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def flock_within(f, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    """Take an exclusive flock on the open file `f`, retrying every 0.5 s for
+    at most `timeout` seconds; whether it is held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:

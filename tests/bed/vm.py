@@ -14,7 +14,6 @@ then ends every process of its PID namespace) and of the nspawn PID.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -29,7 +28,7 @@ from typing import Iterator, Sequence
 
 import yaml
 
-from tests.bed.proc import BedError, Service, wait_until
+from tests.bed.proc import BedError, Service, flock_within, wait_until
 from tests.bed.registry import Registry, mirror_conf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,23 +222,17 @@ def _take_vm_lock(name: str, timeout: float):
                        f"(do not mix the module-scoped pod_vm with boot_pod_vm in one module)")
     path = Path(os.environ.get("PODVM_VM_LOCK", "/run/podvm-bootstrap-test-bed.vm.lock"))
     f = open(path, "a+")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            f.seek(0)
-            _refuse_orphan(f.read().split())
-            _record(f, os.getpid())
-            _running_here.append(name)
-            _destroy_on_sigterm()
-            return f
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                f.seek(0)
-                holder = f.read().strip()
-                f.close()
-                raise BedError(f"another test bed VM (test process {holder}) held {path} for {timeout:.0f}s") from None
-            time.sleep(0.5)
+    if not flock_within(f, timeout):
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise BedError(f"another test bed VM (test process {holder}) held {path} for {timeout:.0f}s")
+    f.seek(0)
+    _refuse_orphan(f.read().split())
+    _record(f, os.getpid())
+    _running_here.append(name)
+    _destroy_on_sigterm()
+    return f
 
 
 def _record(lock, test_pid: int, pid1: int | None = None) -> None:
