@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     command("verify", "verify", "check every planned image in local storage against its digest")
+
+    p = command("measurements", "measurements", "replay the measured launch's event log (no TPM needed)")
+    p.add_argument("--log", metavar="FILE", help="the event log (/run/podvm-bootstrap/eventlog)")
+    p.add_argument("--expect-pcr", metavar="HEX", help="exit 0 when the replay gives this PCR value, 1 when not")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -55,9 +55,13 @@ def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_plan(args: argparse.Namespace, paths: Paths) -> int:
     from podvm_bootstrap.planner import format_table
 
-    plan = resolve(paths, _source(args)).plan
+    from podvm_bootstrap.launch_measurement import predicted_measurement
+
+    resolved = resolve(paths, _source(args))
+    plan = resolved.plan
+    measurement = predicted_measurement(plan, resolved.settings.measure.pcr)
     if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
+        print(json.dumps({**plan.to_json(), "measurement": measurement}, indent=2))
     else:
         print(format_table(plan), end="")
     return EXIT_POLICY if plan.refused else EXIT_OK
@@ -111,3 +115,10 @@ def cmd_verify(args: argparse.Namespace, paths: Paths) -> int:
     for line in lines:
         print(line)
     return EXIT_OK if ok else EXIT_RUNTIME
+
+
+def cmd_measurements(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.measurements import DEFAULT_LOG, show_measurements
+
+    path = Path(args.log) if args.log else paths.state_dir / DEFAULT_LOG
+    return show_measurements(path, args.expect_pcr, as_json=args.json)

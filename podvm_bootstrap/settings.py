@@ -60,10 +60,19 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class MeasureSettings:
+    """Measured launch: the TPM (auto | none | a TCTI) and the PCR extended."""
+
+    tpm: str = "auto"
+    pcr: int = 23
+
+
+@dataclass(frozen=True)
 class Settings:
     userdata: UserDataSettings = field(default_factory=UserDataSettings)
     provision: ProvisionSettings = field(default_factory=ProvisionSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
 
 
 def endpoint_ok(url: str) -> bool:
@@ -76,11 +85,12 @@ def endpoint_ok(url: str) -> bool:
 def load_settings(path: Path) -> Settings:
     """Read bootstrap.yaml; a missing file means every default."""
     top = Section(path, "", load_yaml_mapping(path, missing_ok=True))
-    top.only(("userdata", "provision", "runtime"))
+    top.only(("userdata", "provision", "runtime", "measure"))
     return Settings(
         userdata=_userdata(top.section("userdata")),
         provision=_provision(top.section("provision")),
         runtime=_runtime(top.section("runtime")),
+        measure=_measure(top.section("measure")),
     )
 
 
@@ -142,3 +152,19 @@ def _runtime(sec: Section) -> RuntimeSettings:
         crash_loop_restarts=sec.integer("crash_loop_restarts", d.crash_loop_restarts, minimum=1),
         **durations,
     )
+
+
+def _measure(sec: Section) -> MeasureSettings:
+    from podvm_bootstrap.tpm import parse_tpm_setting
+
+    sec.only(("tpm", "pcr"))
+    d = MeasureSettings()
+    tpm = sec.string("tpm", d.tpm)
+    try:
+        parse_tpm_setting(tpm)
+    except ValueError as exc:
+        raise sec.error("tpm", str(exc)) from None
+    pcr = sec.integer("pcr", d.pcr)
+    if pcr > 23:
+        raise sec.error("pcr", f"a PCR index is 0 to 23, got {pcr}")
+    return MeasureSettings(tpm=tpm, pcr=pcr)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian 12 machine (as root):
-# Debian packages (podman, registry, debootstrap, nspawn) and the virtualenv.
+# Debian packages (podman, registry, debootstrap, nspawn, swtpm and tpm2-tools)
+# and the virtualenv (tpm2-pytss is built there from source against libtss2-dev).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ APT_PACKAGES=(
   python3-venv podman runc crun skopeo docker-registry debootstrap systemd-container
   busybox-static uidmap iproute2 apache2-utils gcc libc6-dev
   python3-dev libgirepository1.0-dev libcairo2-dev pkg-config
+  swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -17,8 +19,8 @@ done
 if ((${#missing[@]})); then
   echo "host-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 VENV=${VENV:-.venv}
@@ -30,6 +32,6 @@ stamp="$VENV/.deps-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q 'PyGObject<3.50'
-  "$VENV/bin/pip" install -q -e '.[test]'
+  "$VENV/bin/pip" install -q -e '.[test,tpm]'
   touch "$stamp"
 fi

@@ -68,7 +68,7 @@ def test_plan_json_without_overrides(tmp_path):
     result = run_plan(tmp_path, CONFIG, USERDATA_NO_OVERRIDES, "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"components", "start_order", "errors"}
+    assert set(doc) == {"components", "start_order", "errors", "measurement"}
     assert [c["name"] for c in doc["components"]] == ["attestation-agent", "kata-agent", APF]
     for c in doc["components"]:
         assert set(c) == {"name", "unit", "image", "digest", "source", "override", "after"}
