@@ -50,7 +50,10 @@ def collect_status(state_dir: Path, live_reader: LiveReader = read_unit_states) 
     except SystemdError as exc:
         live = None
         note = f"{exc}; unit states are the daemon's last record"
+    measurement = (state.get("boot") or {}).get("measurement")
+    measurement = measurement if isinstance(measurement, dict) else None
     for c in components:
+        c["measured"] = is_measured(measurement, c)
         unit_state = live.get(c.get("unit", "")) if live is not None else None
         if unit_state is not None:
             c["active_state"], c["sub_state"] = unit_state.active, unit_state.sub
@@ -61,7 +64,27 @@ def collect_status(state_dir: Path, live_reader: LiveReader = read_unit_states) 
         return c.get("state") == "ready" and (live is None or c.get("active_state") == "active")
 
     return {"daemon": daemon, "live": live is not None, "note": note, "boot": state.get("boot") or {},
-            "components": components, "ok": bool(judged) and all(up(c) for c in judged)}
+            "measurement": measurement, "components": components, "ok": bool(judged) and all(up(c) for c in judged)}
+
+
+def is_measured(measurement: dict[str, Any] | None, component: dict[str, Any]) -> bool:
+    """A component is measured when this boot's launch was extended into the
+    TPM (and checks out) and the log names the digest it runs."""
+    if measurement is None or measurement.get("measured") is not True:
+        return False
+    logged = measurement.get("components")
+    digest = component.get("digest")
+    return isinstance(logged, dict) and digest is not None and logged.get(component.get("name")) == digest
+
+
+def measurement_line(measurement: dict[str, Any] | None) -> str:
+    if measurement is None:
+        return "measured launch: no measurement recorded yet"
+    if measurement.get("measured") is True:
+        return (f"measured launch: PCR {measurement.get('pcr')} of TPM {measurement.get('tpm')}: "
+                f"{measurement.get('value')} ({measurement.get('eventlog')})")
+    why = measurement.get("error") or f"measure.tpm: {measurement.get('tpm')}"
+    return f"measured launch: NOT measured ({why}); event log {measurement.get('eventlog')}"
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -69,6 +92,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [f"daemon: pid {daemon.get('pid')} {'running' if daemon['running'] else 'not running'}, "
              f"{daemon.get('phase', '?')}, READY {'sent' if daemon.get('ready') else 'not sent'}; "
              f"{daemon.get('status', '')}"]
+    lines.append(measurement_line(status.get("measurement")))
     if status["note"]:
         lines.append(f"note: {status['note']}")
     header = ("COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "IMAGE", "LAST ERROR")

@@ -2,7 +2,8 @@
 
 Session scope: standin_images, standin_bin, bed_registry, auth_registry, podvm_image.
 Module scope:  pod_vm (one booted VM with the minimal user-data).
-Per test:      boot_pod_vm (a factory; every VM it boots is torn down after the test).
+Per test:      boot_pod_vm (a factory; every VM it boots is torn down after the test),
+               swtpm (a software TPM on loopback).
 See tests/bed/README.md."""
 
 from __future__ import annotations
@@ -133,3 +134,14 @@ def pod_vm(podvm_image, bed_registry, tmp_path_factory):
     with booted(podvm_image, tmp_path_factory.mktemp("pod-vm") / "vm", registry=bed_registry,
                 userdata=MINIMAL_USERDATA) as vm:
         yield vm
+
+
+@pytest.fixture
+def swtpm(tmp_path_factory):
+    """A fresh software TPM on 127.0.0.1 (tests/bed/swtpm.py): `.tcti` for
+    measure.tpm, `.pcrread(pcr)` and `.quoted_pcr(pcr)` read it back with
+    tpm2-tools. Stopped by its PID after the test."""
+    from tests.bed.swtpm import running_swtpm
+
+    with running_swtpm(tmp_path_factory.mktemp("swtpm")) as tpm:
+        yield tpm
