@@ -1,0 +1,151 @@
+"""`plan --json`'s `measurement` and `podvm-bootstrap measurements` through the
+real command line; the `measure` keys of bootstrap.yaml."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from podvm_bootstrap.eventlog import ZERO, LaunchEntry, launch_lines, replay
+from tests.test_cli_plan import APF, CONFIG, LOOPBACK_APF, USERDATA_OVERRIDES, copy_config, run_plan
+
+REPO = Path(__file__).resolve().parent.parent
+D = {c: "sha256:" + hashlib.sha256(c.encode()).hexdigest() for c in ("aa", "ka")}
+LINES = launch_lines(ZERO, [LaunchEntry("aa", f"quay.io/x/aa@{D['aa']}", D["aa"], "default"),
+                            LaunchEntry("ka", f"quay.io/x/ka@{D['ka']}", D["ka"], "override")])
+VALUE = replay(ZERO, LINES)[-1]
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "podvm_bootstrap", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def write_log(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "eventlog"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_plan_predicts_the_log_and_the_pcr_from_zero(tmp_path):
+    result = run_plan(tmp_path, CONFIG, USERDATA_OVERRIDES, "--json")
+    assert result.returncode == 0, result.stderr
+    m = json.loads(result.stdout)["measurement"]
+    assert m["pcr"] == 23
+    events = m["events"]
+    assert events[0] == "INIT sha256/" + "0" * 64 and events[-1].endswith('LaunchComplete {"components":3}')
+    names = [json.loads(e.split(" ")[2])["component"] for e in events[1:-1]]
+    assert names == ["attestation-agent", "kata-agent", APF]  # start order
+    apf = json.loads(events[3].split(" ")[2])
+    assert apf == {"component": APF, "digest": LOOPBACK_APF.split("@")[1], "image": LOOPBACK_APF, "source": "override"}
+    assert m["expected"] == "sha256:" + replay(ZERO, events)[-1].hex()
+
+
+def test_plan_prediction_equals_the_log_run_writes(tmp_path):
+    from podvm_bootstrap.launch_measurement import measure_launch
+    from podvm_bootstrap.paths import Paths
+    from podvm_bootstrap.stages import UserDataSource, resolve
+
+    result = run_plan(tmp_path, CONFIG, USERDATA_OVERRIDES, "--json")
+    predicted = json.loads(result.stdout)["measurement"]
+    paths = Paths.build(root=str(tmp_path / "root"), config_dir=str(CONFIG))
+    resolved = resolve(paths, UserDataSource(file=str(tmp_path / "user-data")))
+    record = measure_launch(paths, resolved.settings, resolved.plan.start_order, resolved.plan.components,
+                            lambda *a: None)  # measure.tpm auto, no TPM under the root: the log only
+    assert (paths.state_dir / "eventlog").read_text().splitlines() == predicted["events"]
+    assert record["value"] == predicted["expected"] and record["measured"] is False
+
+
+def test_measurements_replays_and_compares(tmp_path):
+    log = write_log(tmp_path, LINES)
+    ok = cli("measurements", "--log", str(log), "--expect-pcr", VALUE.hex().upper())
+    assert ok.returncode == 0, ok.stderr
+    assert f"PCR (replayed from the INIT value): sha256:{VALUE.hex()}" in ok.stdout
+    assert all(line in ok.stdout for line in LINES) and "match" in ok.stdout
+    bad = cli("measurements", "--log", str(log), "--expect-pcr", "sha256:" + "0" * 64)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"podvm-bootstrap: error: the replay gives sha256:{VALUE.hex()}, " \
+                                 f"expected sha256:{'0' * 64}"
+
+
+def test_measurements_json(tmp_path):
+    out = cli("measurements", "--log", str(write_log(tmp_path, LINES)), "--json", "--expect-pcr", VALUE.hex())
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0 and doc["ok"] is True and doc["match"] is True
+    assert doc["pcr"] == f"sha256:{VALUE.hex()}" and doc["complete"] is True
+    assert [e["text"] for e in doc["events"]] == LINES
+    assert doc["events"][-1]["pcr"] == doc["pcr"]
+    assert [c["source"] for c in doc["components"]] == ["default", "override"]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda ls: [ls[0], ls[2], ls[1], ls[3]],                              # reordered
+    lambda ls: [ls[0], ls[1].replace(D["aa"][-6:], "abcdef"), *ls[2:]],    # edited digest (and image)
+])
+def test_edited_or_reordered_log_does_not_match(tmp_path, edit):
+    out = cli("measurements", "--log", str(write_log(tmp_path, edit(LINES))), "--expect-pcr", VALUE.hex())
+    assert out.returncode == 1 and "the replay gives" in out.stderr
+
+
+def test_truncated_log_fails_even_without_an_expected_value(tmp_path):
+    out = cli("measurements", "--log", str(write_log(tmp_path, LINES[:-1])))
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith("incomplete launch log (no LaunchComplete)")
+
+
+def test_malformed_log_exits_2_naming_the_line(tmp_path):
+    log = write_log(tmp_path, [LINES[0], LINES[1], "github.com/confidential-containers LaunchComponent {oops}"])
+    out = cli("measurements", "--log", str(log))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"podvm-bootstrap: error: {log}: line 3: the LaunchComponent content is not JSON"
+    out = cli("measurements", "--log", str(log), "--json")
+    assert out.returncode == 2 and json.loads(out.stdout)["line"] == 3
+
+
+def test_missing_log_and_bad_expected_value(tmp_path):
+    out = cli("measurements", "--log", str(tmp_path / "nope"))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot read the event log" in out.stderr
+    out = cli("measurements", "--log", str(write_log(tmp_path, LINES)), "--expect-pcr", "xyz")
+    assert out.returncode == 2 and "--expect-pcr" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_default_log_is_the_state_dirs(tmp_path):
+    state = tmp_path / "run/podvm-bootstrap"
+    state.mkdir(parents=True)
+    write_log(state, LINES)
+    out = cli("--root", str(tmp_path), "measurements", "--expect-pcr", VALUE.hex())
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("measure, key", [
+    ("measure:\n  tpm: tpm0\n", "measure.tpm"),
+    ("measure:\n  tpm: 'swtpm:host=127.0.0.1'\n", "measure.tpm"),
+    ("measure:\n  tpm: 'device:dev/tpmrm0'\n", "measure.tpm"),
+    ("measure:\n  pcr: 24\n", "measure.pcr"),
+    ("measure:\n  pcr: -1\n", "measure.pcr"),
+    ("measure:\n  hash: sha1\n", "measure.hash"),
+])
+def test_bad_measure_settings_exit_2_naming_the_key(tmp_path, measure, key):
+    config = copy_config(tmp_path)
+    bootstrap = config / "bootstrap.yaml"
+    bootstrap.write_text(bootstrap.read_text() + measure)
+    result = run_plan(tmp_path, config, USERDATA_OVERRIDES, "--json")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"podvm-bootstrap: error: {bootstrap}: {key}: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_measure_settings_accepted(tmp_path):
+    from podvm_bootstrap.settings import load_settings
+
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text("measure:\n  tpm: 'swtpm:host=127.0.0.1,port=2321'\n  pcr: 16\n")
+    s = load_settings(path)
+    assert (s.measure.tpm, s.measure.pcr) == ("swtpm:host=127.0.0.1,port=2321", 16)

@@ -1,0 +1,186 @@
+"""The measurement step (podvm_bootstrap.launch_measurement) against a real
+software TPM (swtpm on 127.0.0.1), read back independently with tpm2-tools:
+the log replays to the PCR, a restart in the same boot measures nothing
+again, a crash between a line's write and its extend is completed, a failed
+extend is one error with nothing started, and without a TPM the log is still
+written and the launch reported unmeasured."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from podvm_bootstrap.eventlog import ZERO, init_line, launch_lines, parse_log, predict, replay
+from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.launch_measurement import MeasurementError, launch_entries, measure_launch
+from podvm_bootstrap.model import Component, PlannedComponent
+from podvm_bootstrap.paths import Paths
+from podvm_bootstrap.settings import MeasureSettings, Settings
+
+DIGESTS = {name: "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+           for name in ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder",
+                        "api-server-rest")}
+START_ORDER = (("attestation-agent",), ("confidential-data-hub", "kata-agent"), ("agent-protocol-forwarder",),
+               ("api-server-rest",))
+
+
+def planned(name: str, source: str = "default", digest: str | None = None) -> PlannedComponent:
+    image = parse_reference(f"quay.io/confidential-containers/{name}@{digest or DIGESTS[name]}")
+    return PlannedComponent(Component(name, image, f"{name}.service"), image, source)
+
+
+FIVE = [planned(name) for name in DIGESTS]
+
+
+class Bed:
+    def __init__(self, root: Path, tpm: str, pcr: int = 23) -> None:
+        self.root = root
+        self.paths = Paths.build(root=str(root))
+        self.settings = Settings(measure=MeasureSettings(tpm=tpm, pcr=pcr))
+        self.refused: dict[str, str] = {}
+        self.set_boot("boot-1")
+
+    def set_boot(self, boot_id: str) -> None:
+        f = self.root / "proc/sys/kernel/random/boot_id"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(boot_id + "\n")
+
+    def measure(self, components=FIVE) -> dict:
+        return measure_launch(self.paths, self.settings, START_ORDER, components,
+                              lambda name, reason: self.refused.__setitem__(name, reason))
+
+    @property
+    def log(self) -> Path:
+        return self.paths.state_dir / "eventlog"
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+def test_log_replays_to_the_pcr_a_quote_shows_and_plan_predicted(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    record = bed.measure()
+    lines = bed.lines()
+    assert lines == predict(launch_entries_in_order())[0]  # fresh TPM: PCR 23 starts at zero
+    assert [line.split(" ")[1] for line in lines[1:]] == ["LaunchComponent"] * 5 + ["LaunchComplete"]
+    assert '"component":"confidential-data-hub"' in lines[2] and '"component":"kata-agent"' in lines[3]
+    value = replay(ZERO, lines)[-1]
+    assert swtpm.pcrread(23) == value
+    assert swtpm.quoted_pcr(23) == value
+    assert record["measured"] is True and record["value"] == "sha256:" + value.hex()
+    assert record["components"] == DIGESTS and record["error"] is None and not bed.refused
+    assert bed.log.stat().st_mode & 0o777 == 0o644
+
+
+def launch_entries_in_order():
+    from podvm_bootstrap.eventlog import launch_order
+
+    return launch_order(launch_entries(FIVE), START_ORDER)
+
+
+def test_restart_in_the_same_boot_measures_nothing_again(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    log_before, pcr_before = bed.log.read_bytes(), swtpm.pcrread(23)
+    record = bed.measure()
+    assert bed.log.read_bytes() == log_before and swtpm.pcrread(23) == pcr_before
+    assert record["measured"] is True and not bed.refused
+
+
+def test_restart_refuses_a_component_whose_digest_the_boot_did_not_measure(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    pcr_before = swtpm.pcrread(23)
+    changed = [*FIVE[:3], planned("agent-protocol-forwarder", "override", "sha256:" + "e" * 64), FIVE[4]]
+    record = bed.measure(changed)
+    assert list(bed.refused) == ["agent-protocol-forwarder"]
+    assert "not in this boot's measured launch set" in bed.refused["agent-protocol-forwarder"]
+    assert swtpm.pcrread(23) == pcr_before and record["components"] == DIGESTS
+
+
+def test_new_boot_starts_a_new_log_from_the_pcrs_value(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    carried = swtpm.pcrread(23)  # swtpm keeps PCR 23 (no reboot of the TPM here): INIT says so
+    bed.set_boot("boot-2")
+    bed.measure()
+    lines = bed.lines()
+    assert lines[0] == init_line(carried)
+    assert swtpm.pcrread(23) == parse_log(bed.log.read_bytes()).value
+
+
+def test_a_line_written_but_not_extended_is_extended_by_the_next_daemon(tmp_path, swtpm):
+    """A daemon killed between a line's fsync and its extend: the log says one
+    line more than the PCR; the next daemon of the boot extends it and goes on."""
+    bed = Bed(tmp_path, swtpm.tcti)
+    expected = launch_lines(ZERO, launch_entries_in_order())
+    bed.log.parent.mkdir(parents=True)
+    (bed.log.parent / "eventlog.boot_id").write_text("boot-1\n")
+    bed.log.write_text("\n".join(expected[:3]) + "\n")
+    for line in expected[:2]:  # the third line was written, never extended
+        swtpm.extend(23, hashlib.sha256(line.encode()).hexdigest())
+    record = bed.measure()
+    assert bed.lines() == expected
+    assert swtpm.pcrread(23) == replay(ZERO, expected)[-1]
+    assert record["measured"] is True
+
+
+def test_unfinished_log_of_another_launch_set_stops_the_boot(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    other = launch_lines(ZERO, launch_entries([planned("kata-agent", digest="sha256:" + "f" * 64)]))
+    bed.log.parent.mkdir(parents=True)
+    (bed.log.parent / "eventlog.boot_id").write_text("boot-1\n")
+    bed.log.write_text(other[0] + "\n" + other[1] + "\n")
+    with pytest.raises(MeasurementError, match="another launch set; nothing started"):
+        bed.measure()
+
+
+def test_failed_extend_is_one_error_and_the_log_says_no_less_than_the_pcr(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti, pcr=17)  # PCR 17 cannot be extended from locality 0
+    with pytest.raises(MeasurementError) as info:
+        bed.measure()
+    message = str(info.value)
+    assert "\n" not in message and "nothing started" in message and "PCR 17" in message
+    assert swtpm.pcrread(17) == b"\xff" * 32  # untouched
+    assert bed.lines() == [init_line(b"\xff" * 32)]  # written (durable) before the extend that failed
+
+
+def test_unreachable_tpm_is_one_error_and_no_log(tmp_path):
+    from tests.bed.proc import free_port
+
+    bed = Bed(tmp_path, f"swtpm:host=127.0.0.1,port={free_port()}")
+    with pytest.raises(MeasurementError, match="cannot open it"):
+        bed.measure()
+    assert not bed.log.exists()
+
+
+@pytest.mark.parametrize("tpm", ["none", "auto"])
+def test_without_a_tpm_the_log_is_written_and_the_launch_unmeasured(tmp_path, tpm):
+    bed = Bed(tmp_path, tpm)  # auto: no <root>/dev/tpmrm0
+    record = bed.measure()
+    assert bed.lines() == predict(launch_entries_in_order())[0]
+    assert record["measured"] is False and record["tpm"].startswith("none")
+    record = bed.measure([*FIVE[:4], replace(FIVE[4], image=parse_reference(
+        "quay.io/confidential-containers/api-server-rest@sha256:" + "d" * 64))])
+    assert not bed.refused  # nothing is measured: nothing to refuse
+    assert bed.lines() == predict(launch_entries_in_order())[0]  # and the boot's log is kept
+
+
+def test_attestation_agent_log_continuing_ours_keeps_the_launch_confirmed(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    ours = swtpm.pcrread(23)
+    aa = [init_line(ours), 'github.com/confidential-containers/attestation-agent AddImage {"x":1}']
+    for line in aa:
+        swtpm.extend(23, hashlib.sha256(line.encode()).hexdigest())
+    aa_log = tmp_path / "run/attestation-agent/eventlog"
+    aa_log.parent.mkdir(parents=True)
+    aa_log.write_text("\n".join(aa) + "\n")
+    assert bed.measure()["measured"] is True
+    swtpm.extend(23, "ab" * 32)  # something nobody logged
+    record = bed.measure()
+    assert record["measured"] is False
+    assert "no attestation agent log continues it" in record["error"]
