@@ -20,6 +20,9 @@ PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "podman", "netavark", "aardvark-dns", "conmon",
     "crun", "runc", "iptables", "python3", "python3-pydbus", "python3-yaml",
     "python3-requests", "python3-sdnotify", "python3-pip", "iproute2", "busybox-static",
+    # measured launch: the TSS's Python bindings (python3-ply named: a virtual
+    # dependency debootstrap cannot resolve by itself)
+    "python3-tpm2-pytss", "python3-ply",
 )
 HOSTNAME = "podvm"
 

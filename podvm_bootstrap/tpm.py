@@ -10,6 +10,7 @@ connection at a time). tpm2-pytss is imported only then."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ class Tpm:
         self._esapi = None
 
     def __enter__(self) -> "Tpm":
+        # The TSS logs its own errors to stderr, several lines each; ours is the
+        # one line that says what failed (TSS2_LOG set by an operator wins).
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
         try:
             from tpm2_pytss import ESAPI, TCTILdr
         except ImportError as exc:
