@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """`make demo`: build the pod VM image, boot it with sample user-data that
-overrides the forwarder's image, and show what an operator looks at.
+overrides the forwarder's image, and show what an operator looks at, and the
+measured launch: a software TPM (swtpm) on 127.0.0.1 serves as the VM's TPM;
+`plan --json` predicts PCR 23 before boot, and the VM's event log replays to
+the value tpm2_pcrread reads afterwards.
 
 The components are the test bed's STAND-INS (tests/standins), served under
 their real names by a loopback registry; the VM is systemd-nspawn booting the
@@ -8,6 +11,8 @@ image's root filesystem (tests/bed/vm.py). Everything stays on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
 from tests.bed.registry import running_registry  # noqa: E402
+from tests.bed.swtpm import running_swtpm  # noqa: E402
 from tests.bed.userdata import cloud_config  # noqa: E402
 from tests.bed.vm import boot, ensure_image  # noqa: E402
 from tests.standins import images as standins  # noqa: E402
@@ -36,6 +42,48 @@ def show(vm, title: str, command: str) -> None:
     print(f"# {command}")
     out = vm.run(command, check=False, timeout=60)
     print((out.stdout + out.stderr).rstrip(), flush=True)
+
+
+def baked(image, path: str) -> dict:
+    import yaml
+
+    for lower in image.lowerdirs:
+        f = Path(lower) / path.lstrip("/")
+        if f.exists():
+            return yaml.safe_load(f.read_text()) or {}
+    raise SystemExit(f"demo: {path} is not in the image")
+
+
+def measured_config(image, workroot: Path, tcti: str) -> tuple[Path, str]:
+    """The image's baked files, with the file provider and measure.tpm set to
+    the loopback swtpm: a config dir for `plan` on this machine, and the
+    bootstrap.yaml placed in the VM."""
+    import yaml
+
+    settings = baked(image, "/etc/podvm-bootstrap/bootstrap.yaml")
+    settings.setdefault("userdata", {}).update({"provider": "file", "timeout": "20s"})
+    settings["measure"] = {"tpm": tcti, "pcr": 23}
+    bootstrap = yaml.safe_dump(settings, sort_keys=False)
+    config = workroot / "config"
+    config.mkdir()
+    for name in ("components.yaml", "policy.yaml"):
+        (config / name).write_text(yaml.safe_dump(baked(image, f"/etc/podvm-bootstrap/{name}"), sort_keys=False))
+    (config / "bootstrap.yaml").write_text(bootstrap)
+    return config, bootstrap
+
+
+def predict(config: Path, workroot: Path, userdata: str) -> dict:
+    """`podvm-bootstrap plan --json` on this machine, before boot: the launch
+    set's event log and the PCR 23 value it gives from zero."""
+    (workroot / "user-data").write_text(userdata)
+    (workroot / "plan-root").mkdir()
+    out = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(workroot / "plan-root"),
+                          "--config-dir", str(config), "plan", "--json", "--user-data", str(workroot / "user-data")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    if out.returncode != 0:
+        raise SystemExit(f"demo: plan failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)["measurement"]
 
 
 def main() -> int:
@@ -55,15 +103,21 @@ def main() -> int:
 
     workroot = Path(tempfile.mkdtemp(prefix="podvm-demo-", dir="/var/tmp"))
     try:
-        with running_registry() as registry:
+        with running_registry() as registry, running_swtpm(workroot / "swtpm") as tpm:
             for image_ in built.values():
                 if image_.variant != "padded":
                     registry.push_standin(image_)
             banner("sample user-data (untrusted; the forwarder's image overridden by digest)")
             print(userdata.rstrip())
+            config, bootstrap = measured_config(image, workroot, tpm.tcti)
+            banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 23")
+            predicted = predict(config, workroot, userdata)
+            print(f"TPM: swtpm on 127.0.0.1 (measure.tpm: {tpm.tcti}); PCR 23 now {tpm.pcrread(23).hex()}")
+            print("predicted event log:\n  " + "\n  ".join(predicted["events"]))
+            print(f"predicted PCR 23: {predicted['expected']}")
             banner("booting the pod VM (systemd-nspawn)")
             vm = boot(image, workroot / "vm", name="podvm-demo", userdata=userdata, registry=registry,
-                      wait="started")
+                      wait="started", files={"/etc/podvm-bootstrap/bootstrap.yaml": bootstrap})
             try:
                 vm.wait_until("systemctl is-system-running | grep -qE '^(running|degraded)$'", 120,
                               "podvm-bootstrap to report READY (the boot to finish)")
@@ -81,6 +135,17 @@ def main() -> int:
                 show(vm, "what answers on the forwarder's port (from inside its container)",
                      "podman exec agent-protocol-forwarder standin probe tcp 127.0.0.1:15150")
                 show(vm, "podvm-bootstrap verify", "podvm-bootstrap verify")
+                banner("measured launch: PCR 23 read on the host with tpm2_pcrread")
+                pcr = tpm.pcrread(23).hex()
+                print(f"PCR 23 = sha256:{pcr} ({'as' if 'sha256:' + pcr == predicted['expected'] else 'NOT as'}"
+                      " plan --json predicted before boot)")
+                show(vm, "the event log in the VM", "cat /run/podvm-bootstrap/eventlog")
+                show(vm, "its replay against the TPM's value (what a verifier runs)",
+                     f"podvm-bootstrap measurements --expect-pcr {pcr}; echo \"exit $?\"")
+                show(vm, "a reordered copy (lines 2 and 3 swapped) does not replay to it",
+                     "awk 'NR==2{l=$0;next} NR==3{print;print l;next} {print}' /run/podvm-bootstrap/eventlog"
+                     f" > /tmp/reordered; podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
+                     " > /tmp/out; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
                 banner("shutting the VM down")
                 vm.run(["systemctl", "poweroff", "--no-block"], check=False)
                 try:
