@@ -92,7 +92,6 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [f"daemon: pid {daemon.get('pid')} {'running' if daemon['running'] else 'not running'}, "
              f"{daemon.get('phase', '?')}, READY {'sent' if daemon.get('ready') else 'not sent'}; "
              f"{daemon.get('status', '')}"]
-    lines.append(measurement_line(status.get("measurement")))
     if status["note"]:
         lines.append(f"note: {status['note']}")
     header = ("COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "IMAGE", "LAST ERROR")
@@ -106,6 +105,7 @@ def format_status(status: dict[str, Any]) -> str:
     for r in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1])
     lines.append("* essential")
+    lines.append(measurement_line(status.get("measurement")))
     return "\n".join(lines) + "\n"
 
 
