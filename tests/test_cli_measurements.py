@@ -149,3 +149,17 @@ def test_measure_settings_accepted(tmp_path):
     path.write_text("measure:\n  tpm: 'swtpm:host=127.0.0.1,port=2321'\n  pcr: 16\n")
     s = load_settings(path)
     assert (s.measure.tpm, s.measure.pcr) == ("swtpm:host=127.0.0.1,port=2321", 16)
+
+
+def test_no_prediction_for_an_image_given_by_tag():
+    from podvm_bootstrap.imageref import parse_reference
+    from podvm_bootstrap.launch_measurement import predicted_measurement
+    from podvm_bootstrap.model import Component, Plan, PlannedComponent
+
+    pinned = parse_reference(f"quay.io/x/aa@{D['aa']}")
+    tagged = parse_reference("quay.io/x/ka:latest")
+    plan = Plan((PlannedComponent(Component("aa", pinned, "aa.service"), pinned, "default"),
+                 PlannedComponent(Component("ka", tagged, "ka.service"), tagged, "default")), (("aa", "ka"),))
+    assert predicted_measurement(plan, 16) == {"pcr": 16, "events": [], "expected": None}
+    pinned_only = Plan(plan.components[:1], (("aa",),))
+    assert predicted_measurement(pinned_only, 16)["expected"].startswith("sha256:")
