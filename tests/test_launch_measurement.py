@@ -184,3 +184,12 @@ def test_attestation_agent_log_continuing_ours_keeps_the_launch_confirmed(tmp_pa
     record = bed.measure()
     assert record["measured"] is False
     assert "no attestation agent log continues it" in record["error"]
+
+
+def test_preloading_the_bindings_only_when_a_tpm_is_used(tmp_path, swtpm):
+    from podvm_bootstrap.tpm import preload_bindings
+
+    assert preload_bindings("none", tmp_path) is False
+    assert preload_bindings("auto", tmp_path) is False      # no <root>/dev/tpmrm0
+    assert preload_bindings(swtpm.tcti, tmp_path) is True
+    assert preload_bindings("bogus", tmp_path) is False     # settings report it, not this
