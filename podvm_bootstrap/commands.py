@@ -53,9 +53,8 @@ def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, paths: Paths) -> int:
-    from podvm_bootstrap.planner import format_table
-
     from podvm_bootstrap.launch_measurement import predicted_measurement
+    from podvm_bootstrap.planner import format_table
 
     resolved = resolve(paths, _source(args))
     plan = resolved.plan
