@@ -5,8 +5,10 @@ content or the new one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -56,3 +58,23 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
         pass
     atomic_write(path, data, mode)
     return True
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of `path`, which must be a regular file: a FIFO or
+    a device planted there can neither block the read nor feed it forever
+    (O_NONBLOCK makes opening a FIFO return at once). OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from podvm_bootstrap.errors import BootstrapError, one_line
-from podvm_bootstrap.eventlog import (ZERO, LaunchEntry, MalformedLog, ParsedLog, aael_states, format_value,
-                                      launch_lines, launch_order, line_digest, parse_log, predict)
-from podvm_bootstrap.fsutil import atomic_write
+from podvm_bootstrap.eventlog import (MAX_LOG_BYTES, ZERO, LaunchEntry, MalformedLog, ParsedLog, aael_states,
+                                      format_value, launch_lines, launch_order, line_digest, parse_log, predict)
+from podvm_bootstrap.fsutil import atomic_write, read_regular_file
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.model import Plan, PlannedComponent
 from podvm_bootstrap.paths import Paths
@@ -62,8 +62,7 @@ def predicted_measurement(plan: Plan, pcr: int) -> dict[str, Any]:
 
 def read_boot_id(root: Path) -> str:
     try:
-        with open(root / BOOT_ID.lstrip("/"), "rb") as f:
-            return f.read(128).decode("ascii", "replace").strip() or "unknown"
+        return read_regular_file(root / BOOT_ID.lstrip("/"), 128).decode("ascii", "replace").strip() or "unknown"
     except OSError:
         return "unknown"
 
@@ -133,10 +132,8 @@ class _Step:
         boot is removed). A log of this boot that is not a launch log: with a
         TPM that is an error, without one it is written again."""
         try:
-            with open(self.boot_path, "rb") as f:
-                same_boot = f.read(128).decode("ascii", "replace").strip() == self.boot_id
-            with open(self.log_path, "rb") as f:
-                data = f.read(2 * 1024 * 1024)
+            same_boot = read_regular_file(self.boot_path, 128).decode("ascii", "replace").strip() == self.boot_id
+            data = read_regular_file(self.log_path, MAX_LOG_BYTES + 1)
         except FileNotFoundError:
             return None
         if not same_boot:
@@ -272,8 +269,7 @@ class _Step:
         """The attestation agent extends the same PCR with its own AAEL log,
         whose INIT line starts from the value ours ends with."""
         try:
-            with open(self.paths.rooted(AA_EVENTLOG), "rb") as f:
-                init, states = aael_states(f.read(2 * 1024 * 1024))
+            init, states = aael_states(read_regular_file(self.paths.rooted(AA_EVENTLOG), MAX_LOG_BYTES + 1))
         except (OSError, ValueError):
             return False
         return init == ours and value in states[-2:]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, UsageError
+from podvm_bootstrap.fsutil import read_regular_file
 from podvm_bootstrap.eventlog import (MAX_LOG_BYTES, MalformedLog, ParsedLog, format_value, line_digest,
                                       parse_log, parse_value)
 
@@ -28,8 +29,7 @@ def show_measurements(path: Path, expect: str | None, *, as_json: bool) -> int:
         except ValueError as exc:
             raise UsageError(f"--expect-pcr: {exc}") from None
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LOG_BYTES + 1)
+        data = read_regular_file(path, MAX_LOG_BYTES + 1)
     except OSError as exc:
         return _fail(f"cannot read the event log {path}: {exc.strerror or exc}", as_json)
     try:

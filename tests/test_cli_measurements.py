@@ -163,3 +163,10 @@ def test_no_prediction_for_an_image_given_by_tag():
     assert predicted_measurement(plan, 16) == {"pcr": 16, "events": [], "expected": None}
     pinned_only = Plan(plan.components[:1], (("aa",),))
     assert predicted_measurement(pinned_only, 16)["expected"].startswith("sha256:")
+
+
+def test_a_fifo_given_as_the_log_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = cli("measurements", "--log", str(fifo))  # would block forever on a plain open()
+    assert out.returncode == 1 and "not a regular file" in out.stderr

@@ -193,3 +193,16 @@ def test_preloading_the_bindings_only_when_a_tpm_is_used(tmp_path, swtpm):
     assert preload_bindings("auto", tmp_path) is False      # no <root>/dev/tpmrm0
     assert preload_bindings(swtpm.tcti, tmp_path) is True
     assert preload_bindings("bogus", tmp_path) is False     # settings report it, not this
+
+
+def test_a_fifo_planted_as_the_agents_log_does_not_hang_the_check(tmp_path, swtpm):
+    import os
+
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    swtpm.extend(23, "cd" * 32)
+    fifo = tmp_path / "run/attestation-agent/eventlog"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    record = bed.measure()  # bounded: would block in open() on the FIFO otherwise
+    assert record["measured"] is False and "no attestation agent log continues it" in record["error"]
