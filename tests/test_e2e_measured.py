@@ -4,7 +4,8 @@ host with tpm2-tools: `plan --json` predicts the PCR before boot, the log in
 the VM replays to the PCR a checked quote shows and names exactly the digests
 that run (the override as `override`); a crashed component and a SIGKILLed
 daemon change nothing; an edited, reordered or truncated copy of the log
-fails `measurements`; a TPM that cannot be reached starts nothing."""
+fails `measurements`; a TPM that cannot be reached starts nothing; without a
+TPM the log is still written and `status` says the launch is unmeasured."""
 
 from __future__ import annotations
 
@@ -132,3 +133,18 @@ def test_unreachable_tpm_starts_no_component(boot_pod_vm, podvm_image):
     assert vm.podman("ps", "-q").stdout.strip() == ""
     journal = vm.journal("podvm-bootstrap.service")
     assert "Traceback" not in journal and "ERROR:tcti" not in journal  # one line of ours, not the TSS's
+
+
+def test_without_a_tpm_the_log_is_written_and_status_says_unmeasured(boot_pod_vm, podvm_image, tmp_path):
+    userdata = cloud_config()
+    bootstrap = measured_bootstrap(podvm_image, "auto")  # the VM has no /dev/tpmrm0
+    predicted = predict_on_host(podvm_image, tmp_path, bootstrap, userdata)
+    vm = boot_pod_vm(userdata=userdata, files={BOOTSTRAP: bootstrap}, wait="started")
+    st = wait_status(vm, all_ready, 120, "every component ready")  # an unmeasured launch still boots
+    assert vm.read_file(EVENTLOG).decode().splitlines() == predicted["events"]
+    assert st["measurement"]["measured"] is False and st["measurement"]["tpm"].startswith("none")
+    assert st["measurement"]["value"] == predicted["expected"]
+    assert [c["measured"] for c in st["components"]] == [False] * 3
+    assert "measured launch: NOT measured" in vm.run(["podvm-bootstrap", "status"], check=False).stdout
+    assert "launch NOT measured" in vm.journal("podvm-bootstrap.service")
+    assert measurements(vm, predicted["expected"]).returncode == 0
