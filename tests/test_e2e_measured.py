@@ -10,7 +10,6 @@ TPM the log is still written and `status` says the launch is unmeasured."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 from tests.bed.proc import free_port
 from tests.bed.userdata import cloud_config
 from tests.bed.vm import PodVM
-from tests.test_e2e_runtime import all_ready, baked, component, daemon_pid, status, wait_status
+from tests.test_e2e_runtime import all_ready, baked, component, daemon_pid, wait_status
 
 pytestmark = pytest.mark.vm
 
