@@ -23,7 +23,9 @@ _DOMAIN = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::(?P<port>[0-9]{{1,5}}))?"
 )
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # ASCII only, unlike \w
-_DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})")
+# The contract pins images by sha256 only (measurement and signatures assume it);
+# the OCI grammar's sha384/sha512 digests are refused.
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 DIGEST_PATTERN = _DIGEST
 MAX_NAME_LENGTH = 255
 DEFAULT_REGISTRY = "docker.io"
@@ -67,6 +69,15 @@ class ImageRef:
         return out
 
 
+def _digest_problem(digest: str) -> str:
+    """Why `digest` is not `sha256:<64 lowercase hex>`, for the message."""
+    algorithm, _, hex_part = digest.partition(":")
+    if algorithm != "sha256":
+        return f"only sha256 digests are accepted, got {algorithm[:16]!r} (expected sha256:<64 lowercase hex>)"
+    return f"expected sha256:<64 lowercase hex>, got {len(hex_part)} characters" + (
+        "" if re.fullmatch(r"[a-f0-9]*", hex_part) else " with some not lowercase hex")
+
+
 def parse_reference(text: str) -> ImageRef:
     """Parse and normalize an image reference; ReferenceError when invalid."""
     if not isinstance(text, str) or not text:
@@ -77,7 +88,7 @@ def parse_reference(text: str) -> ImageRef:
     if "@" in text:
         name, digest = text.split("@", 1)
         if not _DIGEST.fullmatch(digest):
-            raise ReferenceError(f"invalid digest in {text!r} (expected sha256:<64 hex>)")
+            raise ReferenceError(f"invalid digest: {_digest_problem(digest)}")
     tag = None
     # A tag follows the last ':' only if no '/' comes after it (else it is a port).
     colon = name.rfind(":")

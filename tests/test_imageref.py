@@ -89,3 +89,42 @@ def test_with_digest_replaces_the_tag():
     assert (ref.tag, ref.digest) == (None, D)
     with pytest.raises(ReferenceError):
         ref.with_digest("sha256:xyz")
+
+
+# --- digests: sha256 only (the contract; measurement and signatures assume it) ---
+
+SHA384 = "sha384:" + "b" * 96
+SHA512 = "sha512:" + "c" * 128
+
+
+@pytest.mark.parametrize("digest", [SHA384, SHA512])
+def test_sha384_and_sha512_digests_are_refused_with_the_reason(digest):
+    with pytest.raises(ReferenceError, match="only sha256 digests are accepted, got 'sha"):
+        parse_reference(f"quay.io/org/app@{digest}")
+    with pytest.raises(ReferenceError):
+        parse_reference("quay.io/org/app").with_digest(digest)
+
+
+@pytest.mark.parametrize("digest", [SHA384, SHA512])
+def test_an_override_pinned_by_another_algorithm_is_refused_by_the_policy(digest):
+    from podvm_bootstrap.policy import ComponentPolicy, Policy, evaluate_override, parse_pattern
+
+    rules = ComponentPolicy((parse_pattern("ghcr.io/example/*"),), ())
+    policy = Policy(mutable_tags=False, components={"apf": rules})
+    assert evaluate_override(policy, "apf", f"ghcr.io/example/apf@{D}").accepted
+    decision = evaluate_override(policy, "apf", f"ghcr.io/example/apf@{digest}")
+    assert not decision.accepted
+    assert "only sha256 digests are accepted" in decision.reason
+
+
+@pytest.mark.parametrize("digest", [SHA384, SHA512])
+def test_a_baked_default_pinned_by_another_algorithm_is_a_config_error_naming_file_and_key(tmp_path, digest):
+    from podvm_bootstrap.errors import ConfigError
+    from podvm_bootstrap.manifest import load_manifest
+
+    path = tmp_path / "components.yaml"
+    path.write_text(f"version: 1\ncomponents:\n  apf:\n    image: quay.io/org/apf@{digest}\n")
+    with pytest.raises(ConfigError) as info:
+        load_manifest(path)
+    assert str(info.value).startswith(f"{path}: components.apf.image: ")
+    assert "only sha256 digests are accepted" in str(info.value)
