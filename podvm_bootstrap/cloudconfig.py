@@ -21,9 +21,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from podvm_bootstrap.errors import UserDataError, one_line
+from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.yamlfile import YamlProblem, load_yaml_text
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Largest content of one provisioned file, after decoding (and of all of them
@@ -161,33 +160,12 @@ class UserData:
     ignored_keys: tuple[str, ...] = ()  # top-level cloud-config keys this daemon does not act on
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases: a few hundred bytes of nested aliases
-    ("billion laughs") would otherwise expand into gigabytes of objects."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases are not allowed in user-data", event.start_mark)
-        return super().compose_node(parent, index)
-
-
 def _load_yaml(text: str) -> Any:
     try:
         # The safe constructors only (no arbitrary objects), without aliases.
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserDataError(f"user-data is not valid YAML: {problem}{where}") from None
-    except RecursionError:
-        raise UserDataError("user-data is not valid YAML: nested too deeply") from None
-    except (ValueError, OverflowError) as exc:
-        # The safe constructors raise these for a scalar they cannot build
-        # (a timestamp like 2001-13-14, an integer of thousands of digits).
-        raise UserDataError(f"user-data is not valid YAML: {one_line(exc, 200)}") from None
+        return load_yaml_text(text, aliases=False)
+    except YamlProblem as exc:
+        raise UserDataError(f"user-data is not valid YAML: {exc}") from None
 
 
 def parse_userdata(raw: bytes) -> UserData:

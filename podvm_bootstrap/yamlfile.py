@@ -16,6 +16,79 @@ from podvm_bootstrap.quantities import parse_duration, parse_size
 T = TypeVar("T")
 
 
+class YamlProblem(ValueError):
+    """A YAML text that cannot be loaded: the message is one line, with the
+    line number when the parser knows it, and never the document's content."""
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no arbitrary objects), stricter on explicit tags:
+    `!!int ''`, `!!bool x`, `!!timestamp 1` and the like make the library's
+    constructors fail with IndexError, KeyError or AttributeError; here a
+    scalar with an explicit !!int/!!float/!!bool/!!timestamp tag must look
+    like one (the resolver's own pattern for that tag), else it is a YAML error."""
+
+    allow_aliases = True
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if not self.allow_aliases and self.check_event(yaml.AliasEvent):
+            # A few hundred bytes of nested aliases ("billion laughs") would
+            # otherwise expand into gigabytes of objects.
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class _NoAliasLoader(_SafeLoader):
+    allow_aliases = False
+
+
+def _implicit_patterns() -> dict[str, Any]:
+    patterns: dict[str, Any] = {}
+    for resolvers in yaml.SafeLoader.yaml_implicit_resolvers.values():
+        for tag, pattern in resolvers:
+            patterns.setdefault(tag, pattern)
+    return patterns
+
+
+def _checked_scalar(tag: str, pattern: Any) -> Callable[[Any, Any], Any]:
+    construct = yaml.SafeLoader.yaml_constructors[tag]
+    kind = tag.rsplit(":", 1)[-1]
+
+    def constructor(loader: Any, node: Any) -> Any:
+        value = loader.construct_scalar(node)  # a ConstructorError unless a scalar
+        if not pattern.match(value):
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid !!{kind} value", node.start_mark)
+        return construct(loader, node)
+
+    return constructor
+
+
+for _tag, _pattern in _implicit_patterns().items():
+    if _tag.rsplit(":", 1)[-1] in ("int", "float", "bool", "timestamp"):
+        _SafeLoader.add_constructor(_tag, _checked_scalar(_tag, _pattern))
+
+
+def load_yaml_text(text: str, *, aliases: bool = True) -> Any:
+    """The document in `text`, built with the safe constructors only;
+    YamlProblem (one line) for anything that cannot be loaded. `aliases=False`
+    for untrusted text."""
+    try:
+        return yaml.load(text, Loader=_SafeLoader if aliases else _NoAliasLoader)  # noqa: S506 - safe loaders
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise YamlProblem(one_line(f"{problem}{where}", 200)) from None
+    except RecursionError:
+        raise YamlProblem("nested too deeply") from None
+    except (ValueError, OverflowError, TypeError, LookupError, AttributeError) as exc:
+        # What the safe constructors still raise for a scalar they cannot
+        # build (a date like 2001-13-14, an integer of thousands of digits):
+        # the library's fault or the text's, never a traceback.
+        raise YamlProblem(f"invalid value: {one_line(exc, 200)}") from None
+
+
 def load_yaml_mapping(path: Path, *, missing_ok: bool) -> dict[str, Any]:
     """The top-level mapping of a YAML file; {} when it is absent and missing_ok."""
     try:
@@ -27,15 +100,9 @@ def load_yaml_mapping(path: Path, *, missing_ok: bool) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "", f"cannot read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(path, "", f"{problem}{where}") from None
-    except (ValueError, OverflowError, RecursionError) as exc:
-        # A scalar the safe constructors cannot build (a bad date, a huge integer).
-        raise ConfigError(path, "", f"invalid value: {one_line(exc, 200)}") from None
+        data = load_yaml_text(text)
+    except YamlProblem as exc:
+        raise ConfigError(path, "", str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

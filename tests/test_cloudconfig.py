@@ -371,3 +371,33 @@ def test_show_escapes_only_what_needs_it():
     assert show("/a\nb") == "'/a\\nb'"
     assert show("/a\u2028b") == "'/a\\u2028b'"
     assert show("x" * 500).endswith("...") and len(show("x" * 500)) < 300
+
+
+# Explicit tags whose values PyYAML's safe constructors cannot build: before
+# the strict loader, each was an IndexError, KeyError or AttributeError (a
+# traceback in `run`, before any component started).
+LIBRARY_MISHANDLED_TAGS = [
+    b"!!int ''", b"!!int '-'", b"!!int '+'", b"!!int '_'", b"!!int '0x_'",
+    b"!!float ''", b"!!float '.'", b"!!float '-'",
+    b"!!bool ''", b"!!bool 'maybe'",
+    b"!!timestamp 1", b"!!timestamp 'not a date'", b"!!timestamp 2001-13-14",
+    b"!!binary 'YWJ'", b"!!binary [1]",
+    b"!!python/object/apply:os.system ['true']", b"!!python/name:os.system ''",
+    b"!!set x", b"!!omap x", b"!!pairs [1]",
+]
+
+
+@pytest.mark.parametrize("value", LIBRARY_MISHANDLED_TAGS, ids=lambda v: v.decode())
+def test_explicit_tags_the_yaml_library_mishandles_are_one_user_data_error(value):
+    with pytest.raises(UserDataError, match="^user-data is not valid YAML: ") as info:
+        parse_userdata(b"#cloud-config\nwrite_files:\n  - path: /run/peerpod/apf.json\n    content: " + value + b"\n")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (b"!!int '0x1f'", 31), (b"!!float '1.5'", 1.5), (b"!!bool 'yes'", True), (b"!!binary 'YWJj'", b"abc"),
+])
+def test_well_formed_explicit_tags_still_load(value, expected):
+    from podvm_bootstrap.yamlfile import load_yaml_text
+
+    assert load_yaml_text("x: " + value.decode(), aliases=False) == {"x": expected}
