@@ -10,7 +10,7 @@ from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import EXIT_RUNTIME, BootstrapError
 from podvm_bootstrap.log import LEVELS, setup_logging
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import PROVIDER_CHOICES
+from podvm_bootstrap.settings import PROVIDER_CHOICES, endpoint_ok
 
 Handler = Callable[[argparse.Namespace, Paths], int]
 
@@ -31,7 +31,8 @@ def _source_options(parser: argparse.ArgumentParser, *, provider: bool = True) -
     group.add_argument("--user-data", metavar="FILE", help="read user-data from FILE instead of a provider")
     if provider:
         group.add_argument("--provider", choices=PROVIDER_CHOICES, help="user-data provider (bootstrap.yaml's by default)")
-        parser.add_argument("--endpoint", metavar="URL", help="metadata service URL for the provider")
+        parser.add_argument("--endpoint", metavar="URL", type=_endpoint_url,
+                            help="metadata service URL for the provider")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("userdata", "userdata", "fetch and print this VM's user-data")
     p.add_argument("--provider", choices=PROVIDER_CHOICES)
-    p.add_argument("--endpoint", metavar="URL")
+    p.add_argument("--endpoint", metavar="URL", type=_endpoint_url)
     p.add_argument("--timeout", metavar="S", type=_positive_float, help="seconds for the whole fetch")
 
     p = command("provision", "provision", "write the files carried by user-data, then exit")
@@ -88,6 +89,13 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _endpoint_url(text: str) -> str:
+    if not endpoint_ok(text):
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// or https:// URL with a host, a valid port and no query, got {text!r}")
+    return text
 
 
 def _handler(name: str) -> Handler:

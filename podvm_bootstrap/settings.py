@@ -78,8 +78,16 @@ class Settings:
 def endpoint_ok(url: str) -> bool:
     """A metadata service base URL: http(s), a host, no query or fragment
     (the providers append their own paths and queries)."""
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+    if not isinstance(url, str) or not url.isprintable() or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number within 0..65535
+        host = parts.hostname  # urlsplit itself refuses "http://[::1" with ValueError
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(host) and port != 0
+            and not parts.query and not parts.fragment)
 
 
 def load_settings(path: Path) -> Settings:
