@@ -16,6 +16,7 @@ from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.model import Plan
 from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
+from podvm_bootstrap.untrusted_file import read_regular_file
 
 if TYPE_CHECKING:
     from podvm_bootstrap.policy import Policy
@@ -50,13 +51,11 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
 
 
 def _read_limited(path: Path, max_size: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_size + 1)
-    except OSError as exc:
-        raise UserDataError(f"cannot read user-data file {path}: {exc.strerror or exc}") from None
-    if len(data) > max_size:
-        raise UserDataError(f"user-data file {path} is larger than max_size ({max_size} bytes)")
+    """A --user-data FILE: the operator's path (a symbolic link is followed),
+    but only a regular file is read, without blocking, and bounded."""
+    data = read_regular_file(path, max_size, what="user-data file", follow_symlinks=True)
+    if data is None:
+        raise UserDataError(f"cannot read user-data file {path}: No such file or directory")
     return data
 
 

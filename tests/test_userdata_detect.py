@@ -116,5 +116,5 @@ def test_file_provider_refuses_an_oversize_file(tmp_path):
 
 def test_file_provider_reports_an_unreadable_path(tmp_path):
     (tmp_path / "ud").mkdir()
-    with pytest.raises(UserDataError, match="^file: cannot read user-data"):
+    with pytest.raises(UserDataError, match="^file: user-data .*/ud is a directory, not a regular file; refused"):
         fetch_userdata(UserDataSettings(provider="file", file="/ud"), root=tmp_path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.paths import under_root
+from podvm_bootstrap.untrusted_file import read_regular_file
 
 
 def path_of(root: Path, file: str) -> Path:
@@ -14,15 +14,7 @@ def path_of(root: Path, file: str) -> Path:
 
 
 def fetch(root: Path, file: str, max_size: int) -> bytes | None:
-    """The file's bytes; None when there is no such file."""
-    path = path_of(root, file)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_size + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise UserDataError(f"file: cannot read user-data {path}: {exc.strerror or exc}") from None
-    if len(data) > max_size:
-        raise UserDataError(f"file: user-data {path} is larger than max_size ({max_size} bytes); refused")
-    return data
+    """The file's bytes; None when there is no such file. The file is on a
+    medium the host writes: only a regular file is read, never a symbolic
+    link (followed, it could name any file of the VM), a FIFO or a device."""
+    return read_regular_file(path_of(root, file), max_size, what="file: user-data", follow_symlinks=False)
