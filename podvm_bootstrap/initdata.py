@@ -23,7 +23,8 @@ import tomllib
 from dataclasses import dataclass
 
 from podvm_bootstrap.cloudconfig import GZIP_MAGIC, gunzip_bounded
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.errors import UserDataError, one_line
+from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
 DATA_FILES = ("aa.toml", "cdh.toml", "policy.rego")
@@ -61,13 +62,23 @@ def parse_initdata(blob: bytes, max_size: int) -> Initdata:
     except UserDataError as exc:
         raise InitdataError(str(exc)) from None
     try:
-        document = tomllib.loads(toml_bytes.decode("utf-8"))
+        text = toml_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise InitdataError("initdata TOML is not UTF-8 text") from None
+    try:
+        # tomllib's cost is not linear in every shape of document: its
+        # structure is bounded first (see tomlbounds).
+        check_toml_bounds(text)
+    except TomlBoundsError as exc:
+        raise InitdataError(f"initdata TOML refused: {exc}") from None
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InitdataError(f"initdata is not valid TOML: {exc}") from None
-    except RecursionError:
-        raise InitdataError("initdata is not valid TOML: nested too deeply") from None
+        raise InitdataError(f"initdata is not valid TOML: {one_line(exc, 200)}") from None
+    except (RecursionError, ValueError, OverflowError) as exc:
+        # What tomllib raises past its own checks (a number Python will not
+        # convert); the bounds above already keep numbers short.
+        raise InitdataError(f"initdata is not valid TOML: {one_line(exc, 200)}") from None
 
     algorithm = document.get("algorithm")
     if algorithm not in ALGORITHMS:
