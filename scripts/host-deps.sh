@@ -11,6 +11,8 @@ APT_PACKAGES=(
   busybox-static uidmap iproute2 apache2-utils gcc libc6-dev
   python3-dev libgirepository1.0-dev libcairo2-dev pkg-config
   swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0
+  # Debian's HTTP stack (urllib3 1.26), the pod VM image's: the metadata client is tested on it too
+  python3-requests python3-urllib3
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

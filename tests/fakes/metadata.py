@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import signal
+import socket
 import sys
 import threading
 from contextlib import contextmanager
@@ -214,6 +215,128 @@ def running_metadata_server(cloud: str, host: str = "127.0.0.1", port: int = 0,
     finally:
         server.stop()
         thread.join(timeout=10)
+
+
+# --- raw answers: what no HTTP library would send --------------------------------
+
+class RawServer:
+    """A loopback TCP server that answers each connection with `answer(conn,
+    stop)`, a function that writes whatever bytes it likes, as slowly as it
+    likes (waiting on `stop`, set when the server stops, so that every wait
+    ends). Counts the connections and records, per connection, whether the
+    client hung up before the answer was over (`cut`)."""
+
+    def __init__(self, answer, backlog: int = 16) -> None:
+        self.answer = answer
+        self.stop_event = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
+        self.listener.settimeout(0.05)
+        self.connections = 0
+        self.requests: list[bytes] = []  # each request's head, as received
+        self.cut: list[bool] = []
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, name="raw-metadata", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.listener.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                request = _read_request(conn)
+                with self.lock:
+                    self.requests.append(request)
+                self.answer(conn, self.stop_event)
+                cut = False
+            except OSError:  # the client closed or shut down the connection mid-answer
+                cut = True
+            with self.lock:
+                self.cut.append(cut)
+
+    def start(self) -> "RawServer":
+        self.acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        # An answer the client hung up on ends by itself within two of its
+        # writes: give those a moment to be recorded as cut, then stop the rest.
+        for thread in list(self.threads):
+            thread.join(timeout=2)
+        self.stop_event.set()
+        self.acceptor.join(timeout=10)
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    """The request head (bounded): the answer starts once it is in."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@contextmanager
+def running_raw_server(answer, backlog: int = 16) -> Iterator[RawServer]:
+    server = RawServer(answer, backlog).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def head(status: str = "200 OK", headers: dict[str, str] | None = None, *, raw_headers: bytes = b"") -> bytes:
+    """A status line and headers, ending the head (Connection: close)."""
+    lines = [f"HTTP/1.1 {status}".encode()]
+    lines += [f"{name}: {value}".encode() for name, value in (headers or {}).items()]
+    return b"\r\n".join(lines) + b"\r\n" + raw_headers + b"Connection: close\r\n\r\n"
+
+
+def send_then_close(data: bytes):
+    """An answer of fixed bytes, then the connection closes."""
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(data)
+    return answer
+
+
+def drip(prefix: bytes, byte: bytes = b"x", interval: float = 0.05):
+    """`prefix` at once, then `byte` every `interval` seconds until the server
+    stops: a phase (status line, headers, body) that never ends."""
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(prefix)
+        while not stop.wait(interval):
+            conn.sendall(byte)
+    return answer
+
+
+def endless_continue(interval: float = 0.0):
+    """Interim `100 Continue` answers, one after another until the server stops."""
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:
