@@ -161,3 +161,30 @@ def test_an_answer_larger_than_its_budget_is_refused_at_any_phase(stack, phase, 
     with running_raw_server(answer) as server:
         assert_refused(fetch(stack, server.url, timeout=30.0), "is larger than", "refused")
     assert server.connections == 1  # not retried: a service that sends too much is refused
+
+
+# --- plan (and run, through the same stage) go on with the baked defaults ----------------
+
+@stacks
+@pytest.mark.parametrize("answer", [
+    drip(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a"),
+    send_then_close(head(raw_headers="Content-Length: \u00b2\r\n".encode("latin-1")) + USER_DATA),
+    send_then_close(head(headers={"Content-Encoding": "gzip, gzip", "Content-Length": "20"}) + b"x" * 20),
+], ids=["headers-never-end", "superscript-length", "stacked-encoding"])
+def test_plan_goes_on_with_the_baked_defaults_after_a_hostile_answer(stack, tmp_path, answer):
+    import json
+    import shutil
+
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "image" / "config", config)
+    bootstrap = config / "bootstrap.yaml"
+    bootstrap.write_text(bootstrap.read_text().replace("timeout: 180s", "timeout: 1s"))
+    with running_raw_server(answer) as server:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "LANG": "C.UTF-8"}
+        result = subprocess.run(
+            [STACKS[stack], "-m", "podvm_bootstrap", "--config-dir", str(config), "--root", str(tmp_path),
+             "plan", "--json", "--provider", "alibaba", "--endpoint", server.url],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if "user-data ignored" in line], result.stderr
+    assert {c["source"] for c in json.loads(result.stdout)["components"]} == {"default"}
