@@ -60,14 +60,37 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
     return True
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
+class NotARegularFile(OSError):
+    """What read_regular_file found is not a regular file; `kind` says what it is."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"not a regular file ({kind})", str(path))
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What an st_mode is, for messages ("a FIFO", "a directory", ...)."""
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
     """At most `limit` bytes of `path`, which must be a regular file: a FIFO or
     a device planted there can neither block the read nor feed it forever
-    (O_NONBLOCK makes opening a FIFO return at once). OSError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    (O_NONBLOCK makes opening a FIFO return at once, O_NOCTTY keeps a
+    terminal from becoming ours). With follow_symlinks=False a symbolic link
+    at `path` fails the open (ELOOP). OSError otherwise (NotARegularFile when
+    it is something else than a regular file)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, file_kind(mode))
         chunks, left = [], limit
         while left > 0:
             chunk = os.read(fd, min(left, 1024 * 1024))

@@ -16,7 +16,7 @@ from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.model import Plan
 from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
-from podvm_bootstrap.untrusted_file import read_regular_file
+from podvm_bootstrap.untrusted_file import read_userdata_file
 
 if TYPE_CHECKING:
     from podvm_bootstrap.policy import Policy
@@ -53,7 +53,7 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
 def _read_limited(path: Path, max_size: int) -> bytes:
     """A --user-data FILE: the operator's path (a symbolic link is followed),
     but only a regular file is read, without blocking, and bounded."""
-    data = read_regular_file(path, max_size, what="user-data file", follow_symlinks=True)
+    data = read_userdata_file(path, max_size, what="user-data file", follow_symlinks=True)
     if data is None:
         raise UserDataError(f"cannot read user-data file {path}: No such file or directory")
     return data

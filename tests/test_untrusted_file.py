@@ -15,7 +15,7 @@ import pytest
 
 from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.settings import UserDataSettings
-from podvm_bootstrap.untrusted_file import read_regular_file
+from podvm_bootstrap.untrusted_file import read_userdata_file
 from podvm_bootstrap.userdata import fetch_userdata
 from tests.test_userdata_providers import bounded
 
@@ -52,14 +52,14 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_a_regular_file_is_read_whole_and_an_absent_one_is_none(tmp_path):
     (tmp_path / "f").write_bytes(USER_DATA)
-    assert read_regular_file(tmp_path / "f", len(USER_DATA), what="x", follow_symlinks=False) == USER_DATA
-    assert read_regular_file(tmp_path / "absent", 10, what="x", follow_symlinks=False) is None
+    assert read_userdata_file(tmp_path / "f", len(USER_DATA), what="x", follow_symlinks=False) == USER_DATA
+    assert read_userdata_file(tmp_path / "absent", 10, what="x", follow_symlinks=False) is None
 
 
 def test_a_file_larger_than_max_size_is_refused(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * 101)
     with pytest.raises(UserDataError, match="is larger than max_size \\(100 bytes\\)"):
-        read_regular_file(tmp_path / "f", 100, what="x", follow_symlinks=True)
+        read_userdata_file(tmp_path / "f", 100, what="x", follow_symlinks=True)
 
 
 @pytest.mark.parametrize("kind, reason", [
