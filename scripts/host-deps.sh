@@ -12,7 +12,7 @@ APT_PACKAGES=(
   python3-dev libgirepository1.0-dev libcairo2-dev pkg-config
   swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0
   # Debian's HTTP stack (urllib3 1.26), the pod VM image's: the metadata client is tested on it too
-  python3-requests python3-urllib3
+  python3-requests python3-urllib3 python3-yaml
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
