@@ -178,7 +178,8 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     """The Content-Length header as a number; None when there is none. Only
     ASCII digits: str.isdigit() also accepts '²' or '٣', which int() refuses.
     With a Transfer-Encoding beside it, or more than one value, the answer
-    is ambiguous and refused."""
+    is ambiguous: never used, and the attempt fails (retried like a broken
+    connection)."""
     value = headers.get("Content-Length")
     if value is None:
         return None
