@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podvm-bootstrap",
         description="Boots the components of a peer-pods pod VM from verified container images.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and the sha256 of the baked components.yaml, then exit")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -98,6 +99,32 @@ def _endpoint_url(text: str) -> str:
     return text
 
 
+def _version_request(argv: Sequence[str] | None) -> int | None:
+    """`--version` (with the global options, no command needed): print
+    "podvm-bootstrap VERSION manifest sha256:HEX" and return the exit code;
+    None when not asked."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--version", action="store_true")
+    _global_options(pre, suppress=False)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except SystemExit:  # a malformed global option: the full parser reports it
+        return None
+    if not known.version:
+        return None
+    from podvm_bootstrap.manifest import manifest_digest
+
+    paths = Paths.build(root=known.root, config_dir=known.config_dir)
+    try:
+        digest = manifest_digest(paths.components_yaml)
+    except BootstrapError as exc:
+        print(f"podvm-bootstrap {__version__} manifest unavailable")
+        print(f"podvm-bootstrap: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"podvm-bootstrap {__version__} manifest {digest}")
+    return 0
+
+
 def _handler(name: str) -> Handler:
     from podvm_bootstrap import commands
 
@@ -106,6 +133,8 @@ def _handler(name: str) -> Handler:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if (version := _version_request(argv)) is not None:
+        return version
     args = parser.parse_args(argv)  # usage errors: argparse exits 2
     if getattr(args, "user_data", None) and getattr(args, "endpoint", None):
         parser.error("--endpoint goes with a provider; it has no meaning with --user-data")

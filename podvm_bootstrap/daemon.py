@@ -229,8 +229,7 @@ class Daemon:
         return plan
 
     def _write_plan(self) -> None:
-        plan = Plan(tuple(self.planned.get(p.name, p) for p in self.plan.components), self.plan.start_order,
-                    self.plan.errors, self.plan.refused)
+        plan = replace(self.plan, components=tuple(self.planned.get(p.name, p) for p in self.plan.components))
         data = json.dumps(plan.to_json(), indent=2) + "\n"
         atomic_write(self.paths.state_dir / "plan.json", data.encode(), 0o644)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.imageref import ReferenceError, parse_reference
+from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.model import (PROBE_KINDS, Component, ContainerSpec, Health, Manifest, Probe,
-                                   Restart)
+                                   Restart, Variant)
+from podvm_bootstrap.tee import TEES
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
 
 MANIFEST_VERSION = 1
@@ -28,10 +29,29 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CAPABILITY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VOLUME_OPTIONS = re.compile(r"[A-Za-z0-9]+(?:,[A-Za-z0-9]+)*")
 
-COMPONENT_KEYS = ("image", "unit", "after", "essential", "ready", "health", "restart",
+COMPONENT_KEYS = ("image", "variants", "unit", "after", "essential", "ready", "health", "restart",
                   "stop_timeout", "container")
+VARIANT_KEYS = ("image", "container")
 CONTAINER_KEYS = ("command", "env", "network", "pid", "privileged", "capabilities", "devices",
                   "volumes", "read_only", "user")
+
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a baked file; anything larger is not a manifest
+
+
+def manifest_digest(path: Path) -> str:
+    """sha256:HEX of the components.yaml file as baked (its exact bytes), so
+    the host side can tell which manifest a pod VM image carries."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ConfigError(path, "", f"larger than {MAX_MANIFEST_BYTES} bytes")
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -63,17 +83,36 @@ def _check_component_name(sec: Section, name: object) -> None:
                               f"starting with a letter or digit, at most {MAX_COMPONENT_NAME})")
 
 
-def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
-    sec.only(COMPONENT_KEYS)
+def _image(sec: Section) -> ImageRef:
     image_text = sec.data.get("image")
     if image_text is None:
         raise sec.error("image", "required")
     if not isinstance(image_text, str):
         raise sec.error("image", f"expected an image reference string, got {image_text!r}")
     try:
-        image = parse_reference(image_text)
+        return parse_reference(image_text)
     except ReferenceError as exc:
         raise sec.error("image", str(exc)) from None
+
+
+def _variants(sec: Section) -> tuple[Variant, ...]:
+    """`variants`: TEE name -> {image, container}; the container keys given
+    are the ones that replace the component's."""
+    variants = []
+    for tee in sec.data:
+        if not isinstance(tee, str) or tee not in TEES:
+            raise sec.error(str(tee), f"unknown TEE {tee!r} (known: {', '.join(TEES)})")
+        entry = sec.section(tee)
+        entry.only(VARIANT_KEYS)
+        container = entry.section("container")
+        variants.append(Variant(tee=tee, image=_image(entry), container=_container(container),
+                                container_keys=tuple(k for k in CONTAINER_KEYS if k in container.data)))
+    return tuple(variants)
+
+
+def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
+    sec.only(COMPONENT_KEYS)
+    image = _image(sec)
     ready = _probe(sec.section("ready")) if sec.data.get("ready") is not None else None
     stop_timeout = sec.duration("stop_timeout", 10.0)
     if stop_timeout <= 0:
@@ -89,6 +128,7 @@ def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
         restart=_restart(sec.section("restart")),
         stop_timeout=stop_timeout,
         container=_container(sec.section("container")),
+        variants=_variants(sec.section("variants")),
     )
 
 

@@ -50,6 +50,17 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A component's entry for one TEE: its image, and the container keys
+    (`container_keys`, as written) that replace the component's own."""
+
+    tee: str
+    image: ImageRef
+    container: ContainerSpec = field(default_factory=ContainerSpec)
+    container_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Component:
     name: str
     image: ImageRef
@@ -61,6 +72,10 @@ class Component:
     restart: Restart = field(default_factory=Restart)
     stop_timeout: float = 10.0
     container: ContainerSpec = field(default_factory=ContainerSpec)
+    variants: tuple[Variant, ...] = ()
+    # The TEE whose variant this component is, once resolved for a boot (None:
+    # the component as declared). See podvm_bootstrap.variants.
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,9 +104,22 @@ class OverrideDecision:
 @dataclass(frozen=True)
 class PlannedComponent:
     component: Component
-    image: ImageRef            # what runs: the default or the accepted override
-    source: Literal["default", "override"]
+    image: ImageRef            # what runs: the default (or its TEE variant) or the accepted override
+    source: Literal["default", "variant", "override"]
     override: OverrideDecision | None = None
+
+    def __post_init__(self) -> None:
+        # The one rule for `source`: a baked image of a component resolved to
+        # a TEE variant is the variant's, whoever builds the entry (the planner,
+        # or the daemon falling back from an unusable override).
+        if self.source == "default" and self.component.variant is not None:
+            object.__setattr__(self, "source", "variant")
+
+    @property
+    def variant(self) -> str | None:
+        """The TEE variant applied to the component (its container settings hold
+        even when an override replaces the image)."""
+        return self.component.variant
 
     @property
     def name(self) -> str:
@@ -112,6 +140,7 @@ class PlannedComponent:
             "image": str(self.image),
             "digest": self.digest,
             "source": self.source,
+            "variant": self.variant,
             "override": None if self.override is None else {
                 "requested": self.override.requested,
                 "accepted": self.override.accepted,
@@ -128,6 +157,7 @@ class Plan:
     errors: tuple[str, ...] = ()
     # True when a refused override must fail the boot (on_rejected_override: fail).
     refused: bool = False
+    tee: str = "none"          # the TEE the variants were resolved for
 
     def get(self, name: str) -> PlannedComponent | None:
         for c in self.components:
@@ -136,7 +166,11 @@ class Plan:
         return None
 
     def to_json(self) -> dict[str, Any]:
+        from podvm_bootstrap import __version__
+
         return {
+            "version": __version__,
+            "tee": self.tee,
             "components": [c.to_json() for c in self.components],
             "start_order": [list(layer) for layer in self.start_order],
             "errors": list(self.errors),

@@ -3,7 +3,11 @@
 Every override is accounted for: accepted, or refused with a line in
 plan.errors. Under `on_rejected_override: fail`, any override that is not
 accepted (including one naming a component the manifest does not have) sets
-plan.refused, and the caller exits 3."""
+plan.refused, and the caller exits 3.
+
+The boot's TEE picks each component's variant first (podvm_bootstrap.variants):
+the variant is then that component's baked image (`source: variant`), and an
+accepted override replaces it like it replaces a default."""
 
 from __future__ import annotations
 
@@ -14,14 +18,15 @@ from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.manifest import find_cycle
 from podvm_bootstrap.model import Manifest, Plan, PlannedComponent
 from podvm_bootstrap.policy import Policy, describe, evaluate_override
+from podvm_bootstrap.variants import resolve_variants
 
 
-def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, object]) -> Plan:
+def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, object], tee: str = "none") -> Plan:
     _check_defaults_pinned(manifest, policy)
     planned: list[PlannedComponent] = []
     errors: list[str] = []
     refused = False
-    for component in manifest.components:
+    for component in resolve_variants(manifest, tee).components:
         if component.name not in overrides:
             planned.append(PlannedComponent(component, component.image, "default"))
             continue
@@ -43,6 +48,7 @@ def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, obj
         start_order=start_order(manifest),
         errors=tuple(errors),
         refused=refused and policy.on_rejected_override == "fail",
+        tee=tee,
     )
 
 
@@ -50,10 +56,13 @@ def _check_defaults_pinned(manifest: Manifest, policy: Policy) -> None:
     if policy.mutable_tags:
         return
     for c in manifest.components:
-        if c.image.digest is None:
-            raise ConfigError(manifest.source, f"components.{c.name}.image",
-                              f"must be pinned by digest (@sha256:...) since the policy does not "
-                              f"allow mutable tags, got {c.image}")
+        baked = [(f"components.{c.name}.image", c.image)]
+        baked += [(f"components.{c.name}.variants.{v.tee}.image", v.image) for v in c.variants]
+        for key, image in baked:
+            if image.digest is None:
+                raise ConfigError(manifest.source, key,
+                                  f"must be pinned by digest (@sha256:...) since the policy does not "
+                                  f"allow mutable tags, got {image}")
 
 
 def start_order(manifest: Manifest) -> tuple[tuple[str, ...], ...]:
@@ -82,7 +91,8 @@ def format_table(plan: Plan) -> str:
     """The human view of `plan`: one row per component, then refused overrides
     and other errors, then the start order."""
     header = ("COMPONENT", "UNIT", "SOURCE", "IMAGE")
-    rows = [header] + [(c.name, c.unit, c.source, str(c.image)) for c in plan.components]
+    rows = [header] + [(c.name, c.unit, c.source + (f" ({c.variant})" if c.variant else ""), str(c.image))
+                       for c in plan.components]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
     for c in plan.components:
@@ -93,6 +103,7 @@ def format_table(plan: Plan) -> str:
     for error in plan.errors:
         if not any(error.startswith(prefix) for prefix in refused_lines):
             lines.append(f"error: {error}")
+    lines.append(f"tee: {plan.tee}")
     lines.append("start order: " + " -> ".join(", ".join(layer) for layer in plan.start_order))
     if plan.refused:
         lines.append("the policy says fail on a refused override: nothing would start")

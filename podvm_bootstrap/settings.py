@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from podvm_bootstrap.tee import TEE_CHOICES
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
 
 PROVIDERS = ("azure", "aws", "gcp", "alibaba")
@@ -73,6 +74,7 @@ class Settings:
     provision: ProvisionSettings = field(default_factory=ProvisionSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     measure: MeasureSettings = field(default_factory=MeasureSettings)
+    tee: str = "auto"  # auto (detect) | none | a TEE name (podvm_bootstrap.tee.TEES)
 
 
 def endpoint_ok(url: str) -> bool:
@@ -93,12 +95,13 @@ def endpoint_ok(url: str) -> bool:
 def load_settings(path: Path) -> Settings:
     """Read bootstrap.yaml; a missing file means every default."""
     top = Section(path, "", load_yaml_mapping(path, missing_ok=True))
-    top.only(("userdata", "provision", "runtime", "measure"))
+    top.only(("userdata", "provision", "runtime", "measure", "tee"))
     return Settings(
         userdata=_userdata(top.section("userdata")),
         provision=_provision(top.section("provision")),
         runtime=_runtime(top.section("runtime")),
         measure=_measure(top.section("measure")),
+        tee=top.string("tee", "auto", choices=TEE_CHOICES),
     )
 
 

@@ -97,6 +97,7 @@ class Resolved:
     policy: Policy
     raw: bytes | None = None           # the decoded user-data, as fetched (None: there is none)
     userdata_error: str | None = None  # why the user-data is not used, when it is not
+    tee_reason: str = ""               # why plan.tee is this boot's TEE
 
 
 def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = None) -> Resolved:
@@ -105,6 +106,7 @@ def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = No
     from podvm_bootstrap.manifest import load_manifest
     from podvm_bootstrap.planner import make_plan
     from podvm_bootstrap.policy import load_policy
+    from podvm_bootstrap.tee import detect_for_root, userdata_tee_notice
 
     if settings is None:
         settings = load_settings(paths.bootstrap_yaml)
@@ -112,8 +114,15 @@ def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = No
     policy = load_policy(paths.policy_yaml)
     obtained = obtain(paths, settings, source)
     overrides = obtained.userdata.images if obtained.userdata is not None else {}
-    plan = make_plan(manifest, policy, overrides)
+    if obtained.userdata is not None and (notice := userdata_tee_notice(obtained.userdata)):
+        log.warning("%s", notice)
+    tee = detect_for_root(settings.tee, paths.root)
+    plan = make_plan(manifest, policy, overrides, tee=tee.tee)
+    log.info("TEE: %s (%s)", tee.tee, tee.reason)
+    for planned in plan.components:
+        if planned.variant is not None:
+            log.info("%s: %s variant, image %s (%s)", planned.name, planned.variant, planned.image, planned.source)
     for error in plan.errors:
         log.error("%s", error)
     return Resolved(settings=settings, userdata=obtained.userdata, plan=plan, policy=policy, raw=obtained.raw,
-                    userdata_error=obtained.error)
+                    userdata_error=obtained.error, tee_reason=tee.reason)

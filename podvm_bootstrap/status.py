@@ -10,6 +10,7 @@ default image of the manifest, checked in local storage against its digest."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -34,16 +35,31 @@ def _pid_running(pid: object) -> bool:
     return True
 
 
+def _read_plan(state_dir: Path) -> dict[str, Any]:
+    """plan.json as the daemon last wrote it ({} when absent or unreadable):
+    where the boot's TEE and each component's variant are recorded."""
+    try:
+        with open(state_dir / "plan.json", "rb") as f:
+            plan = json.loads(f.read(16 * 1024 * 1024))
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
 def collect_status(state_dir: Path, live_reader: LiveReader = read_unit_states) -> dict[str, Any] | None:
+    from podvm_bootstrap import __version__
+
     state = read_state(state_dir)
     if state is None:
         return None
     daemon = dict(state.get("daemon") or {})
     daemon["running"] = _pid_running(daemon.get("pid"))
+    plan = _read_plan(state_dir)
+    variants = {c.get("name"): c.get("variant") for c in plan.get("components") or [] if isinstance(c, dict)}
     components = []
     for name, entry in state["components"].items():
         if isinstance(entry, dict):
-            components.append({"name": name, **entry})
+            components.append({"name": name, "variant": variants.get(name), **entry})
     note = None
     try:
         live = live_reader([c["unit"] for c in components if isinstance(c.get("unit"), str)])
@@ -63,7 +79,8 @@ def collect_status(state_dir: Path, live_reader: LiveReader = read_unit_states) 
     def up(c: dict[str, Any]) -> bool:
         return c.get("state") == "ready" and (live is None or c.get("active_state") == "active")
 
-    return {"daemon": daemon, "live": live is not None, "note": note, "boot": state.get("boot") or {},
+    return {"version": __version__, "tee": plan.get("tee"),
+            "daemon": daemon, "live": live is not None, "note": note, "boot": state.get("boot") or {},
             "measurement": measurement, "components": components, "ok": bool(judged) and all(up(c) for c in judged)}
 
 
@@ -100,12 +117,14 @@ def format_status(status: dict[str, Any]) -> str:
         active = "/".join(x for x in (c.get("active_state"), c.get("sub_state")) if x) or "-"
         name = c["name"] + ("*" if c.get("essential") else "")
         rows.append((name, str(c.get("unit")), str(c.get("state")), str(c.get("health")), str(c.get("restarts", 0)),
-                     active, str(c.get("source")), str(c.get("image")), str(c.get("last_error") or "-")))
+                     active, str(c.get("source")) + (f" ({c['variant']})" if c.get("variant") else ""),
+                     str(c.get("image")), str(c.get("last_error") or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1])
     lines.append("* essential")
     lines.append(measurement_line(status.get("measurement")))
+    lines.append(f"podvm-bootstrap {status['version']}, tee: {status.get('tee') or 'unknown'}")
     return "\n".join(lines) + "\n"
 
 

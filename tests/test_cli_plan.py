@@ -17,6 +17,7 @@ CONFIG = REPO / "image" / "config"
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 APF = "agent-protocol-forwarder"
+CHAIN = ["attestation-agent", "confidential-data-hub", "kata-agent", APF, "api-server-rest"]
 LOOPBACK_APF = f"127.0.0.1:5000/podvm/agent-protocol-forwarder@{D1}"
 
 USERDATA_NO_OVERRIDES = """#cloud-config
@@ -68,14 +69,15 @@ def test_plan_json_without_overrides(tmp_path):
     result = run_plan(tmp_path, CONFIG, USERDATA_NO_OVERRIDES, "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"components", "start_order", "errors", "measurement"}
-    assert [c["name"] for c in doc["components"]] == ["attestation-agent", "kata-agent", APF]
+    assert set(doc) == {"version", "tee", "components", "start_order", "errors", "measurement"}
+    assert doc["tee"] == "none"  # nothing under the empty --root says otherwise
+    assert [c["name"] for c in doc["components"]] == CHAIN
     for c in doc["components"]:
-        assert set(c) == {"name", "unit", "image", "digest", "source", "override", "after"}
-        assert c["source"] == "default" and c["override"] is None
+        assert set(c) == {"name", "unit", "image", "digest", "source", "variant", "override", "after"}
+        assert c["source"] == "default" and c["override"] is None and c["variant"] is None
         assert c["image"] == f"quay.io/confidential-containers/{c['name']}@{c['digest']}"
         assert c["unit"] == f"{c['name']}.service"
-    assert doc["start_order"] == [["attestation-agent"], ["kata-agent"], [APF]]
+    assert doc["start_order"] == [[name] for name in CHAIN]
     assert doc["errors"] == []
     # plan has no side effects: nothing provisioned, no state written
     assert list((tmp_path / "root").rglob("*")) == []
@@ -106,7 +108,8 @@ def test_plan_table(tmp_path):
     assert lines[0].split() == ["COMPONENT", "UNIT", "SOURCE", "IMAGE"]
     assert f"{APF}.service" in result.stdout and LOOPBACK_APF in result.stdout
     assert any(line.startswith("refused override for kata-agent") for line in lines)
-    assert lines[-1] == f"start order: attestation-agent -> kata-agent -> {APF}"
+    assert lines[-1] == "start order: " + " -> ".join(CHAIN)
+    assert lines[-2] == "tee: none"
 
 
 def test_fail_policy_exits_3(tmp_path):
@@ -137,7 +140,7 @@ def test_fail_policy_applies_to_a_request_that_is_not_a_string(tmp_path):
 @pytest.mark.parametrize("edit, key", [
     (lambda t: t.replace("    essential: true", "    essential: true\n    priority: 1"),
      "components.kata-agent.priority"),
-    (lambda t: t.replace("    after: [attestation-agent]", "    after: [agent-protocol-forwarder]"),
+    (lambda t: t.replace("    after: [confidential-data-hub]", "    after: [agent-protocol-forwarder]"),
      "components.kata-agent.after"),
     (lambda t: t.replace("    after: [kata-agent]", "    after: [kata-agnet]"),
      "components.agent-protocol-forwarder.after[0]"),
@@ -160,7 +163,7 @@ def test_broken_components_yaml_exits_2(tmp_path, edit, key):
 def test_cycle_is_reported_by_name(tmp_path):
     config = copy_config(tmp_path)
     components = config / "components.yaml"
-    components.write_text(components.read_text().replace("    after: [attestation-agent]",
+    components.write_text(components.read_text().replace("    after: [confidential-data-hub]",
                                                          "    after: [agent-protocol-forwarder]"))
     result = run_plan(tmp_path, config, USERDATA_NO_OVERRIDES)
     assert result.returncode == 2

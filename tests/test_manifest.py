@@ -38,8 +38,9 @@ def config_error(tmp_path: Path, data: object) -> ConfigError:
 def test_sample_manifest_loads_as_designed():
     m = load_manifest(SAMPLE)
     assert m.source == str(SAMPLE)
-    assert m.names == ("attestation-agent", "kata-agent", "agent-protocol-forwarder")
-    aa, kata, apf = m.components
+    assert m.names == ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder",
+                       "api-server-rest")
+    aa, cdh, kata, apf, asr = m.components
     assert aa.image.repository == "quay.io/confidential-containers/attestation-agent"
     assert aa.image.digest is not None
     assert aa.unit == "attestation-agent.service"
@@ -48,13 +49,23 @@ def test_sample_manifest_loads_as_designed():
     assert aa.container.volumes == ("/run/confidential-containers:/run/confidential-containers",
                                     "/run/peerpod:/run/peerpod:ro")
     assert not aa.essential
-    assert kata.essential and kata.after == ("attestation-agent",)
+    assert [v.tee for v in aa.variants] == ["az-snp-vtpm", "az-tdx-vtpm", "tdx", "snp", "se"]
+    for v in aa.variants:
+        assert v.image.repository == aa.image.repository and v.image.digest not in (None, aa.image.digest)
+        assert v.container_keys == ("devices",)
+    assert cdh.after == ("attestation-agent",) and not cdh.essential
+    assert cdh.ready == Probe("unix_socket", "/run/confidential-containers/cdh.sock")
+    assert cdh.container.command == ("confidential-data-hub", "-c", "/run/peerpod/cdh.toml")
+    assert kata.essential and kata.after == ("confidential-data-hub",)
     assert kata.ready == Probe("unix_socket", "/run/kata-containers/agent.sock", 60.0)
     assert kata.container.privileged and kata.container.pid == "host" and kata.container.network == "host"
     assert apf.after == ("kata-agent",)
     assert apf.ready == Probe("tcp", "127.0.0.1:15150")
     assert apf.health == Health(interval=5.0, timeout=Health().timeout, failures=3)
     assert apf.stop_timeout == 10.0
+    assert asr.after == ("agent-protocol-forwarder",)
+    assert asr.ready == Probe("tcp", "127.0.0.1:8006")
+    assert all(not c.variants for c in (cdh, kata, apf, asr))
 
 
 def test_full_component_with_every_key(tmp_path):

@@ -17,6 +17,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "image" / "config"
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 APF = "agent-protocol-forwarder"
+CHAIN = ("attestation-agent", "confidential-data-hub", "kata-agent", APF, "api-server-rest")
 LOOPBACK_APF = f"127.0.0.1:5000/podvm/agent-protocol-forwarder@{D1}"
 
 
@@ -45,7 +46,7 @@ def test_defaults_only(manifest, sample_policy):
         assert planned.source == "default" and planned.override is None
         assert planned.image == declared.image and planned.digest == declared.image.digest
     assert plan.errors == () and plan.refused is False
-    assert plan.start_order == (("attestation-agent",), ("kata-agent",), (APF,))
+    assert plan.start_order == tuple((name,) for name in CHAIN)
 
 
 def test_accepted_override(manifest, sample_policy):
@@ -83,8 +84,8 @@ def test_accepted_override_with_fail_policy_is_not_refused(manifest, sample_poli
 
 
 def test_unknown_component_override_is_reported(manifest, sample_policy):
-    plan = make_plan(manifest, sample_policy, {"confidential-data-hub": f"quay.io/x/cdh@{D1}", APF: LOOPBACK_APF})
-    assert plan.errors == ("override for unknown component 'confidential-data-hub' ignored",)
+    plan = make_plan(manifest, sample_policy, {"trustee-agent": f"quay.io/x/cdh@{D1}", APF: LOOPBACK_APF})
+    assert plan.errors == ("override for unknown component 'trustee-agent' ignored",)
     assert plan.get(APF).source == "override"
     assert not plan.refused
     # under "fail", an override that cannot be honoured fails too
@@ -149,9 +150,9 @@ def test_start_order_defends_against_cycles_and_unknown_after():
 def test_plan_json_shape(manifest, sample_policy):
     plan = make_plan(manifest, sample_policy, {APF: LOOPBACK_APF, "kata-agent": "nope"})
     doc = json.loads(json.dumps(plan.to_json()))
-    assert set(doc) == {"components", "start_order", "errors"}
+    assert set(doc) == {"version", "tee", "components", "start_order", "errors"}
     for entry in doc["components"]:
-        assert set(entry) == {"name", "unit", "image", "digest", "source", "override", "after"}
+        assert set(entry) == {"name", "unit", "image", "digest", "source", "variant", "override", "after"}
     by_name = {c["name"]: c for c in doc["components"]}
     assert by_name["attestation-agent"]["override"] is None
     assert by_name[APF]["override"] == {"requested": LOOPBACK_APF, "accepted": True,
@@ -159,7 +160,7 @@ def test_plan_json_shape(manifest, sample_policy):
     assert by_name[APF]["source"] == "override" and by_name[APF]["digest"] == D1
     assert by_name[APF]["after"] == ["kata-agent"]
     assert by_name["kata-agent"]["override"]["accepted"] is False
-    assert doc["start_order"] == [["attestation-agent"], ["kata-agent"], [APF]]
+    assert doc["start_order"] == [[name] for name in CHAIN]
     assert len(doc["errors"]) == 1
 
 
@@ -170,12 +171,13 @@ def test_format_table(manifest, sample_policy):
     assert text.endswith("\n")
     lines = text.splitlines()
     assert lines[0].split() == ["COMPONENT", "UNIT", "SOURCE", "IMAGE"]
-    rows = {line.split()[0]: line.split() for line in lines[1:4]}
+    rows = {line.split()[0]: line.split() for line in lines[1:1 + len(CHAIN)]}
     assert rows[APF] == [APF, f"{APF}.service", "override", LOOPBACK_APF]
     assert rows["kata-agent"][2] == "default"
     assert any(line.startswith("refused override for kata-agent: quay.io/evil/k@") for line in lines)
     assert "error: override for unknown component 'ghost' ignored" in lines
-    assert lines[-1] == f"start order: attestation-agent -> kata-agent -> {APF}"
+    assert lines[-1] == "start order: " + " -> ".join(CHAIN)
+    assert lines[-2] == "tee: none"
 
 
 def test_format_table_shows_the_fail_verdict(manifest, sample_policy):

@@ -1,0 +1,205 @@
+"""Which TEE this pod VM runs in (bootstrap.yaml `tee:`), detected the way the
+confidential-containers attestation agent's attesters detect their platform.
+
+Detection only looks at files under --root (device nodes, sysfs, DMI) and, on
+an Azure confidential VM, at the header of the HCL report that Azure's
+paravisor stores in the vTPM's NV index 0x01400001. The order is the
+attester's: tdx, the Azure vTPM flavours, snp, se. The TPM is reached through
+an `NvReader` so that tests give a fake root a fake NV store; the real reader
+(tpm2-pytss over /dev/tpmrm0) is a thin optional edge: without tpm2-pytss an
+Azure CVM is simply not recognised, and the baked `tee:` covers it.
+
+User-data never takes part: the TEE decides which baked image runs."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from podvm_bootstrap.errors import one_line
+from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.paths import under_root
+
+log = get_logger("tee")
+
+# Every TEE name a manifest variant may be keyed by, and bootstrap.yaml's choices.
+TEES = ("tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm", "se", "cca")
+TEE_CHOICES = ("auto", "none", *TEES)
+
+TDX_DEVICES = ("/dev/tdx_guest", "/dev/tdx-guest", "/dev/tdx-attest")
+SNP_DEVICES = ("/dev/sev-guest", "/sys/devices/platform/sev-guest")
+SE_UV_DIR = "/sys/firmware/uv"
+SE_GUEST_FLAG = "/sys/firmware/uv/prot_virt_guest"   # "1" in a Secure Execution guest
+TPM_DEVICES = ("/dev/tpmrm0", "/dev/tpm0")
+
+# Azure's HCL report (azure-cvm-tooling, az-cvm-vtpm/src/hcl): a 32-byte
+# header whose first u32 is the signature 'HCLA', the hardware report padded
+# to 1184 bytes (an SNP report; a TDX report is smaller), then the IGVM request
+# data: data_size, version, report_type (little-endian u32s). report_type is
+# the isolation type: 2 = SEV-SNP, 4 = TDX.
+HCL_REPORT_NV_INDEX = 0x01400001
+HCL_SIGNATURE = b"HCLA"
+HCL_HEADER_SIZE = 32
+HCL_HW_REPORT_SIZE = 1184
+HCL_REPORT_TYPE_OFFSET = HCL_HEADER_SIZE + HCL_HW_REPORT_SIZE + 8
+HCL_ISOLATION_TYPES = {2: "az-snp-vtpm", 4: "az-tdx-vtpm"}
+MAX_NV_READ = 16 * 1024  # the report is about 2.5 KiB; never read more than this
+
+NvReader = Callable[[int, int], "bytes | None"]  # (NV index, max bytes) -> contents, None: unreadable
+
+
+class PlatformFiles(Protocol):
+    """The files detection looks at, as the pod VM sees them."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def read(self, path: str, limit: int) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class RootFiles:
+    """PlatformFiles under a --root prefix."""
+
+    root: Path
+
+    def exists(self, path: str) -> bool:
+        return under_root(self.root, path).exists()
+
+    def read(self, path: str, limit: int) -> bytes | None:
+        try:
+            with open(under_root(self.root, path), "rb") as f:
+                return f.read(limit)
+        except OSError:
+            return None
+
+
+@dataclass(frozen=True)
+class TeeChoice:
+    """The TEE this boot uses and one line saying why."""
+
+    tee: str      # "none" or one of TEES
+    reason: str
+
+
+def hcl_isolation_type(report: bytes) -> str | None:
+    """The TEE an Azure HCL report states, or None when `report` is not one."""
+    if len(report) < HCL_REPORT_TYPE_OFFSET + 4 or report[:4] != HCL_SIGNATURE:
+        return None
+    (report_type,) = struct.unpack_from("<I", report, HCL_REPORT_TYPE_OFFSET)
+    return HCL_ISOLATION_TYPES.get(report_type)
+
+
+def _azure_dmi(files: PlatformFiles) -> bool:
+    from podvm_bootstrap.userdata.detect import AZURE_CHASSIS_ASSET_TAG, DMI_DIR
+
+    def dmi(name: str) -> str:
+        data = files.read(f"{DMI_DIR}/{name}", 256)
+        return data.decode("utf-8", "replace").strip() if data else ""
+
+    return dmi("chassis_asset_tag") == AZURE_CHASSIS_ASSET_TAG or dmi("sys_vendor") == "Microsoft Corporation"
+
+
+def _azure_cvm(files: PlatformFiles, read_nv: NvReader) -> TeeChoice | None:
+    if not _azure_dmi(files):
+        return None
+    tpm = next((d for d in TPM_DEVICES if files.exists(d)), None)
+    if tpm is None:
+        return None
+    report = read_nv(HCL_REPORT_NV_INDEX, MAX_NV_READ)
+    if report is None:
+        return None
+    tee = hcl_isolation_type(report)
+    if tee is None:
+        log.info("Azure VM with a TPM, but NV index 0x%08x holds no HCL report of a known isolation type: "
+                 "not a confidential VM", HCL_REPORT_NV_INDEX)
+        return None
+    return TeeChoice(tee, f"Azure DMI data and the vTPM's HCL report (NV index 0x{HCL_REPORT_NV_INDEX:08x})")
+
+
+def _secure_execution(files: PlatformFiles) -> bool:
+    if not files.exists(SE_UV_DIR):
+        return False
+    flag = files.read(SE_GUEST_FLAG, 16)
+    # The flag says "0" on an s390x guest that is not protected; when the
+    # kernel has no such file, the ultravisor directory alone decides.
+    return flag is None or flag.strip() == b"1"
+
+
+def detect_tee(files: PlatformFiles, read_nv: NvReader) -> TeeChoice:
+    """The platform's TEE, in the attestation agent's order of detection."""
+    for device in TDX_DEVICES:
+        if files.exists(device):
+            return TeeChoice("tdx", f"{device} exists")
+    azure = _azure_cvm(files, read_nv)
+    if azure is not None:
+        return azure
+    for device in SNP_DEVICES:
+        if files.exists(device):
+            return TeeChoice("snp", f"{device} exists")
+    if _secure_execution(files):
+        return TeeChoice("se", f"{SE_UV_DIR} exists (IBM Secure Execution guest)")
+    return TeeChoice("none", "no TEE device, Azure CVM vTPM report or ultravisor found")
+
+
+def choose_tee(setting: str, files: PlatformFiles, read_nv: NvReader) -> TeeChoice:
+    """The baked setting wins; `auto` detects."""
+    if setting != "auto":
+        return TeeChoice(setting, f"bootstrap.yaml tee: {setting}")
+    return detect_tee(files, read_nv)
+
+
+def tpm_nv_reader(root: Path) -> NvReader:
+    """Reads an NV index of the TPM under `root` with tpm2-pytss (the ESAPI, as
+    the attesters do with tss-esapi), owner authorisation, an empty password."""
+
+    def read(index: int, limit: int) -> bytes | None:
+        device = next((under_root(root, d) for d in TPM_DEVICES if under_root(root, d).exists()), None)
+        if device is None or not device.is_char_device():
+            return None
+        try:
+            from tpm2_pytss import ESAPI  # optional: Debian's python3-tpm2-pytss
+            from tpm2_pytss.constants import ESYS_TR
+        except ImportError:
+            log.info("tpm2-pytss is not installed: the vTPM's HCL report is not read "
+                     "(set tee: in bootstrap.yaml on Azure confidential VMs)")
+            return None
+        return read_nv_index(ESAPI, ESYS_TR, f"device:{device}", index, limit)
+
+    return read
+
+
+def read_nv_index(esapi_cls: type, esys_tr: type, tcti: str, index: int, limit: int) -> bytes | None:
+    """The contents of NV `index` over `tcti`, at most `limit` bytes; None when
+    the index is absent or unreadable. Any TPM failure is logged as one line."""
+    try:
+        with esapi_cls(tcti) as esapi:
+            handle = esapi.tr_from_tpmpublic(index)
+            public, _name = esapi.nv_read_public(handle)
+            size = min(int(public.nvPublic.dataSize), limit)
+            data = b""
+            while len(data) < size:
+                chunk = bytes(esapi.nv_read(handle, min(1024, size - len(data)), len(data),
+                                            auth_handle=esys_tr.OWNER))
+                if not chunk:
+                    break
+                data += chunk
+            return data
+    except Exception as exc:  # tpm2-pytss raises TSS2_Exception and others: absent index, no TPM
+        log.info("cannot read TPM NV index 0x%08x: %s", index, one_line(exc, 200))
+        return None
+
+
+def userdata_tee_notice(userdata: object) -> str | None:
+    """One line when user-data tries to choose the TEE (a top-level `tee` key;
+    `podvm_bootstrap.tee` is already reported as an unknown key): it is ignored."""
+    if "tee" in getattr(userdata, "ignored_keys", ()):
+        return ("user-data: tee ignored: the TEE is detected or set in bootstrap.yaml, "
+                "user-data cannot choose it")
+    return None
+
+
+def detect_for_root(setting: str, root: Path, read_nv: NvReader | None = None) -> TeeChoice:
+    """choose_tee over the pod VM's files under `root` and its real TPM."""
+    return choose_tee(setting, RootFiles(root), read_nv if read_nv is not None else tpm_nv_reader(root))
