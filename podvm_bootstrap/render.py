@@ -134,7 +134,7 @@ def render_unit(planned: PlannedComponent, units_by_name: dict[str, str]) -> str
 
     lines = [
         HEADER,
-        f"# Image source: {planned.source}" + (f" (TEE variant {planned.variant})" if planned.variant else ""),
+        f"# Image source: {planned.source}" + (f" ({planned.variant})" if planned.variant else ""),
         "",
         "[Unit]",
         f"Description={description}",
