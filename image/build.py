@@ -70,6 +70,9 @@ network_backend = "netavark"
 # Test bed deviations from the sample manifest, each forced by the nesting:
 # podman refuses a host PID namespace to a container without cgroups.
 TEST_BED_DROPPED_KEYS = {"kata-agent": ("pid",)}
+# ... and the TEE devices of the variants do not exist in a test VM (a forced
+# `tee:` runs the variant's image, which is what the tests look at).
+TEST_BED_DROPPED_VARIANT_KEYS = ("devices",)
 # vfs: the booted tree is itself an overlay mount, and overlayfs cannot take
 # an overlayfs upper directory; vfs works anywhere.
 TEST_BED_STORAGE_CONF = """\
@@ -144,10 +147,12 @@ def copy_project(dest: Path) -> None:
         shutil.copy2(f, target)
 
 
-def baked_components(digests: dict[str, str]) -> str:
-    """The sample components.yaml with each default image's digest replaced by
-    the one prefetched, minus the test bed's TEST_BED_DROPPED_KEYS."""
+def baked_components(digests: dict[str, str], variant_digests: dict[tuple[str, str], str] | None = None) -> str:
+    """The sample components.yaml with each default (and variant) image's
+    digest replaced by the one prefetched, minus the test bed's
+    TEST_BED_DROPPED_KEYS and TEST_BED_DROPPED_VARIANT_KEYS."""
     manifest = yaml.safe_load((CONFIG_DIR / "components.yaml").read_text())
+    variant_digests = variant_digests or {}
     dropped = []
     for name, spec in manifest["components"].items():
         if name not in digests:
@@ -156,6 +161,15 @@ def baked_components(digests: dict[str, str]) -> str:
         for key in TEST_BED_DROPPED_KEYS.get(name, ()):
             if spec.get("container", {}).pop(key, None) is not None:
                 dropped.append(f"{name}.container.{key}")
+        for tee, variant in (spec.get("variants") or {}).items():
+            if (name, tee) not in variant_digests:
+                raise SystemExit(f"image/build.py: no stand-in image for {name} variant {tee}")
+            variant["image"] = f"{variant['image'].split('@', 1)[0]}@{variant_digests[(name, tee)]}"
+            for key in TEST_BED_DROPPED_VARIANT_KEYS:
+                if (variant.get("container") or {}).pop(key, None) is not None:
+                    dropped.append(f"{name}.variants.{tee}.container.{key}")
+            if variant.get("container") == {}:
+                del variant["container"]
     return ("# Written by image/build.py from image/config/components.yaml: the digests are those of the images\n"
             "# prefetched into this image's storage (TEST BED: the stand-ins of tests/standins).\n"
             f"# Test bed only, dropped (podman nested in systemd-nspawn cannot do them): {', '.join(dropped) or 'none'}\n"
@@ -180,6 +194,7 @@ def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
             subprocess.run(["umount", str(tmp / "merged")], check=True)
         shutil.rmtree(tmp)
     defaults = {c: images[(c, "v1")] for c in standins.COMPONENTS}
+    variants = {("attestation-agent", tee): images[("attestation-agent", tee)] for tee in standins.AA_TEE_VARIANTS}
     with overlay([base], tmp / "upper", tmp / "work", tmp / "merged") as tree, \
             running_registry() as registry:
         log(f"installing the project into {tmp / 'upper'}")
@@ -204,19 +219,21 @@ def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
         (tree / MIRROR_CONF).parent.mkdir(parents=True, exist_ok=True)
         (tree / MIRROR_CONF).write_text(mirror_conf(registry.host))
 
-        log("prefetching the default component images (stand-ins) by digest")
+        log("prefetching the default component images and their TEE variants (stand-ins) by digest")
         refs = []
-        for component, image in defaults.items():
+        for image in [*defaults.values(), *variants.values()]:
             registry.push_standin(image)
             refs.append(f"quay.io/{image.repository}@{image.digest}")
         in_tree(tree, "podman", "pull", "--quiet", *refs)
-        (etc / "components.yaml").write_text(baked_components({c: i.digest for c, i in defaults.items()}))
+        (etc / "components.yaml").write_text(baked_components({c: i.digest for c, i in defaults.items()},
+                                                              {k: i.digest for k, i in variants.items()}))
         # Nothing of the build's own runs may stay in the image.
         shutil.rmtree(tree / "run" / "containers", ignore_errors=True)
     shutil.rmtree(tmp / "work")
     shutil.rmtree(tmp / "merged")
     (tmp / "image.json").write_text(json.dumps({
         "defaults": {c: f"quay.io/{i.repository}@{i.digest}" for c, i in defaults.items()},
+        "variants": {f"{c}/{tee}": f"quay.io/{i.repository}@{i.digest}" for (c, tee), i in variants.items()},
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=1))
     if final.exists():

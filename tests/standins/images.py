@@ -28,14 +28,19 @@ SOURCE = HERE / "standin.c"
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "cat", "ls", "touch", "rm", "kill", "sleep", "echo", "test", "nc", "ps", "mkdir")
 NAMESPACE = "confidential-containers"  # quay.io/confidential-containers/<component>
-COMPONENTS = ("attestation-agent", "kata-agent", "agent-protocol-forwarder")
+COMPONENTS = ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder",
+              "api-server-rest")
+# The attestation agent's per-TEE builds (components.yaml variants): v1 with
+# /etc/standin-variant naming the TEE, so each answers "... standin v1 <tee>".
+AA_TEE_VARIANTS = ("az-snp-vtpm", "az-tdx-vtpm", "tdx", "snp", "se")
 PAD_BYTES = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class StandinImage:
     component: str
-    variant: str       # "v1" (the default), "v2" (an override), "padded" (v1 plus 50 MB)
+    variant: str       # "v1" (the default), "v2" (an override), "padded" (v1 plus 50 MB), or a TEE
+                       # (attestation-agent only: its build for that TEE, AA_TEE_VARIANTS)
     layout: Path       # OCI layout directory
     digest: str        # sha256:... of the manifest, as registries and podman report it
 
@@ -51,12 +56,15 @@ class StandinImage:
     @property
     def version_line(self) -> str:
         """What the stand-in answers on every connection."""
+        if self.variant in AA_TEE_VARIANTS:
+            return f"{self.component} standin v1 {self.variant}"
         version = "v1" if self.variant == "padded" else self.variant
         return f"{self.component} standin {version}"
 
 
 VARIANTS = [(c, "v1") for c in COMPONENTS] + [("agent-protocol-forwarder", "v2"),
-                                               ("agent-protocol-forwarder", "padded")]
+                                               ("agent-protocol-forwarder", "padded")] \
+    + [("attestation-agent", tee) for tee in AA_TEE_VARIANTS]
 
 
 def inputs_key() -> str:
@@ -81,7 +89,8 @@ def build_all(outdir: Path) -> dict[tuple[str, str], StandinImage]:
     for component, variant in VARIANTS:
         binary = binaries["v2" if variant == "v2" else "v1"]
         layout = tmp / f"{component}-{variant}"
-        digest = _write_layout(layout, component, binary, pad=variant == "padded")
+        digest = _write_layout(layout, component, binary, pad=variant == "padded",
+                               tee=variant if variant in AA_TEE_VARIANTS else None)
         entries.append({"component": component, "variant": variant, "digest": digest})
     (tmp / "index.json").write_text(json.dumps(entries, indent=1))
     for f in tmp.glob("standin-*"):
@@ -106,7 +115,7 @@ def compile_standin(workdir: Path, version: str) -> Path:
     return out
 
 
-def _tar_layer(component: str, binary: bytes, pad: bool) -> bytes:
+def _tar_layer(component: str, binary: bytes, pad: bool, tee: str | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         def add_dir(name: str) -> None:
@@ -132,6 +141,8 @@ def _tar_layer(component: str, binary: bytes, pad: bool) -> bytes:
         add_file("etc/passwd", b"root:x:0:0:root:/:/bin/sh\n", 0o644)
         add_file("etc/group", b"root:x:0:\n", 0o644)
         add_file("etc/standin", f"STAND-IN test image of {component}, not the real component\n".encode(), 0o644)
+        if tee is not None:
+            add_file("etc/standin-variant", f"{tee}\n".encode(), 0o644)
         if pad:
             add_file("pad.bin", random.Random(component).randbytes(PAD_BYTES), 0o644)
         add_file("usr/local/bin/standin", binary)
@@ -147,10 +158,10 @@ def _blob(layout: Path, data: bytes) -> str:
     return f"sha256:{digest}"
 
 
-def _write_layout(layout: Path, component: str, binary: bytes, pad: bool) -> str:
+def _write_layout(layout: Path, component: str, binary: bytes, pad: bool, tee: str | None = None) -> str:
     layout.mkdir(parents=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    tar = _tar_layer(component, binary, pad)
+    tar = _tar_layer(component, binary, pad, tee)
     gz = gzip.compress(tar, compresslevel=1 if pad else 6, mtime=0)
     layer_digest = _blob(layout, gz)
     config = {

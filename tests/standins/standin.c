@@ -1,13 +1,25 @@
 /*
- * A TEST STAND-IN for the pod VM's components (attestation-agent, kata-agent,
- * agent-protocol-forwarder). It is not the real thing: it only behaves like
- * one at the interfaces podvm-bootstrap sees (a unix socket or a TCP port that
- * answers, a config that must parse, a dependency that must exist), and can be
- * told to misbehave so that supervision can be tested.
+ * A TEST STAND-IN for the pod VM's components (attestation-agent,
+ * confidential-data-hub, kata-agent, agent-protocol-forwarder,
+ * api-server-rest). It is not the real thing: it only behaves like one at the
+ * interfaces podvm-bootstrap sees (a unix socket or a TCP port that answers, a
+ * config that must parse, a dependency that must exist), and can be told to
+ * misbehave so that supervision can be tested.
  *
  * The component is the program's name (argv[0], via a symlink) or --component.
- * Every accepted connection gets one line, "<component> standin <version>\n",
- * and is closed, so a test can tell which image answered.
+ * Every accepted connection gets one line, "<component> standin <version>\n"
+ * ("<component> standin <version> <variant>\n" when the image carries
+ * /etc/standin-variant, e.g. an attestation agent built for one TEE), and is
+ * closed, so a test can tell which image answered. api-server-rest speaks
+ * HTTP instead: it reads the request (up to its blank line, 500 ms at most)
+ * and answers 200 with that line as the body.
+ *
+ * Interfaces, like the real components':
+ *   attestation-agent         unix socket AA_SOCKET; -c FILE must parse
+ *   confidential-data-hub     unix socket CDH_SOCKET; needs AA_SOCKET; -c FILE must parse when it exists
+ *   kata-agent                unix socket KATA_SOCKET
+ *   agent-protocol-forwarder  TCP 127.0.0.1:15150; needs KATA_SOCKET
+ *   api-server-rest           HTTP on TCP 127.0.0.1:8006; needs CDH_SOCKET
  *
  * Misbehaviour, checked every 100 ms:
  *   <control dir>/<component>.crash     exit 70 at once (also SIGUSR1)
@@ -46,6 +58,9 @@
 #define AA_SOCKET "/run/confidential-containers/attestation-agent/attestation-agent.sock"
 #define KATA_SOCKET "/run/kata-containers/agent.sock"
 #define APF_LISTEN "127.0.0.1:15150"
+#define CDH_SOCKET "/run/confidential-containers/cdh.sock"
+#define ASR_LISTEN "127.0.0.1:8006"
+#define VARIANT_FILE "/etc/standin-variant"
 
 static volatile sig_atomic_t got_term, got_crash, got_hang;
 static const char *component = "standin";
@@ -130,6 +145,43 @@ static void check_config(const char *path) {
     fclose(f);
 }
 
+static void require(const char *path) {
+    struct stat st;
+    if (stat(path, &st) < 0) die("refusing to start: %s does not exist", path);
+}
+
+/* The image's variant (one word, e.g. the TEE an attestation agent was built
+ * for), or "" for a plain image. */
+static void read_variant(char *out, size_t size) {
+    out[0] = 0;
+    FILE *f = fopen(VARIANT_FILE, "r");
+    if (!f) return;
+    if (!fgets(out, (int)size, f)) out[0] = 0;
+    fclose(f);
+    out[strcspn(out, " \t\r\n")] = 0;
+}
+
+/* api-server-rest: read the request head (bounded in size and time), answer
+ * 200 with the banner as the body. */
+static void answer_http(int c, const char *banner, int banner_len) {
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 500000};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[2048];
+    size_t got = 0;
+    while (got < sizeof req - 1) {
+        ssize_t n = read(c, req + got, sizeof req - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+        req[got] = 0;
+        if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n")) break;
+    }
+    char head[256];
+    int head_len = snprintf(head, sizeof head,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                            "Connection: close\r\n\r\n", banner_len);
+    if (write(c, head, head_len) < 0 || write(c, banner, banner_len) < 0) { /* client left */ }
+}
+
 static void notify_ready(void) {
     const char *path = getenv("NOTIFY_SOCKET");
     if (!path || !*path) return;
@@ -179,29 +231,41 @@ int main(int argc, char **argv) {
     const char *config = NULL, *socket_path = NULL, *tcp = NULL, *requires = KATA_SOCKET;
     const char *control_dir = getenv("STANDIN_CONTROL_DIR");
     const char *ign = getenv("STANDIN_IGNORE_SIGTERM");
-    int ignore_term = ign && strcmp(ign, "1") == 0;
+    int ignore_term = ign && strcmp(ign, "1") == 0, requires_given = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--component") == 0 && i + 1 < argc) component = argv[++i];
         else if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) config = argv[++i];
         else if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc) socket_path = argv[++i];
         else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) tcp = argv[++i];
-        else if (strcmp(argv[i], "--requires") == 0 && i + 1 < argc) requires = argv[++i];
+        else if (strcmp(argv[i], "--requires") == 0 && i + 1 < argc) { requires = argv[++i]; requires_given = 1; }
         else if (strcmp(argv[i], "--ignore-sigterm") == 0) ignore_term = 1;
-        else if (strcmp(argv[i], "--version") == 0) { printf("%s standin %s\n", component, STANDIN_VERSION); return 0; }
+        else if (strcmp(argv[i], "--version") == 0) {
+            char v[64];
+            read_variant(v, sizeof v);
+            printf("%s standin %s%s%s\n", component, STANDIN_VERSION, v[0] ? " " : "", v);
+            return 0;
+        }
         /* Anything else is accepted and ignored, like the real agents' many flags. */
     }
     if (!control_dir) control_dir = "/run/standin";
 
-    int fd;
+    int fd, http = 0;
     if (strcmp(component, "attestation-agent") == 0) {
         if (config) check_config(config);
         fd = listen_unix(socket_path ? socket_path : AA_SOCKET);
+    } else if (strcmp(component, "confidential-data-hub") == 0) {
+        if (config && access(config, F_OK) == 0) check_config(config);
+        require(requires_given ? requires : AA_SOCKET);
+        fd = listen_unix(socket_path ? socket_path : CDH_SOCKET);
     } else if (strcmp(component, "kata-agent") == 0) {
         fd = listen_unix(socket_path ? socket_path : KATA_SOCKET);
     } else if (strcmp(component, "agent-protocol-forwarder") == 0) {
-        struct stat st;
-        if (stat(requires, &st) < 0) die("refusing to start: %s does not exist", requires);
+        require(requires);
         fd = listen_tcp(tcp ? tcp : APF_LISTEN);
+    } else if (strcmp(component, "api-server-rest") == 0) {
+        require(requires_given ? requires : CDH_SOCKET);
+        fd = listen_tcp(tcp ? tcp : ASR_LISTEN);
+        http = 1;
     } else if (socket_path) {
         fd = listen_unix(socket_path);
     } else if (tcp) {
@@ -217,8 +281,11 @@ int main(int argc, char **argv) {
     else sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char banner[128];
-    int banner_len = snprintf(banner, sizeof banner, "%s standin %s\n", component, STANDIN_VERSION);
+    char variant[64], banner[160];
+    read_variant(variant, sizeof variant);
+    int banner_len = snprintf(banner, sizeof banner, "%s standin %s%s%s\n", component, STANDIN_VERSION,
+                              variant[0] ? " " : "", variant);
+    if (variant[0]) say("variant %s", variant);
     say("listening%s", ignore_term ? " (ignoring SIGTERM)" : "");
     notify_ready();
 
@@ -240,7 +307,8 @@ int main(int argc, char **argv) {
         if (poll(&p, 1, 100) > 0) {
             int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
             if (c >= 0) {
-                if (write(c, banner, banner_len) < 0) { /* client left: nothing to do */ }
+                if (http) answer_http(c, banner, banner_len);
+                else if (write(c, banner, banner_len) < 0) { /* client left: nothing to do */ }
                 close(c);
             }
         }
