@@ -70,6 +70,7 @@ def scaled_manifest(baked: dict[str, Any], n: int) -> dict[str, Any]:
     if missing:
         raise ValueError(f"the baked manifest lacks {', '.join(missing)}")
     out: dict[str, Any] = {b: copy.deepcopy(components[b]) for b in LAYER_BASES}
+    out[KATA]["after"], out[APF]["after"] = [AA], [KATA]  # one layer each, whatever else the chain holds
     index = 0
     for base_name, size in zip(LAYER_BASES, layer_sizes(n)):
         for _ in range(size - 1):

@@ -30,7 +30,8 @@ from tests.bed.userdata import cloud_config  # noqa: E402
 from tests.bed.vm import boot, ensure_image  # noqa: E402
 from tests.standins import images as standins  # noqa: E402
 
-COMPONENT_UNITS = ["attestation-agent.service", "kata-agent.service", "agent-protocol-forwarder.service"]
+COMPONENT_UNITS = ["attestation-agent.service", "confidential-data-hub.service", "kata-agent.service",
+                   "agent-protocol-forwarder.service", "api-server-rest.service"]
 
 
 def banner(title: str) -> None:

@@ -35,7 +35,8 @@ def test_installed_cli_reads_the_baked_configuration(pod_vm):
     out = pod_vm.run(["podvm-bootstrap", "plan", "--json"], check=False)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
-    assert [c["name"] for c in plan["components"]] == ["attestation-agent", "kata-agent", "agent-protocol-forwarder"]
+    assert [c["name"] for c in plan["components"]] == ["attestation-agent", "confidential-data-hub", "kata-agent",
+                                                       "agent-protocol-forwarder", "api-server-rest"]
     assert {c["name"]: c["digest"] for c in plan["components"]} == pod_vm.image.default_digests
 
 

@@ -21,7 +21,7 @@ from tests.bed.vm import PodVM, booted
 
 pytestmark = pytest.mark.vm
 
-NAMES = ("attestation-agent", "kata-agent", "agent-protocol-forwarder")
+NAMES = ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder", "api-server-rest")
 AA_TOML = "[token_configs]\nurl = \"http://127.0.0.1:1\"\n"
 
 
@@ -160,13 +160,13 @@ def test_components_start_in_dependency_order_and_ready_is_sent(ready_vm: PodVM,
     apf_start = first(lines, r"^agent-protocol-forwarder: starting")
     assert aa_ready < kata_start < kata_ready < apf_start  # (line, monotonic time) pairs
     assert aa_ready[1] <= kata_start[1] <= kata_ready[1] <= apf_start[1]
-    assert "3/3 ready" in daemon_status_text(vm)
+    assert f"{len(NAMES)}/{len(NAMES)} ready" in daemon_status_text(vm)
     assert answer(vm) == "agent-protocol-forwarder standin v1"
     # state.json on disk, 0644, and the raw user-data kept 0600.
     mode = vm.run(["stat", "-c", "%a", "/run/podvm-bootstrap/state.json", "/run/podvm-bootstrap/user-data"]).stdout
     assert mode.split() == ["644", "600"]
     assert vm.read_file("/run/podvm-bootstrap/user-data").decode() == userdata()
-    assert vm.run(["podvm-bootstrap", "verify"]).stdout.count("\nok ") + 1 == 3
+    assert vm.run(["podvm-bootstrap", "verify"]).stdout.count("\nok ") + 1 == len(NAMES)
 
 
 def test_crashed_component_is_restarted_and_ready_again(ready_vm: PodVM) -> None:

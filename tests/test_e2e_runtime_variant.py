@@ -23,6 +23,7 @@ def variant_components(podvm_image: Any) -> str:
     comps = manifest["components"]
     # kata-agent and the forwarder both need only the attestation-agent: one layer, started together.
     comps["agent-protocol-forwarder"]["after"] = ["attestation-agent"]
+    comps["kata-agent"]["after"] = ["attestation-agent"]
     comps["agent-protocol-forwarder"]["container"]["command"] = [
         "agent-protocol-forwarder", "--requires", "/run/peerpod/apf.json"]
     # kata-agent can be told to crash from the VM (its control dir is shared).

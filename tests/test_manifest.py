@@ -63,7 +63,7 @@ def test_sample_manifest_loads_as_designed():
     assert apf.ready == Probe("tcp", "127.0.0.1:15150")
     assert apf.health == Health(interval=5.0, timeout=Health().timeout, failures=3)
     assert apf.stop_timeout == 10.0
-    assert asr.after == ("agent-protocol-forwarder",)
+    assert asr.after == ("confidential-data-hub", "agent-protocol-forwarder")
     assert asr.ready == Probe("tcp", "127.0.0.1:8006")
     assert all(not c.variants for c in (cdh, kata, apf, asr))
 
