@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`make demo`: build the pod VM image, boot it with sample user-data that
-overrides the forwarder's image, and show what an operator looks at, and the
+overrides the forwarder's image, with a baked `tee:` that picks the attestation
+agent's variant, and show what an operator looks at, and the
 measured launch: a software TPM (swtpm) on 127.0.0.1 serves as the VM's TPM;
 `plan --json` predicts PCR 23 before boot, and the VM's event log replays to
 the value tpm2_pcrread reads afterwards.
@@ -45,6 +46,11 @@ def show(vm, title: str, command: str) -> None:
     print((out.stdout + out.stderr).rstrip(), flush=True)
 
 
+# No TEE exists in the demo VM; an image meant for Azure SNP confidential VMs
+# would bake this (with `tee: auto` it is detected from the vTPM's HCL report).
+DEMO_TEE = "az-snp-vtpm"
+
+
 def baked(image, path: str) -> dict:
     import yaml
 
@@ -56,14 +62,15 @@ def baked(image, path: str) -> dict:
 
 
 def measured_config(image, workroot: Path, tcti: str) -> tuple[Path, str]:
-    """The image's baked files, with the file provider and measure.tpm set to
-    the loopback swtpm: a config dir for `plan` on this machine, and the
+    """The image's baked files, with the file provider, DEMO_TEE and measure.tpm
+    set to the loopback swtpm: a config dir for `plan` on this machine, and the
     bootstrap.yaml placed in the VM."""
     import yaml
 
     settings = baked(image, "/etc/podvm-bootstrap/bootstrap.yaml")
     settings.setdefault("userdata", {}).update({"provider": "file", "timeout": "20s"})
     settings["measure"] = {"tpm": tcti, "pcr": 23}
+    settings["tee"] = DEMO_TEE
     bootstrap = yaml.safe_dump(settings, sort_keys=False)
     config = workroot / "config"
     config.mkdir()
@@ -117,6 +124,7 @@ def main() -> int:
             print("predicted event log:\n  " + "\n  ".join(predicted["events"]))
             print(f"predicted PCR 23: {predicted['expected']}")
             banner("booting the pod VM (systemd-nspawn)")
+            banner(f"baked for this demo: tee: {DEMO_TEE} (bootstrap.yaml; user-data cannot choose it)")
             vm = boot(image, workroot / "vm", name="podvm-demo", userdata=userdata, registry=registry,
                       wait="started", files={"/etc/podvm-bootstrap/bootstrap.yaml": bootstrap})
             try:
@@ -129,6 +137,13 @@ def main() -> int:
                 except Exception as exc:  # show the state anyway: that is what an operator needs then
                     print(f"not every component became ready: {exc}")
                 show(vm, "podvm-bootstrap status", "podvm-bootstrap status")
+                show(vm, "the TEE and the variant chosen (journal, plan)",
+                     "journalctl --no-pager -o cat -u podvm-bootstrap | grep -E '^(<[0-9]>)?(TEE: |[a-z-]+: [a-z-]+ variant)';"
+                     " podvm-bootstrap plan 2>/dev/null")
+                show(vm, "which attestation agent build runs (its stand-in says so)",
+                     "podman exec attestation-agent attestation-agent --version")
+                show(vm, "what the adaptor side reads: daemon version and manifest digest",
+                     "podvm-bootstrap --version")
                 show(vm, "the components' units", "systemctl list-units --no-pager --all " + " ".join(COMPONENT_UNITS))
                 show(vm, "start order (journal of podvm-bootstrap, with timestamps)",
                      "journalctl --no-pager -o short-precise -u podvm-bootstrap "
