@@ -13,6 +13,7 @@ User-data never takes part: the TEE decides which baked image runs."""
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,43 +151,65 @@ def choose_tee(setting: str, files: PlatformFiles, read_nv: NvReader) -> TeeChoi
     return detect_tee(files, read_nv)
 
 
-def tpm_nv_reader(root: Path) -> NvReader:
-    """Reads an NV index of the TPM under `root` with tpm2-pytss (the ESAPI, as
-    the attesters do with tss-esapi), owner authorisation, an empty password."""
+def tpm_nv_reader(root: Path, tcti: str | None = None) -> NvReader:
+    """Reads an NV index of the TPM with tpm2-pytss (ESAPI, as the attesters
+    do with tss-esapi): the TPM device under `root` (a character device;
+    anything else is no TPM), or `tcti` ("swtpm:host=...,port=..." in tests)."""
 
     def read(index: int, limit: int) -> bytes | None:
-        device = next((under_root(root, d) for d in TPM_DEVICES if under_root(root, d).exists()), None)
-        if device is None or not device.is_char_device():
-            return None
+        if tcti is not None:
+            name, _, conf = tcti.partition(":")
+        else:
+            device = next((under_root(root, d) for d in TPM_DEVICES if under_root(root, d).exists()), None)
+            if device is None or not device.is_char_device():
+                return None
+            name, conf = "device", str(device)
+        # The TSS logs its own errors to stderr, several lines each: an absent
+        # index is an expected answer here, and ours is the one line.
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
         try:
-            from tpm2_pytss import ESAPI  # optional: Debian's python3-tpm2-pytss
+            from tpm2_pytss import ESAPI, TCTILdr  # optional: Debian's python3-tpm2-pytss
             from tpm2_pytss.constants import ESYS_TR
         except ImportError:
             log.info("tpm2-pytss is not installed: the vTPM's HCL report is not read "
                      "(set tee: in bootstrap.yaml on Azure confidential VMs)")
             return None
-        return read_nv_index(ESAPI, ESYS_TR, f"device:{device}", index, limit)
+        tcti_ctx = esapi = None
+        try:
+            tcti_ctx = TCTILdr(name, conf)
+            esapi = ESAPI(tcti_ctx)
+            return read_nv_index(esapi, ESYS_TR.OWNER, index, limit)
+        except Exception as exc:  # noqa: BLE001 - the TSS raises TSS2_Exception and others
+            log.info("cannot open the TPM %s:%s: %s", name, conf, one_line(exc, 200))
+            return None
+        finally:
+            for thing in (esapi, tcti_ctx):
+                if thing is not None:
+                    try:
+                        thing.close()
+                    except Exception:  # noqa: BLE001 - closing must not hide the answer
+                        pass
 
     return read
 
 
-def read_nv_index(esapi_cls: type, esys_tr: type, tcti: str, index: int, limit: int) -> bytes | None:
-    """The contents of NV `index` over `tcti`, at most `limit` bytes; None when
-    the index is absent or unreadable. Any TPM failure is logged as one line."""
+def read_nv_index(esapi: object, owner: object, index: int, limit: int) -> bytes | None:
+    """The contents of NV `index` through an open ESAPI, with owner
+    authorisation, at most `limit` bytes, in reads of at most 1 KiB (the usual
+    TPM2_PT_NV_BUFFER_MAX); None when the index is absent or unreadable."""
     try:
-        with esapi_cls(tcti) as esapi:
-            handle = esapi.tr_from_tpmpublic(index)
-            public, _name = esapi.nv_read_public(handle)
-            size = min(int(public.nvPublic.dataSize), limit)
-            data = b""
-            while len(data) < size:
-                chunk = bytes(esapi.nv_read(handle, min(1024, size - len(data)), len(data),
-                                            auth_handle=esys_tr.OWNER))
-                if not chunk:
-                    break
-                data += chunk
-            return data
-    except Exception as exc:  # tpm2-pytss raises TSS2_Exception and others: absent index, no TPM
+        handle = esapi.tr_from_tpmpublic(index)  # type: ignore[attr-defined]
+        public, _name = esapi.nv_read_public(handle)  # type: ignore[attr-defined]
+        size = min(int(public.nvPublic.dataSize), limit)
+        data = b""
+        while len(data) < size:
+            chunk = bytes(esapi.nv_read(handle, min(1024, size - len(data)), len(data),  # type: ignore[attr-defined]
+                                        auth_handle=owner))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    except Exception as exc:  # noqa: BLE001 - tpm2-pytss raises TSS2_Exception for an absent index
         log.info("cannot read TPM NV index 0x%08x: %s", index, one_line(exc, 200))
         return None
 

@@ -161,21 +161,12 @@ def test_the_real_tpm_reader_never_talks_to_a_fake_device(tmp_path):
 
 
 class FakeEsapi:
-    """tpm2-pytss's ESAPI as read_nv_index uses it (the NV index, 1 KiB reads)."""
+    """An open ESAPI as read_nv_index uses it: one NV index, answered in
+    reads of at most 1 KiB with owner authorisation."""
 
-    opened: list[str] = []
-
-    def __init__(self, tcti: str, data: bytes | None = None) -> None:
-        FakeEsapi.opened.append(tcti)
-        self.data = FakeEsapi.stored if data is None else data
-
-    stored = b""
-
-    def __enter__(self) -> "FakeEsapi":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads: list[tuple[int, int]] = []
 
     def tr_from_tpmpublic(self, index: int) -> int:
         if index != HCL_REPORT_NV_INDEX:
@@ -183,28 +174,26 @@ class FakeEsapi:
         return 7
 
     def nv_read_public(self, handle: int):
+        size = len(self.data)
+
         class Public:
             class nvPublic:
-                dataSize = len(self.data)
+                dataSize = size
         return Public, b"name"
 
     def nv_read(self, handle: int, size: int, offset: int, auth_handle: object) -> bytes:
-        assert size <= 1024 and auth_handle == "OWNER"
+        assert handle == 7 and auth_handle == "OWNER"
+        self.reads.append((offset, size))
         return self.data[offset:offset + size]
 
 
-class FakeEsysTr:
-    OWNER = "OWNER"
-
-
 def test_read_nv_index_reads_in_chunks_and_bounds_the_size():
-    FakeEsapi.stored = hcl_report(4)
-    assert read_nv_index(FakeEsapi, FakeEsysTr, "device:/dev/tpmrm0", HCL_REPORT_NV_INDEX, MAX_NV_READ) \
-        == FakeEsapi.stored
-    assert read_nv_index(FakeEsapi, FakeEsysTr, "device:/dev/tpmrm0", HCL_REPORT_NV_INDEX, 100) \
-        == FakeEsapi.stored[:100]
+    esapi = FakeEsapi(hcl_report(4))
+    assert read_nv_index(esapi, "OWNER", HCL_REPORT_NV_INDEX, MAX_NV_READ) == esapi.data
+    assert esapi.reads == [(0, 1024), (1024, 1024), (2048, 552)]
+    assert read_nv_index(FakeEsapi(esapi.data), "OWNER", HCL_REPORT_NV_INDEX, 100) == esapi.data[:100]
     # an absent index is "no report", not an error
-    assert read_nv_index(FakeEsapi, FakeEsysTr, "device:/dev/tpmrm0", 0x01400002, MAX_NV_READ) is None
+    assert read_nv_index(esapi, "OWNER", 0x01400002, MAX_NV_READ) is None
 
 
 def test_settings_tee(tmp_path):
