@@ -15,6 +15,7 @@ import yaml
 
 from tests.bed.userdata import MINIMAL_USERDATA
 from tests.bed.vm import PodVM
+from tests.standins import images as standins
 from tests.test_e2e_runtime import baked, daemon_journal, first, status, wait_status
 
 pytestmark = pytest.mark.vm
@@ -41,7 +42,7 @@ def version_of(vm: PodVM, name: str) -> str:
     return vm.podman("exec", name, name, "--version").stdout.strip()
 
 
-def test_the_five_component_chain_starts_in_order(boot_pod_vm, podvm_image) -> None:
+def test_the_five_component_chain_starts_in_order(boot_pod_vm, podvm_image, standin_images) -> None:
     vm = boot_pod_vm(userdata=MINIMAL_USERDATA, wait="started")
     st = wait_status(vm, all_ready, 180, "the five components ready")
     assert [c["name"] for c in st["components"]] == list(CHAIN)
@@ -52,13 +53,14 @@ def test_the_five_component_chain_starts_in_order(boot_pod_vm, podvm_image) -> N
     plan = json.loads(vm.read_file("/run/podvm-bootstrap/plan.json"))
     assert plan["start_order"] == [[name] for name in CHAIN]
     assert plan["tee"] == st["tee"] == "none"  # an nspawn VM on this machine is no TEE
-    # the journal: each component starts only once the one before it is ready
+    # the journal: each component is ready only after the one before it ...
     lines = daemon_journal(vm)
-    events = []
-    for name in CHAIN:
-        events.append(first(lines, rf"^{name}: starting {name}\.service"))
-        events.append(first(lines, rf"^{name}: ready probe passed"))
-    assert events == sorted(events), events  # (journal line, monotonic time) pairs, in chain order
+    ready = [first(lines, rf"^{name}: ready probe passed") for name in CHAIN]
+    assert ready == sorted(ready), ready  # (journal line, monotonic time) pairs, in chain order
+    # ... and none ran before what it needs: the stand-ins of the data hub, the
+    # forwarder and api-server-rest refuse to start without the socket of the
+    # one before them, which would show as a restart
+    assert all(c["restarts"] == 0 for c in st["components"]), st["components"]
     first(lines, r"^TEE: none \(")
     # each answers at its interface, as the real one would
     for name in CHAIN:
@@ -68,6 +70,13 @@ def test_the_five_component_chain_starts_in_order(boot_pod_vm, podvm_image) -> N
     http = vm.run(["python3", "-c", "import urllib.request as u; r = u.urlopen("
                    "'http://127.0.0.1:8006/cdh/resource/default/key/1', timeout=10); print(r.status, r.read().decode())"])
     assert http.stdout.split() == ["200", "api-server-rest", "standin", "v1"]
+    # every TEE variant of the baked manifest is prefetched, pinned to its stand-in's digest
+    variants = yaml.safe_load(vm.read_file("/etc/podvm-bootstrap/components.yaml"))["components"][AA]["variants"]
+    assert sorted(variants) == sorted(standins.AA_TEE_VARIANTS)
+    for tee, entry in variants.items():
+        assert entry["image"].endswith("@" + standin_images[(AA, tee)].digest)
+        assert "container" not in entry  # the test bed drops the TEE devices: none exists in a test VM
+        assert vm.podman("image", "exists", entry["image"], check=False).returncode == 0, entry["image"]
     # the adaptor side can tell which daemon and which manifest this image carries
     manifest = vm.read_file("/etc/podvm-bootstrap/components.yaml")
     version = vm.run(["podvm-bootstrap", "--version"]).stdout.split()
