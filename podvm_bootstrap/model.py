@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from podvm_bootstrap import __version__
 from podvm_bootstrap.imageref import ImageRef
 
 ProbeKind = Literal["unix_socket", "tcp", "exec", "file", "notify"]
@@ -166,8 +167,6 @@ class Plan:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        from podvm_bootstrap import __version__
-
         return {
             "version": __version__,
             "tee": self.tee,

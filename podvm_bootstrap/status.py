@@ -6,7 +6,8 @@ note saying so. Exit 0 when every essential component is ready (with none
 essential: every component), 1 otherwise or when there is no state.
 
 verify: every image the daemon runs (state.json), or, before any run, every
-default image of the manifest, checked in local storage against its digest."""
+baked image of the manifest for this VM's TEE (the defaults, or their
+variants), checked in local storage against its digest."""
 
 from __future__ import annotations
 
@@ -137,15 +138,20 @@ def no_state_line(state_dir: Path) -> str:
 
 
 def images_to_verify(paths: Paths) -> list[tuple[str, str]]:
-    """(component, image reference) pairs: what the daemon runs, else the defaults."""
+    """(component, image reference) pairs: what the daemon runs, else the baked
+    images for this VM's TEE."""
     state = read_state(paths.state_dir)
     if state is not None:
         return [(name, str(entry.get("image"))) for name, entry in state["components"].items()
                 if isinstance(entry, dict)]
     from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.settings import load_settings
+    from podvm_bootstrap.tee import detect_for_root
+    from podvm_bootstrap.variants import resolve_variants
 
     manifest = load_manifest(paths.components_yaml)
-    return [(c.name, str(c.image)) for c in manifest.components]
+    tee = detect_for_root(load_settings(paths.bootstrap_yaml).tee, paths.root).tee
+    return [(c.name, str(c.image)) for c in resolve_variants(manifest, tee).components]
 
 
 def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:

@@ -17,11 +17,14 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from podvm_bootstrap.errors import one_line
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import under_root
+
+if TYPE_CHECKING:
+    from podvm_bootstrap.cloudconfig import UserData
 
 log = get_logger("tee")
 
@@ -214,10 +217,10 @@ def read_nv_index(esapi: object, owner: object, index: int, limit: int) -> bytes
         return None
 
 
-def userdata_tee_notice(userdata: object) -> str | None:
+def userdata_tee_notice(userdata: UserData) -> str | None:
     """One line when user-data tries to choose the TEE (a top-level `tee` key;
     `podvm_bootstrap.tee` is already reported as an unknown key): it is ignored."""
-    if "tee" in getattr(userdata, "ignored_keys", ()):
+    if "tee" in userdata.ignored_keys:
         return ("user-data: tee ignored: the TEE is detected or set in bootstrap.yaml, "
                 "user-data cannot choose it")
     return None

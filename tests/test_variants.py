@@ -323,3 +323,17 @@ def test_status_reports_version_tee_and_variant(tmp_path):
     assert by_name["kata-agent"]["variant"] is None
     human = cli("--state-dir", str(state_dir), "status").stdout
     assert "variant (tdx)" in human and f"podvm-bootstrap {__version__}, tee: tdx" in human
+
+
+def test_verify_before_any_run_checks_the_baked_images_for_this_tee(tmp_path, config):
+    from podvm_bootstrap.paths import Paths
+    from podvm_bootstrap.status import images_to_verify
+
+    paths = Paths.build(root=str(tmp_path / "root"), config_dir=str(config), state_dir=str(tmp_path / "state"))
+    declared = sample()
+    assert dict(images_to_verify(paths)) == {c.name: str(c.image) for c in declared.components}
+    (tmp_path / "root/dev").mkdir(parents=True)
+    (tmp_path / "root/dev/sev-guest").touch()
+    snp = next(v.image for v in declared.get(AA).variants if v.tee == "snp")
+    images = dict(images_to_verify(paths))
+    assert images[AA] == str(snp) and images["kata-agent"] == str(declared.get("kata-agent").image)
