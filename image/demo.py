@@ -138,8 +138,8 @@ def main() -> int:
                     print(f"not every component became ready: {exc}")
                 show(vm, "podvm-bootstrap status", "podvm-bootstrap status")
                 show(vm, "the TEE and the variant chosen (journal, plan)",
-                     "journalctl --no-pager -o cat -u podvm-bootstrap | grep -E '^(<[0-9]>)?(TEE: |[a-z-]+: [a-z-]+ variant)';"
-                     " podvm-bootstrap plan 2>/dev/null")
+                     "journalctl --no-pager -o cat -u podvm-bootstrap"
+                     " | grep -E '^(<[0-9]>)?(TEE: |[a-z-]+: [a-z-]+ variant)'; podvm-bootstrap plan 2>/dev/null")
                 show(vm, "which attestation agent build runs (its stand-in says so)",
                      "podman exec attestation-agent attestation-agent --version")
                 show(vm, "what the adaptor side reads: daemon version and manifest digest",

@@ -119,7 +119,7 @@ def _azure_cvm(files: PlatformFiles, read_nv: NvReader) -> TeeChoice | None:
         log.info("Azure VM with a TPM, but NV index 0x%08x holds no HCL report of a known isolation type: "
                  "not a confidential VM", HCL_REPORT_NV_INDEX)
         return None
-    return TeeChoice(tee, f"Azure DMI data and the vTPM's HCL report (NV index 0x{HCL_REPORT_NV_INDEX:08x})")
+    return TeeChoice(tee, f"Azure DMI data and the HCL report in the vTPM {tpm} (NV index 0x{HCL_REPORT_NV_INDEX:08x})")
 
 
 def _secure_execution(files: PlatformFiles) -> bool:

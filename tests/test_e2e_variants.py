@@ -68,7 +68,8 @@ def test_the_five_component_chain_starts_in_order(boot_pod_vm, podvm_image, stan
     assert vm.podman("exec", "confidential-data-hub", "standin", "probe", "unix",
                      "/run/confidential-containers/cdh.sock").stdout == "confidential-data-hub standin v1\n"
     http = vm.run(["python3", "-c", "import urllib.request as u; r = u.urlopen("
-                   "'http://127.0.0.1:8006/cdh/resource/default/key/1', timeout=10); print(r.status, r.read().decode())"])
+                   "'http://127.0.0.1:8006/cdh/resource/default/key/1', timeout=10); "
+                   "print(r.status, r.read().decode())"])
     assert http.stdout.split() == ["200", "api-server-rest", "standin", "v1"]
     # every TEE variant of the baked manifest is prefetched, pinned to its stand-in's digest
     variants = yaml.safe_load(vm.read_file("/etc/podvm-bootstrap/components.yaml"))["components"][AA]["variants"]
