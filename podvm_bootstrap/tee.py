@@ -37,6 +37,11 @@ SNP_DEVICES = ("/dev/sev-guest", "/sys/devices/platform/sev-guest")
 SE_UV_DIR = "/sys/firmware/uv"
 SE_GUEST_FLAG = "/sys/firmware/uv/prot_virt_guest"   # "1" in a Secure Execution guest
 TPM_DEVICES = ("/dev/tpmrm0", "/dev/tpm0")
+# Azure's DMI data, as podvm_bootstrap.userdata.detect reads it for the cloud
+# (the same values, test_tee checks; not imported from there: importing that
+# package loads every metadata client, requests included, ~60 ms per boot).
+DMI_DIR = "/sys/class/dmi/id"
+AZURE_CHASSIS_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 
 # Azure's HCL report (azure-cvm-tooling, az-cvm-vtpm/src/hcl): a 32-byte
 # header whose first u32 is the signature 'HCLA', the hardware report padded
@@ -96,8 +101,6 @@ def hcl_isolation_type(report: bytes) -> str | None:
 
 
 def _azure_dmi(files: PlatformFiles) -> bool:
-    from podvm_bootstrap.userdata.detect import AZURE_CHASSIS_ASSET_TAG, DMI_DIR
-
     def dmi(name: str) -> str:
         data = files.read(f"{DMI_DIR}/{name}", 256)
         return data.decode("utf-8", "replace").strip() if data else ""

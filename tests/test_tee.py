@@ -17,6 +17,14 @@ from podvm_bootstrap.tee import (HCL_REPORT_NV_INDEX, HCL_REPORT_TYPE_OFFSET, MA
 AZURE_TAG = "7783-7084-3265-9085-8269-3286-77"
 
 
+def test_azure_dmi_values_are_the_cloud_detections():
+    from podvm_bootstrap import tee
+    from podvm_bootstrap.userdata import detect
+
+    assert (tee.DMI_DIR, tee.AZURE_CHASSIS_ASSET_TAG) == (detect.DMI_DIR, detect.AZURE_CHASSIS_ASSET_TAG) \
+        == ("/sys/class/dmi/id", AZURE_TAG)
+
+
 def hcl_report(report_type: int, signature: bytes = b"HCLA", size: int = 2600) -> bytes:
     """An Azure HCL report as the paravisor lays it out: header (signature,
     version, report size, request type, status, reserved), hardware report,
