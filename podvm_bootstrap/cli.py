@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import EXIT_RUNTIME, BootstrapError
@@ -99,16 +99,27 @@ def _endpoint_url(text: str) -> str:
     return text
 
 
+class _NotParsed(Exception):
+    pass
+
+
+class _SilentParser(argparse.ArgumentParser):
+    """A first look at the options: its errors are left to the full parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _NotParsed(message)
+
+
 def _version_request(argv: Sequence[str] | None) -> int | None:
     """`--version` (with the global options, no command needed): print
     "podvm-bootstrap VERSION manifest sha256:HEX" and return the exit code;
     None when not asked."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _SilentParser(add_help=False, allow_abbrev=False)  # no abbreviations: `--log` is not `--log-level`
     pre.add_argument("--version", action="store_true")
     _global_options(pre, suppress=False)
     try:
         known, _ = pre.parse_known_args(argv)
-    except SystemExit:  # a malformed global option: the full parser reports it
+    except _NotParsed:  # a malformed global option: the full parser reports it
         return None
     if not known.version:
         return None

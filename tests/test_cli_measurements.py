@@ -40,10 +40,10 @@ def test_plan_predicts_the_log_and_the_pcr_from_zero(tmp_path):
     m = json.loads(result.stdout)["measurement"]
     assert m["pcr"] == 23
     events = m["events"]
-    assert events[0] == "INIT sha256/" + "0" * 64 and events[-1].endswith('LaunchComplete {"components":3}')
+    assert events[0] == "INIT sha256/" + "0" * 64 and events[-1].endswith('LaunchComplete {"components":5}')
     names = [json.loads(e.split(" ")[2])["component"] for e in events[1:-1]]
-    assert names == ["attestation-agent", "kata-agent", APF]  # start order
-    apf = json.loads(events[3].split(" ")[2])
+    assert names == ["attestation-agent", "confidential-data-hub", "kata-agent", APF, "api-server-rest"]  # start order
+    apf = json.loads(events[4].split(" ")[2])
     assert apf == {"component": APF, "digest": LOOPBACK_APF.split("@")[1], "image": LOOPBACK_APF, "source": "override"}
     assert m["expected"] == "sha256:" + replay(ZERO, events)[-1].hex()
 

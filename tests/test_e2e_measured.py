@@ -26,7 +26,7 @@ from tests.test_e2e_runtime import all_ready, baked, component, daemon_pid, wait
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ("attestation-agent", "kata-agent", "agent-protocol-forwarder")
+NAMES = ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder", "api-server-rest")
 BOOTSTRAP = "/etc/podvm-bootstrap/bootstrap.yaml"
 EVENTLOG = "/run/podvm-bootstrap/eventlog"
 

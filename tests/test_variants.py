@@ -337,3 +337,15 @@ def test_verify_before_any_run_checks_the_baked_images_for_this_tee(tmp_path, co
     snp = next(v.image for v in declared.get(AA).variants if v.tee == "snp")
     images = dict(images_to_verify(paths))
     assert images[AA] == str(snp) and images["kata-agent"] == str(declared.get("kata-agent").image)
+
+
+def test_version_is_not_taken_from_other_options(tmp_path, config):
+    # `--log FILE` of `measurements` is no abbreviation of --log-level, and
+    # a bad global option is reported once, by the full parser
+    log = tmp_path / "eventlog"
+    log.write_text("INIT sha256/" + "0" * 64 + "\n")
+    result = cli("--config-dir", str(config), "measurements", "--log", str(log))
+    assert "--log-level" not in result.stderr and "usage:" not in result.stderr
+    assert "incomplete launch log" in result.stderr  # the measurements command read the log
+    bad = cli("--log-level", "loud", "--version")
+    assert bad.returncode == 2 and bad.stderr.count("invalid choice") == 1
