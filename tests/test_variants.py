@@ -349,3 +349,13 @@ def test_version_is_not_taken_from_other_options(tmp_path, config):
     assert "incomplete launch log" in result.stderr  # the measurements command read the log
     bad = cli("--log-level", "loud", "--version")
     assert bad.returncode == 2 and bad.stderr.count("invalid choice") == 1
+
+
+def test_the_measured_launch_records_the_variant(tmp_path, config):
+    bootstrap = config / "bootstrap.yaml"
+    bootstrap.write_text(bootstrap.read_text().replace("tee: auto ", "tee: tdx  "))
+    doc, _ = plan_json(tmp_path, config, tmp_path / "root")
+    aa = doc["components"][0]
+    logged = json.loads(doc["measurement"]["events"][1].split(" ", 2)[2])
+    assert logged == {"component": AA, "digest": aa["digest"], "image": aa["image"], "source": "variant"}
+    assert aa["variant"] == "tdx"
