@@ -5,32 +5,21 @@ under a throw-away overlay), and run there."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
 from podvm_bootstrap import __version__
-from tests.bed.cache import cache_dir, cache_lock
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "image"))
-import rootfs_base  # noqa: E402
+from tests.debian_tree import apt_install, build_deb, clean_debian_tree, in_tree
 
 pytestmark = pytest.mark.podman  # needs root, debootstrap's cache, systemd-nspawn
 
 
 @pytest.fixture(scope="module")
 def deb() -> Path:
-    done = subprocess.run(["./scripts/build-deb.sh"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    path = REPO / done.stdout.strip().splitlines()[-1]
+    path = build_deb()
     assert path.name == f"podvm-bootstrap_{__version__}_all.deb"
     return path
 
@@ -54,40 +43,10 @@ def test_the_package_depends_on_debians_python_packages_only(deb: Path) -> None:
         assert f" {path}\n" in files, path
 
 
-@contextmanager
-def clean_debian_tree() -> Iterator[Path]:
-    """The cached debootstrap base under a throw-away overlay: a clean Debian 12 tree."""
-    cache = cache_dir()
-    with cache_lock(cache):
-        base = rootfs_base.ensure_base(cache, lambda message: None)
-    work = Path(tempfile.mkdtemp(prefix="pvb-deb-", dir="/var/tmp"))
-    for d in ("upper", "work", "merged"):
-        (work / d).mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={base},upperdir={work / 'upper'},workdir={work / 'work'}", str(work / "merged")],
-                   check=True)
-    try:
-        yield work / "merged"
-    finally:
-        subprocess.run(["umount", str(work / "merged")], check=False, timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def in_tree(tree: Path, *argv: str) -> subprocess.CompletedProcess:
-    # A machine name of its own: nspawn keeps per-name state under /run, and
-    # other builds on this machine also run trees whose directory is "merged".
-    name = f"pvb-deb-{os.getpid()}-{os.urandom(3).hex()}"
-    return subprocess.run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-M", name,
-                           "-D", str(tree), *argv],
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-
-
 def test_apt_installs_the_package_into_a_clean_debian_tree_and_it_runs_there(deb: Path) -> None:
     with clean_debian_tree() as tree:
         assert not (tree / "usr/bin/podvm-bootstrap").exists()
-        shutil.copy(deb, tree / "var/tmp" / deb.name)
-        done = in_tree(tree, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
-                       f"/var/tmp/{deb.name}")
+        done = apt_install(tree, deb)
         assert done.returncode == 0, done.stdout + done.stderr
         status = in_tree(tree, "dpkg-query", "-W", "-f=${Status} ${Version}", "podvm-bootstrap")
         assert status.stdout == f"install ok installed {__version__}"
