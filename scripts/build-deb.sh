@@ -16,7 +16,7 @@ src="$work/podvm-bootstrap-$version"
 mkdir -p "$src"
 cp -r --parents pyproject.toml README.md podvm_bootstrap systemd debian \
   image/config/bootstrap.yaml image/config/components.yaml image/config/policy.yaml \
-  image/config/registries.d "$src/"
+  containers/registries.d "$src/"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 # A fixed timestamp: the same sources give the same package.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(dpkg-parsechangelog -l debian/changelog -S Timestamp)}

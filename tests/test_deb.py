@@ -67,3 +67,8 @@ def test_apt_installs_the_package_into_a_clean_debian_tree_and_it_runs_there(deb
         assert '"name": "kata-agent"' in plan.stdout
         usage = in_tree(tree, "podvm-bootstrap", "bake")
         assert usage.returncode == 2 and "bake needs --root TREE" in usage.stdout + usage.stderr
+
+
+def test_the_same_sources_give_the_same_package(deb: Path) -> None:
+    first = deb.read_bytes()
+    assert build_deb().read_bytes() == first
