@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from podvm_bootstrap.errors import BootstrapError, ConfigError, one_line
+from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, one_line
 from podvm_bootstrap.imageref import ImageRef
 from podvm_bootstrap.images import ImageError, MAX_MANIFEST, verify_in_storage
 from podvm_bootstrap.paths import under_root
@@ -69,7 +69,7 @@ def store_layout(tree: Path, store: str | None) -> StoreLayout:
             raise ConfigError(conf_path, "storage.graphroot", f"expected an absolute path, got {graph_root!r}")
         return StoreLayout(graph_root, under_root(tree, graph_root), driver)
     if not store.startswith("/") or ".." in store.split("/"):
-        raise BakeError(f"--store: expected an absolute path inside the image without '..', got {store!r}")
+        raise UsageError(f"--store: expected an absolute path inside the image without '..', got {store!r}")
     options = storage.get("options") if isinstance(storage.get("options"), dict) else {}
     listed = options.get("additionalimagestores") or []
     if not isinstance(listed, list) or store.rstrip("/") not in [str(p).rstrip("/") for p in listed]:

@@ -98,3 +98,39 @@ def test_a_second_bake_keeps_the_reference_the_builder_wrote() -> None:
 @pytest.mark.parametrize("lock", [None, b"", b"not json", b"[]", b'{"images": 3}', b'{"images": [{"x": 1}]}'])
 def test_an_unreadable_earlier_lock_is_ignored(lock: bytes | None) -> None:
     assert previous_references(lock) == {}
+
+
+def test_a_store_outside_the_image_is_a_usage_error(tmp_path: Path) -> None:
+    from podvm_bootstrap.errors import UsageError
+    from podvm_bootstrap.treestore import store_layout
+
+    for store in ("usr/share/containers/storage", "/usr/../../etc"):
+        with pytest.raises(UsageError):
+            store_layout(tmp_path, store)
+
+
+def test_a_command_that_outlives_its_bound_is_killed_and_its_lines_kept() -> None:
+    import os
+
+    from podvm_bootstrap.treestore import _run_streaming
+
+    lines: list[str] = []
+    code = _run_streaming(["sh", "-c", "echo first; echo $$ >&2; exec sleep 600"], dict(os.environ), 5.0,
+                          lines.append)
+    assert code is None and lines[0] == "first"
+    with pytest.raises(ProcessLookupError):  # killed, not left behind
+        os.kill(int(lines[1]), 0)
+    assert _run_streaming(["sh", "-c", "printf 'no newline'; exit 3"], dict(os.environ), 30.0, lines.append) == 3
+    assert lines[-1] == "no newline"
+
+
+def test_the_error_line_is_podmans_or_skopeos_own() -> None:
+    from podvm_bootstrap.treestore import _last_error
+
+    podman = ("Trying to pull 127.0.0.1:5000/x@sha256:00...\n"
+              "Error: initializing source docker://127.0.0.1:5000/x@sha256:00: reading manifest: manifest unknown\n")
+    assert _last_error(podman) == ("initializing source docker://127.0.0.1:5000/x@sha256:00: reading manifest: "
+                                   "manifest unknown")
+    skopeo = 'time="2026-11-29T21:34:24Z" level=fatal msg="Error parsing image name: manifest unknown"\n'
+    assert "manifest unknown" in _last_error(skopeo)
+    assert _last_error("") == "failed with no message"
