@@ -227,7 +227,7 @@ def bake(paths: Paths, *, components_file: Path | None = None, store: str | None
             if image_id is None:
                 progress(f"{label}: pulling {target.pinned}")
                 if podman is None:
-                    podman = TreePodman(layout, progress)
+                    podman = TreePodman(tree, layout, progress)
                 podman.pull(target, label)
                 image_id = find_in_store(layout, target)
                 if image_id is None:

@@ -6,9 +6,10 @@ or the graphroot the tree's storage.conf names), or into a separate store
 inside the tree that the tree's storage.conf lists under
 `storage.options.additionalimagestores` (read-only at run time). podman runs
 on the build machine with --root/--runroot/--storage-driver pointed into the
-tree and a storage.conf of our own (the build machine's must not leak in);
-skopeo resolves tags. Both read the build machine's registries.conf, or the
-one CONTAINERS_REGISTRIES_CONF names.
+tree, a storage.conf of our own (the build machine's must not leak in) and
+the tree's registries.d (the signatures the image expects are fetched with
+the images); skopeo resolves tags. Both read the build machine's
+registries.conf, or the one CONTAINERS_REGISTRIES_CONF names.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from podvm_bootstrap.images import ImageError, MAX_MANIFEST, verify_in_storage
 from podvm_bootstrap.paths import under_root
 
 STORAGE_CONF = "/etc/containers/storage.conf"
+REGISTRIES_D = "/etc/containers/registries.d"
 DEFAULT_GRAPHROOT = "/var/lib/containers/storage"
 DEFAULT_DRIVER = "overlay"  # containers-storage's default, and Debian's
 RESOLVE_TIMEOUT = 120.0
@@ -151,7 +153,7 @@ def _last_error(text: str) -> str:
 class TreePodman:
     """podman on the build machine, working on one store inside the tree."""
 
-    def __init__(self, layout: StoreLayout, progress: Callable[[str], None]) -> None:
+    def __init__(self, tree: Path, layout: StoreLayout, progress: Callable[[str], None]) -> None:
         self.layout = layout
         self.progress = progress
         self._tmp = Path(tempfile.mkdtemp(prefix="podvm-bake-"))
@@ -161,6 +163,26 @@ class TreePodman:
         # podman keeps its own database beside the images; made here it would
         # name the build machine's paths and podman in the VM refuses it then.
         self._db_existed = (layout.host_path / "libpod").exists()
+        self._home = self._registries_d_home(tree)
+
+    def _registries_d_home(self, tree: Path) -> Path | None:
+        """A HOME whose ~/.config/containers/registries.d (which podman reads
+        before /etc's) is the tree's: the pulls then fetch the signature
+        attachments the image's own registries.d asks for
+        (use-sigstore-attachments), and podman keeps them in the store."""
+        source = under_root(tree, REGISTRIES_D)
+        if not source.is_dir():
+            return None
+        home = self._tmp / "home"
+        target = home / ".config/containers/registries.d"
+        target.mkdir(parents=True)
+        for entry in sorted(source.glob("*.yaml")):
+            if entry.is_file():
+                shutil.copyfile(entry, target / entry.name)
+        docker_auth = Path(os.environ.get("HOME", "/root")) / ".docker"
+        if docker_auth.is_dir():  # keep credentials podman finds under HOME
+            (home / ".docker").symlink_to(docker_auth)
+        return home
 
     def close(self) -> None:
         if not self._db_existed:
@@ -177,6 +199,8 @@ class TreePodman:
         argv = [*unshare, "podman", "--root", str(self.layout.host_path), "--runroot", str(self._tmp / "run"),
                 "--storage-driver", self.layout.driver, "pull", ref.pinned]
         env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(self._conf))
+        if self._home is not None:
+            env["HOME"] = str(self._home)
         lines: list[str] = []
         try:
             code = _run_streaming(argv, env, PULL_TIMEOUT, lambda line: (lines.append(line),

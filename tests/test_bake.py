@@ -4,16 +4,20 @@ image tree: the command line as an image build runs it."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.images import verify_in_storage
-from tests.bed.registry import Registry
+from podvm_bootstrap.images import big_data_path, verify_in_storage
+from tests.bed.registry import Registry, running_registry
 
 pytestmark = pytest.mark.podman
 
@@ -191,3 +195,59 @@ def test_store_not_listed_in_the_trees_storage_conf_is_a_config_error(
         f"podvm-bootstrap: error: {tree}/etc/containers/storage.conf: storage.options.additionalimagestores: "
         "must list /usr/share/containers/storage (the read-only store --store fills), got []"]
     assert not (tree / "usr").exists()
+
+
+def push_blob(registry: Registry, repository: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    start = urllib.request.Request(f"http://{registry.host}/v2/{repository}/blobs/uploads/", method="POST")
+    with urllib.request.urlopen(start, timeout=30) as resp:
+        location = resp.headers["Location"]
+    url = location if location.startswith("http") else f"http://{registry.host}{location}"
+    put = urllib.request.Request(f"{url}{'&' if '?' in url else '?'}digest={digest}", data=data, method="PUT",
+                                 headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(put, timeout=30).close()
+    return digest
+
+
+def push_signature_attachment(registry: Registry, repository: str, digest: str, payload: bytes) -> None:
+    """A cosign-style attachment (sha256-<hex>.sig: one simplesigning layer)
+    for repository@digest. Its signature is not checked here: this is about
+    the attachment being fetched and kept with the image."""
+    config = b"{}"
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
+                           "digest": push_blob(registry, repository, config)},
+                "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "size": len(payload),
+                            "digest": push_blob(registry, repository, payload),
+                            "annotations": {"dev.cosignproject.cosign/signature": "bm90LWNoZWNrZWQ="}}]}
+    tag = digest.replace(":", "-") + ".sig"
+    put = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{tag}",
+                                 data=json.dumps(manifest).encode(), method="PUT",
+                                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    urllib.request.urlopen(put, timeout=30).close()
+
+
+@pytest.mark.parametrize("tree_registries_d", [True, False])
+def test_the_trees_registries_d_makes_bake_fetch_and_keep_signatures(
+        tmp_path: Path, standin_images, tree_registries_d: bool) -> None:
+    image = standin_images[("kata-agent", "v1")]
+    payload = json.dumps({"critical": {"type": "cosign container image signature",
+                                       "image": {"docker-manifest-digest": image.digest}}}).encode()
+    with running_registry(tmp_path / "registry") as registry:
+        registry.push_standin(image)
+        push_signature_attachment(registry, image.repository, image.digest, payload)
+        conf = tmp_path / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+        tree = make_tree(tmp_path, "version: 1\ncomponents:\n  kata-agent:\n"
+                                   f"    image: {registry.host}/{image.repository}@{image.digest}\n")
+        if tree_registries_d:  # as the package installs it into the image
+            (tree / "etc/containers/registries.d").mkdir()
+            shutil.copy(REPO / "containers/registries.d/podvm-bootstrap.yaml", tree / "etc/containers/registries.d")
+        done = bake(tree, {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+        assert done.returncode == 0, done.stderr
+    entry = json.loads((tree / "etc/podvm-bootstrap/components.lock.json").read_text())["images"][0]
+    image_dir = tree / "var/lib/containers/storage/vfs-images" / entry["image_id"]
+    stored = big_data_path(image_dir, "signature-" + image.digest.split(":", 1)[1])
+    kept = stored.read_bytes() if stored.exists() else b""
+    # containers/storage keeps it as "\0sigstore-json\n{mimeType, payload (base64), annotations}"
+    assert (base64.b64encode(payload) in kept) is tree_registries_d
