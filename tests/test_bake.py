@@ -61,7 +61,7 @@ def make_tree(tmp_path: Path, manifest: str, storage_conf: str | None = VFS_STOR
 
 
 def bake(tree: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(tree), "bake", *args],
+    return subprocess.run([sys.executable, "-m", "podvm_bootstrap", "bake", "--root", str(tree), *args],
                           env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
