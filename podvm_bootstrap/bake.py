@@ -165,7 +165,8 @@ def original_reference(slot: ImageSlot, ref: ImageRef,
 # --- the signature hook ---------------------------------------------------
 
 
-def check_signature(policy: Policy, component: str, pinned: ImageRef, layout: StoreLayout) -> str | None:
+def check_signature(policy: Policy, component: str, pinned: ImageRef, layout: StoreLayout,
+                    image_id: str) -> str | None:
     """The name of the baked key whose signature (fetched with the pull, kept
     in the store) verifies `pinned`, or None when the policy asks for none.
 
@@ -186,7 +187,7 @@ def check_signature(policy: Policy, component: str, pinned: ImageRef, layout: St
 def _read_bounded(path: Path, limit: int) -> bytes | None:
     try:
         with open(path, "rb") as f:
-            return f.read(limit + 1)[: limit + 1]
+            return f.read(limit + 1)  # past the limit: not JSON, so ignored
     except FileNotFoundError:
         return None
 
@@ -214,7 +215,10 @@ def bake(paths: Paths, *, components_file: Path | None = None, store: str | None
     try:
         for number, slot in enumerate(slots, 1):
             label = f"[{number}/{len(slots)}] {slot.component}" + (f" ({slot.variant})" if slot.variant else "")
-            ref = parse_reference(slot.reference)
+            try:
+                ref = parse_reference(slot.reference)
+            except ReferenceError as exc:
+                raise ConfigError(source, slot.key, str(exc)) from None
             if ref.digest is None:
                 if str(ref) not in digests:
                     digests[str(ref)] = resolve_digest(ref)
@@ -234,7 +238,7 @@ def bake(paths: Paths, *, components_file: Path | None = None, store: str | None
                     raise BakeError(f"{target.pinned} was pulled but does not verify in {layout.host_path}")
             else:
                 progress(f"{label}: {target.pinned} already in the store")
-            key = check_signature(policy, slot.component, target, layout)
+            key = check_signature(policy, slot.component, target, layout, image_id)
             pinned[slot] = target.pinned
             baked.append(BakedImage(slot.component, slot.variant, original_reference(slot, ref, previous),
                                     digest, image_id, key))

@@ -134,3 +134,4 @@ def test_the_error_line_is_podmans_or_skopeos_own() -> None:
     skopeo = 'time="2026-11-29T21:34:24Z" level=fatal msg="Error parsing image name: manifest unknown"\n'
     assert "manifest unknown" in _last_error(skopeo)
     assert _last_error("") == "failed with no message"
+
