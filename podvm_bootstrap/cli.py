@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("provision", "provision", "write the files carried by user-data, then exit")
     _source_options(p)
 
+    p = command("bake", "bake", "image build: pull every default and variant into the tree at --root, pin them")
+    p.add_argument("--components", metavar="FILE", help="the manifest to bake (the tree's components.yaml)")
+    p.add_argument("--store", metavar="PATH", help="a read-only store in the image (additionalimagestores)")
+
     p = command("status", "status", "per-component state of the running daemon")
     p.add_argument("--json", action="store_true")
 
@@ -79,10 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="FILE", help="the event log (/run/podvm-bootstrap/eventlog)")
     p.add_argument("--expect-pcr", metavar="HEX", help="exit 0 when the replay gives this PCR value, 1 when not")
     p.add_argument("--json", action="store_true")
-
-    p = command("bake", "bake", "image build: pull every default and variant into the tree at --root, pin them")
-    p.add_argument("--components", metavar="FILE", help="the manifest to bake (the tree's components.yaml)")
-    p.add_argument("--store", metavar="PATH", help="a read-only store in the image (additionalimagestores)")
     return parser
 
 

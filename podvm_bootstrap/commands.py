@@ -28,6 +28,16 @@ def cmd_userdata(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+def cmd_bake(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.bake import bake
+    from podvm_bootstrap.errors import UsageError
+
+    if not args.root:
+        raise UsageError("bake needs --root TREE (the image tree being built)")
+    bake(paths, components_file=Path(args.components) if args.components else None, store=args.store)
+    return EXIT_OK
+
+
 def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
     from podvm_bootstrap.provision import provision_files
 
@@ -121,13 +131,3 @@ def cmd_measurements(args: argparse.Namespace, paths: Paths) -> int:
 
     path = Path(args.log) if args.log else paths.state_dir / DEFAULT_LOG
     return show_measurements(path, args.expect_pcr, as_json=args.json)
-
-
-def cmd_bake(args: argparse.Namespace, paths: Paths) -> int:
-    from podvm_bootstrap.bake import bake
-    from podvm_bootstrap.errors import UsageError
-
-    if not args.root:
-        raise UsageError("bake needs --root TREE (the image tree being built)")
-    bake(paths, components_file=Path(args.components) if args.components else None, store=args.store)
-    return EXIT_OK
