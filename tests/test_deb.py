@@ -34,6 +34,7 @@ def test_the_package_depends_on_debians_python_packages_only(deb: Path) -> None:
             "podman"} <= depends
     assert not any("podman-py" in d or d == "python3-podman" for d in depends)  # not in Debian 12
     assert field(deb, "Version") == __version__ and field(deb, "Architecture") == "all"
+    assert field(deb, "Recommends") == "python3-tpm2-pytss"  # measured launch with a TPM
     files = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
     for path in ("./usr/bin/podvm-bootstrap", "./usr/lib/systemd/system/podvm-bootstrap.service",
                  "./etc/containers/registries.d/podvm-bootstrap.yaml",
