@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -71,12 +72,14 @@ def snapshot(tree: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(tree.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
-def image_id(graph_root: Path, ref: str) -> str:
-    """The image ID podman itself reports for ref in that store."""
-    out = subprocess.run(["podman", "--root", str(graph_root), "--runroot", "/tmp/pvb-bake-inspect",
-                          "--storage-driver", "vfs", "image", "inspect", "--format", "{{.Id}}", ref],
-                         capture_output=True, text=True, timeout=60, check=True)
-    return out.stdout.strip()
+def image_ids(graph_root: Path, refs: list[str]) -> list[str]:
+    """The image IDs podman itself reports for refs in that store (one podman
+    run: its database in the store remembers the runroot it was made with)."""
+    with tempfile.TemporaryDirectory(prefix="pvb-inspect-", dir="/tmp") as runroot:
+        out = subprocess.run(["podman", "--root", str(graph_root), "--runroot", runroot,
+                              "--storage-driver", "vfs", "image", "inspect", "--format", "{{.Id}}", *refs],
+                             capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.split()
 
 
 def test_bake_resolves_tags_pulls_into_the_tree_and_writes_the_lock(
@@ -103,9 +106,10 @@ def test_bake_resolves_tags_pulls_into_the_tree_and_writes_the_lock(
     # podman's own database would name this machine's paths: not left in the image.
     assert (graph / "vfs-images").is_dir() and not (graph / "libpod").exists()
     lock = json.loads((tree / "etc/podvm-bootstrap/components.lock.json").read_text())
+    ids = dict(zip(COMPONENTS, image_ids(graph, [f"{repos[c]}@{digests[c]}" for c in COMPONENTS])))
     assert lock == {"images": [
         {"component": c, "variant": None, "reference": f"{repos[c]}:v1", "digest": digests[c],
-         "image_id": image_id(graph, f"{repos[c]}@{digests[c]}"), "signed_by": None}
+         "image_id": ids[c], "signed_by": None}
         for c in COMPONENTS]}
     for entry in lock["images"]:  # each image verifies where the VM will read it
         verify_in_storage(graph, "vfs", entry["image_id"], entry["digest"])
