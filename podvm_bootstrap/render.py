@@ -15,6 +15,8 @@ Choices (see DESIGN.md "Generated units"; README explains them to operators):
   (v254), so after StartLimitBurst quick restarts the unit fails and the
   daemon's supervisor takes over, restarting it with exponential backoff up
   to restart.max_delay.
+- Wants= + After= from `after`, never Requires=/BindsTo=: restarting one
+  component never restarts another. `--pull=never`: only the daemon pulls.
 - No [Install]: the units live in /run/systemd/system for one boot and are
   started by the daemon in dependency order, never enabled.
 - Every value from the manifest or user-data goes through systemd_escape.
@@ -79,8 +81,9 @@ def _podman_run_groups(planned: PlannedComponent) -> list[list[str]]:
     spec = component.container
     notify_mode = "container" if component.ready is not None and component.ready.kind == "notify" else "conmon"
     stop = str(_whole_seconds(component.stop_timeout))
+    # --pull=never: the daemon pulls and verifies; podman never fetches behind its back.
     groups = [[PODMAN, "run", "--rm", "--replace", "--name", planned.name, f"--sdnotify={notify_mode}",
-               "--detach", "--stop-signal=SIGTERM", f"--stop-timeout={stop}"]]
+               "--detach", "--pull=never", "--stop-signal=SIGTERM", f"--stop-timeout={stop}"]]
     if spec.network is not None:
         groups.append([f"--network={spec.network}"])
     if spec.pid is not None:
@@ -141,7 +144,10 @@ def render_unit(planned: PlannedComponent, units_by_name: dict[str, str]) -> str
     ]
     if deps:
         lines.append(f"After={' '.join(deps)}")
-        lines.append(f"Requires={' '.join(deps)}")
+        # Wants=, never Requires=/BindsTo=: with Requires= systemd restarts a
+        # dependent whenever what it needs restarts (a restart of the
+        # attestation agent would end kata-agent and every container of the pod).
+        lines.append(f"Wants={' '.join(deps)}")
     lines += [
         f"StartLimitIntervalSec={_duration(START_LIMIT_BASE + START_LIMIT_BURST * component.restart.delay)}",
         f"StartLimitBurst={START_LIMIT_BURST}",

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SAMPLE_CONFIG = REPO / "image" / "config"
 
-UNIT_KEYS = {"Description", "After", "Requires", "StartLimitIntervalSec", "StartLimitBurst"}
+UNIT_KEYS = {"Description", "After", "Wants", "StartLimitIntervalSec", "StartLimitBurst"}
 SERVICE_KEYS = {"Type", "NotifyAccess", "ExecStartPre", "ExecStart", "ExecStop", "ExecStopPost",
                 "TimeoutStartSec", "TimeoutStopSec", "KillSignal", "SendSIGKILL", "Restart", "RestartSec"}
 
@@ -190,7 +190,7 @@ def test_kitchen_sink_argv_in_full() -> None:
     assert sink is not None
     assert podman_run_argv(sink) == [
         "/usr/bin/podman", "run", "--rm", "--replace", "--name", "kitchen-sink", "--sdnotify=container",
-        "--detach", "--stop-signal=SIGTERM", "--stop-timeout=3", "--network=host", "--pid=host", "--privileged",
+        "--detach", "--pull=never", "--stop-signal=SIGTERM", "--stop-timeout=3", "--network=host", "--pid=host", "--privileged",
         "--cap-add=SYS_ADMIN", "--cap-add=NET_RAW", "--device=/dev/fuse", "--device=/dev/net/tun:/dev/net/tun:rwm",
         "--volume=/run/a b:/a", "--volume=/run/%n$X:/b:ro", "--volume=named:/c", "--volume=/run/dup:/d",
         "--volume=/run/dup:/e", "--env=PLAIN=value",
@@ -207,15 +207,18 @@ def test_design_units_order_restart_and_stop() -> None:
     units = render_units(design_plan())
     assert list(units) == ["attestation-agent.service", "kata-agent.service", "agent-protocol-forwarder.service"]
     aa, kata, apf = (unit_values(units[n]) for n in units)
-    assert "After" not in aa and "Requires" not in aa
-    assert kata["After"] == kata["Requires"] == b"attestation-agent.service"
-    assert apf["After"] == apf["Requires"] == b"kata-agent.service"
+    units_text = "".join(units.values())
+    assert "After" not in aa and "Wants" not in aa and "Requires" not in aa
+    assert kata["After"] == kata["Wants"] == b"attestation-agent.service"
+    assert apf["After"] == apf["Wants"] == b"kata-agent.service"
     for values in (aa, kata, apf):
         assert values["Type"] == b"notify" and values["NotifyAccess"] == b"all"
         assert values["KillSignal"] == b"SIGTERM" and values["SendSIGKILL"] == b"yes"
         assert values["TimeoutStopSec"] == b"25s"          # stop_timeout 10s + margin
         assert values["Restart"] == b"always" and values["RestartSec"] == b"1s"
         assert b"--sdnotify=conmon" in values["ExecStart"] and b"--stop-timeout=10" in values["ExecStart"]
+        assert b"--pull=never" in values["ExecStart"]     # only the daemon pulls (and verifies)
+        assert "Requires=" not in units_text and "BindsTo=" not in units_text
     assert kata["TimeoutStartSec"] == b"90s"               # ready timeout 60s + margin
     assert aa["TimeoutStartSec"] == b"60s"
     assert f"ghcr.io/example/apf@{digest(4)}".encode() in apf["ExecStart"]
@@ -232,7 +235,7 @@ def test_notify_probe_lets_the_container_send_ready_and_bounds_the_start() -> No
     assert values["TimeoutStopSec"] == b"18s"      # ceil(2.5s) + 15s
     assert values["RestartSec"] == b"500ms"
     assert values["StartLimitIntervalSec"] == b"62500ms"
-    assert values["After"] == values["Requires"] == b"base.service"
+    assert values["After"] == values["Wants"] == b"base.service"
 
 
 def test_tag_only_image_is_rendered_with_its_tag_and_description_cannot_break_out() -> None:

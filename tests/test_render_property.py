@@ -16,7 +16,7 @@ from podvm_bootstrap.render import render_units
 from tests.systemd_parser import parse_exec, parse_unit, physical_lines, substitute_environment
 from tests.systemd_real import dump_exec_commands
 
-UNIT_KEYS = {"Description", "After", "Requires", "StartLimitIntervalSec", "StartLimitBurst"}
+UNIT_KEYS = {"Description", "After", "Wants", "StartLimitIntervalSec", "StartLimitBurst"}
 SERVICE_KEYS = {"Type", "NotifyAccess", "ExecStartPre", "ExecStart", "ExecStop", "ExecStopPost",
                 "TimeoutStartSec", "TimeoutStopSec", "KillSignal", "SendSIGKILL", "Restart", "RestartSec"}
 ONCE = {"Description", "Type", "ExecStart", "ExecStop", "ExecStopPost", "Restart"}
@@ -119,7 +119,7 @@ def test_rendered_units_carry_exactly_the_intended_values(drawn: tuple[Component
         assert keys.count(key) == 1, (key, keys)
     assert len(keys) == len(set(keys))
     values = {a.key: a.value for a in assignments}
-    assert values["After"] == values["Requires"] == b"base.service"
+    assert values["After"] == values["Wants"] == b"base.service"
 
     [start] = parse_exec(values["ExecStart"])
     options, tail = intended_argv_parts(pc)
@@ -128,7 +128,7 @@ def test_rendered_units_carry_exactly_the_intended_values(drawn: tuple[Component
     head = list(start.argv[:-len(tail)])
     for option in options:
         assert option in head
-    assert len(head) == 10 + len(options) + component.container.privileged + component.container.read_only
+    assert len(head) == 11 + len(options) + component.container.privileged + component.container.read_only
 
     host_dirs = list(dict.fromkeys(v.split(":", 1)[0] for v in component.container.volumes
                                    if v.startswith("/")))
