@@ -109,8 +109,9 @@ def probes(manifest: Manifest) -> list[dict[str, str]]:
 
 def ideal_layers(manifest: Manifest) -> list[list[dict[str, Any]]]:
     """The ideal script's steps: per start-order layer, each component's
-    `podman run` argv exactly as its generated unit runs it (minus
-    --sdnotify, which needs systemd), the host directories its unit creates,
+    `podman run` argv as its generated unit runs it, minus --sdnotify (which
+    needs systemd) and minus the start gate (the image's own entrypoint and
+    the manifest's command run at once), the host directories its unit creates,
     and its ready probe."""
     by_name = {c.name: c for c in manifest.components}
     layers = []
@@ -118,7 +119,7 @@ def ideal_layers(manifest: Manifest) -> list[list[dict[str, Any]]]:
         steps = []
         for name in layer:
             planned = PlannedComponent(by_name[name], by_name[name].image, "default")
-            argv = [a for a in podman_run_argv(planned) if not a.startswith("--sdnotify")]
+            argv = [a for a in podman_run_argv(planned, gated=False) if not a.startswith("--sdnotify")]
             steps.append({"name": name, "argv": argv, "dirs": volume_host_dirs(planned),
                           "probe": probe_of(by_name[name])})
         layers.append(steps)

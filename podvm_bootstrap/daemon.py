@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
@@ -37,7 +38,8 @@ from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
 from podvm_bootstrap.state import now_iso, read_state, write_state
-from podvm_bootstrap.supervisor import FAILED, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig
+from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
+                                        SupervisorConfig)
 from podvm_bootstrap.systemd_units import Systemd, SystemdError, UnitState
 
 log = get_logger("daemon")
@@ -129,6 +131,8 @@ class Daemon:
         self._timer: int | None = None
         self._timer_at: float | None = None
         self._step_queued = False
+        self._gates: ThreadPoolExecutor | None = None
+        self._images_lock = threading.Lock()  # the podman client, shared by gate releases and start-up
 
     # --- entry -------------------------------------------------------------
 
@@ -142,8 +146,9 @@ class Daemon:
             self._write_state(force=True)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            if self._probes is not None:
-                self._probes.shutdown(wait=False, cancel_futures=True)
+            for pool in (self._probes, self._gates):
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
         return EXIT_OK
 
     def _terminate_early(self, signum: int, frame: object) -> None:
@@ -291,11 +296,16 @@ class Daemon:
     # --- stage 3: units -----------------------------------------------------
 
     def _install_units(self) -> None:
+        from podvm_bootstrap.gate import gate_dir, prepare_fifo
         from podvm_bootstrap.render import render_units
 
         assert self.supervisor is not None
         runnable = [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED]
-        units = render_units(Plan(tuple(runnable), self.plan.start_order), source=str(self.paths.components_yaml))
+        gates = gate_dir(self.paths.state_dir)
+        units = render_units(Plan(tuple(runnable), self.plan.start_order), source=str(self.paths.components_yaml),
+                             gate_dir=str(gates))
+        for planned in runnable:  # before any unit can start: a container needs its FIFO to bind-mount
+            prepare_fifo(gates, planned.name)
         self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
         old_components = self.previous_state.get("components") or {}
         changed: set[str] = set()
@@ -448,9 +458,10 @@ class Daemon:
     def _startup_done(self) -> None:
         """What only start-up needed goes: the podman client (made again for a
         restart's image check), and the garbage of start-up."""
-        if self.images is not None:
-            self.images.close()
-            self.images = None
+        with self._images_lock:
+            if self.images is not None:
+                self.images.close()
+                self.images = None
         gc.collect()
 
     def _on_unit(self, name: str, live: UnitState) -> None:
@@ -468,10 +479,19 @@ class Daemon:
             log.warning("unit %s is %s/%s: %s (%d restarts)", cs.component.unit, live.active, live.sub, cs.state,
                         cs.restarts, **_log(name))
 
-    def _images_client(self) -> PodmanImages:
-        if self.images is None:
-            self.images = self._connect_podman()
-        return self.images
+    def _verify_for_start(self, planned: PlannedComponent) -> Any:
+        """images.verify for one start (any thread); after READY the podman
+        client is not kept between starts."""
+        with self._images_lock:
+            try:
+                if self.images is None:
+                    self.images = self._connect_podman()
+                images = self.images
+                return _image_step(lambda: images.verify(planned.image), planned)
+            finally:
+                if self.notifier.ready_sent and self.images is not None:
+                    self.images.close()
+                    self.images = None
 
     def _execute(self, action: StartUnit | RestartUnit | RunProbe) -> None:
         sup = self.supervisor
@@ -481,20 +501,12 @@ class Daemon:
         if isinstance(action, RunProbe):
             self._probe(action)
             return
+        if isinstance(action, OpenGate):
+            self._open_gate(action)
+            return
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
+            # (the image is verified for this start at its gate)
             self.restart_on_start.discard(name)
-            try:
-                # at every start the daemon makes, not only at pull
-                _image_step(lambda: self._images_client().verify(self.planned[name].image), self.planned[name])
-            except ImageError as exc:
-                log.error("image no longer verifies, not restarting: %s", exc, **_log(name))
-                sup.image_failed(name, str(exc))
-                self.systemd.stop(unit, lambda result: None)
-                return
-            finally:
-                if self.notifier.ready_sent and self.images is not None:
-                    self.images.close()
-                    self.images = None
             log.info("restarting %s (restart %d): %s", unit, sup.get(name).restarts,
                      sup.get(name).last_error or "changed", **_log(name))
             call = self.systemd.restart
@@ -514,6 +526,64 @@ class Daemon:
         except SystemdError as exc:
             log.error("%s", exc, **_log(name))
             sup.job_finished(name, False, str(exc))
+
+    def _open_gate(self, action: OpenGate) -> None:
+        """Release the start's gate in a worker: find the container waiting at
+        it, verify the image for this start, hand over the argv from the
+        verified config. The result comes back to the main loop."""
+        if self._gates is None:
+            self._gates = ThreadPoolExecutor(max_workers=max(2, len(self.planned)), thread_name_prefix="gate")
+        future = self._gates.submit(self._release_gate, action)
+
+        def deliver(f: Future) -> None:
+            try:
+                ok, detail, image_error = f.result()
+            except Exception as exc:  # noqa: BLE001
+                ok, detail, image_error = False, one_line(exc), False
+            self._glib.idle_add(lambda: self._gate_done(action, ok, detail, image_error))
+        future.add_done_callback(deliver)
+
+    def _release_gate(self, action: OpenGate) -> tuple[bool, str, bool]:
+        """(released, detail, the image failed its check) — in a worker thread."""
+        from podvm_bootstrap.gate import GateError, exec_argv, fifo_path, gate_dir, open_waiting_gate, release
+
+        planned = self.planned[action.name]
+        fifo = Path(fifo_path(gate_dir(self.paths.state_dir), action.name))
+        bound = self.settings.runtime.job_timeout
+        fd = open_waiting_gate(fifo, time.monotonic() + (bound if action.wait else 0.0))
+        if fd is None:
+            if action.wait:
+                return False, f"no container reached its gate within {bound:g}s", False
+            return True, "no container waiting at the gate: its process runs already", False
+        try:
+            verified = self._verify_for_start(planned)   # after the container exists: for THIS start
+            argv = exec_argv(verified.config, planned.component.container.command)
+        except ImageError as exc:
+            os.close(fd)   # the gate reads nothing: the container ends, nothing of it ran
+            return False, str(exc), True
+        except GateError as exc:
+            os.close(fd)
+            return False, f"{planned.image}: {exc}", True
+        try:
+            release(fd, argv)
+        except OSError as exc:
+            return False, f"cannot release the gate: {one_line(exc)}", False
+        return True, f"released {argv[0]} (image {verified.image_id[:12]} verified for this start)", False
+
+    def _gate_done(self, action: OpenGate, ok: bool, detail: str, image_error: bool) -> bool:
+        sup = self.supervisor
+        assert sup is not None
+        name = action.name
+        if image_error:
+            if sup.get(name).generation == action.generation:
+                log.error("image does not verify, its process is not started: %s", detail, **_log(name))
+                sup.image_failed(name, detail)
+                self.systemd.stop(self.planned[name].unit, lambda result: None)
+        elif sup.get(name).generation == action.generation:
+            (log.info if ok else log.error)("gate %s: %s", "open" if ok else "not released", detail, **_log(name))
+            sup.gate_opened(name, action.generation, ok, detail)
+        self._step()
+        return False
 
     def _probe(self, action: RunProbe) -> None:
         name = action.name

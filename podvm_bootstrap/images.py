@@ -39,6 +39,13 @@ class ImageError(BootstrapError):
 
 
 @dataclass(frozen=True)
+class VerifiedImage:
+    """An image verified in local storage for one start."""
+    image_id: str
+    config: dict[str, Any]   # the image's config (Entrypoint, Cmd, ...), as verified by its hash
+
+
+@dataclass(frozen=True)
 class StoredImage:
     ref: ImageRef      # repository@digest: what runs
     image_id: str
@@ -86,9 +93,10 @@ def _stored_manifest(image_dir: Path, digest: str) -> dict[str, Any]:
     return manifest
 
 
-def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str) -> None:
-    """Raise ImageError unless image `image_id` in the store at `graph_root` is
-    exactly the image whose manifest digest is `digest`."""
+def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str) -> dict[str, Any]:
+    """The image's config (verified by hash), or ImageError unless image
+    `image_id` in the store at `graph_root` is exactly the image whose
+    manifest digest is `digest`."""
     if not DIGEST_PATTERN.fullmatch(digest):
         raise ImageError(f"invalid digest {digest!r}")
     if not (len(image_id) == 64 and all(c in "0123456789abcdef" for c in image_id)):
@@ -108,7 +116,12 @@ def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str)
     config_bytes = _read_limited(big_data_path(image_dir, config_digest), MAX_MANIFEST)
     if config_bytes is None or _hash(config_digest, config_bytes) != config_digest:
         raise ImageError(f"stored config of image {image_id} is missing or does not hash to its ID")
-    _verify_layers(graph_root, driver, images_dir, image_id, json.loads(config_bytes))
+    try:
+        config_json = json.loads(config_bytes)
+    except ValueError:
+        raise ImageError(f"stored config of image {image_id} is not JSON") from None
+    _verify_layers(graph_root, driver, images_dir, image_id, config_json)
+    return config_json
 
 
 def _instance_for_image(image_dir: Path, index: dict[str, Any], image_id: str, digest: str) -> dict[str, Any]:
@@ -297,13 +310,17 @@ class PodmanImages:
         digest = image.attrs.get("Digest")
         return str(image.id).removeprefix("sha256:"), digest if isinstance(digest, str) else None
 
-    def verify(self, ref: ImageRef) -> str:
-        """The ID of the local image for ref (which has a digest), verified; ImageError if absent or wrong."""
+    def verify(self, ref: ImageRef) -> VerifiedImage:
+        """THE check of an image for a start (every start, the daemon's and
+        systemd's own restarts, goes through it before its gate opens): the
+        local image for ref (which has a digest), verified in storage;
+        ImageError if absent or wrong. Further checks of an image for a start
+        (a signature) belong here."""
         found = self.lookup(ref.pinned)
         if found is None:
             raise ImageError(f"{ref.pinned} is not in local storage")
-        verify_in_storage(*self.store_of(found[0]), found[0], ref.digest or "")
-        return found[0]
+        config = verify_in_storage(*self.store_of(found[0]), found[0], ref.digest or "")
+        return VerifiedImage(found[0], config)
 
     def ensure(self, ref: ImageRef, *, allow_tag: bool = False) -> StoredImage:
         """Make `ref` available locally and verified: the stored copy when there
@@ -321,9 +338,9 @@ class PodmanImages:
             return StoredImage(pinned, image_id, pulled=True, from_tag=ref.tag)
         pinned = ref.with_digest(ref.digest)
         if self.lookup(pinned.pinned) is not None:
-            return StoredImage(pinned, self.verify(pinned))
+            return StoredImage(pinned, self.verify(pinned).image_id)
         self.pull(pinned.pinned, pinned)
-        return StoredImage(pinned, self.verify(pinned), pulled=True)
+        return StoredImage(pinned, self.verify(pinned).image_id, pulled=True)
 
     def pull(self, reference: str, ref: ImageRef) -> tuple[str, str | None]:
         """Pull with bounded retries; (image ID, manifest digest)."""

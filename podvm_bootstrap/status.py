@@ -164,7 +164,7 @@ def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:
             ref = parse_reference(text)
             if ref.digest is None:
                 raise ImageError(f"{text} is not pinned by digest")
-            image_id = images.verify(ref)
+            image_id = images.verify(ref).image_id
             lines.append(f"ok {name} {ref.pinned} (image {image_id[:12]})")
         except (ImageError, ValueError, OSError) as exc:  # a malformed store answers as a failed check
             all_ok = False

@@ -7,7 +7,16 @@ with a fake one.
 
 Health probes run at a fixed rate (slot n+1 = slot n + interval, missed slots
 skipped), so a probe's own duration does not delay the next one; a probe that
-outlives its timeout counts as failed at the timeout."""
+outlives its timeout counts as failed at the timeout.
+
+Start gates (gate.py): every component's unit is started as soon as its
+image is verified, all at once (podman sets the containers up in parallel);
+its own process waits at the gate. A start's gate is opened (OpenGate: the
+daemon verifies the image for that start and releases it) once the
+components it needs are ready; only then do its ready probes run. Every
+start goes through a gate: the daemon's, systemd's own Restart=, and a unit
+adopted by a restarted daemon (there the gate is released only if a
+container is waiting at it: an adopted process may be running already)."""
 
 from __future__ import annotations
 
@@ -29,6 +38,11 @@ RESTARTING = "restarting"
 FAILED = "failed"
 CRASH_LOOP = "crash-loop"
 UP = (READY, UNHEALTHY)  # has passed its ready probe and is not known down
+# A start's gate: closed (waiting for dependencies), opening (the daemon is
+# verifying and releasing), open (the component's own process runs).
+GATE_CLOSED = "closed"
+GATE_OPENING = "opening"
+GATE_OPEN = "open"
 
 
 class Clock(Protocol):
@@ -59,6 +73,13 @@ class RestartUnit:
 
 
 @dataclass(frozen=True)
+class OpenGate:
+    name: str
+    generation: int  # the start it is for: a result for an older one is dropped
+    wait: bool       # wait for a container to reach the gate (False: release only one already waiting)
+
+
+@dataclass(frozen=True)
 class RunProbe:
     name: str
     probe: Probe
@@ -68,7 +89,7 @@ class RunProbe:
     seq: int = 0     # this probe; a result after its timeout (already counted) is dropped
 
 
-Action = StartUnit | RestartUnit | RunProbe
+Action = StartUnit | RestartUnit | OpenGate | RunProbe
 
 
 @dataclass
@@ -98,6 +119,8 @@ class ComponentState:
     n_restarts_seen: int | None = None  # systemd's NRestarts, last observed
     restarts_ahead: int = 0           # restarts counted before NRestarts showed them
     active_state: str | None = None
+    gate: str = GATE_CLOSED
+    adopted_start: bool = False       # this start is an adopted unit's (see OpenGate.wait)
 
     @property
     def name(self) -> str:
@@ -145,7 +168,7 @@ class Supervisor:
     def _settled_down(self, cs: ComponentState, seen: set[str]) -> bool:
         if self.reported_state(cs) in (FAILED, CRASH_LOOP):
             return True
-        if cs.state == PENDING and cs.name not in seen:
+        if (cs.state == PENDING or (cs.state == STARTING and cs.gate == GATE_CLOSED)) and cs.name not in seen:
             seen.add(cs.name)
             return any(self._settled_down(self.components[d], seen) for d in cs.component.after
                        if d in self.components)
@@ -216,7 +239,7 @@ class Supervisor:
         ready without starting it again (restarts: the count so far)."""
         cs = self.components[name]
         cs.restarts = max(cs.restarts, restarts)
-        self._begin_start(cs, job=False)
+        self._begin_start(cs, job=False, adopted=True)
 
     def job_finished(self, name: str, ok: bool, result: str) -> None:
         cs = self.components[name]
@@ -225,10 +248,31 @@ class Supervisor:
         cs.job_pending_since = None
         if not ok:
             self._failure(cs, f"unit {cs.component.unit} job {result}")
-        elif cs.component.ready is None:
-            self._became_ready(cs)
         else:
+            self._ready_without_probe(cs)
             self._changed()
+
+    def gate_opened(self, name: str, generation: int, ok: bool, detail: str = "") -> None:
+        """The daemon's answer to OpenGate: released (ok), or not (no container
+        came to the gate in time, or it could not be released)."""
+        cs = self.components[name]
+        if generation != cs.generation or cs.gate != GATE_OPENING:
+            return
+        if not ok:
+            self._failure(cs, f"gate not released: {detail}")
+            return
+        now = self.clock.monotonic()
+        cs.gate = GATE_OPEN
+        cs.next_probe_at = now
+        ready = cs.component.ready
+        cs.ready_deadline = now + (ready.timeout if ready is not None else 0.0)  # from the release on
+        self._ready_without_probe(cs)
+        self._changed()
+
+    def _ready_without_probe(self, cs: ComponentState) -> None:
+        if (cs.state == STARTING and cs.component.ready is None and cs.gate == GATE_OPEN
+                and cs.job_pending_since is None):
+            self._became_ready(cs)
 
     def probe_finished(self, name: str, generation: int, ok: bool, detail: str = "", seq: int | None = None) -> None:
         cs = self.components[name]
@@ -292,7 +336,10 @@ class Supervisor:
                 if down:
                     cs.await_unit_until = now + self.config.unit_settle
         elif cs.state == RESTARTING and cs.await_unit_until is not None:
-            if active_state == "active":
+            # A new start by systemd: its gate waits for us (for a `notify`
+            # component the unit stays activating until the released process
+            # sends READY=1, so activating/start counts as well).
+            if active_state == "active" or (active_state == "activating" and sub_state in ("start", "start-post")):
                 self._begin_start(cs, job=False)
             elif down:
                 cs.await_unit_until = min(cs.await_unit_until, now + self.config.unit_settle)
@@ -314,6 +361,7 @@ class Supervisor:
         """Forget what was under way for the component's last run: probe
         results and job answers of an older generation are dropped."""
         cs.generation += 1
+        cs.gate = GATE_CLOSED
         cs.probe_in_flight = False
         cs.job_pending_since = None
         cs.health = "failing" if cs.component.ready is not None else cs.health
@@ -333,8 +381,8 @@ class Supervisor:
         now = self.clock.monotonic()
         actions: list[Action] = []
         for cs in self.components.values():
-            if cs.state == PENDING and cs.image_ok and self._deps_up(cs):
-                self._begin_start(cs, job=True)
+            if cs.state == PENDING and cs.image_ok:
+                self._begin_start(cs, job=True)   # all at once: the gate holds the process
                 actions.append(StartUnit(cs.name))
             elif cs.state == RESTARTING and cs.restart_at is not None and now >= cs.restart_at:
                 cs.restart_at = None
@@ -348,6 +396,9 @@ class Supervisor:
                 live = cs.active_state or "unknown"
                 self._failure(cs, f"unit {cs.component.unit} is {live} and systemd did not restart it",
                               count=not counted)
+            if cs.state == STARTING and cs.gate == GATE_CLOSED and self._deps_up(cs):
+                cs.gate = GATE_OPENING
+                actions.append(OpenGate(cs.name, cs.generation, wait=not cs.adopted_start))
             if cs.job_pending_since is not None and now >= cs.job_pending_since + self.config.job_timeout:
                 cs.job_pending_since = None
                 self._failure(cs, f"unit {cs.component.unit} job did not finish within "
@@ -366,7 +417,8 @@ class Supervisor:
         (None: only an event can change anything)."""
         times: list[float] = []
         for cs in self.components.values():
-            if cs.state == PENDING and cs.image_ok and self._deps_up(cs):
+            if (cs.state == PENDING and cs.image_ok) or (cs.state == STARTING and cs.gate == GATE_CLOSED
+                                                         and self._deps_up(cs)):
                 times.append(self.clock.monotonic())
             if cs.state == RESTARTING:
                 times.extend(t for t in (cs.restart_at, cs.await_unit_until) if t is not None)
@@ -377,7 +429,7 @@ class Supervisor:
                 continue
             if cs.probe_in_flight:
                 times.append(cs.probe_deadline)
-            elif cs.state == STARTING:
+            elif cs.state == STARTING and cs.gate == GATE_OPEN:
                 times.append(min(cs.next_probe_at, cs.ready_deadline))
             elif cs.state in UP:
                 times.append(cs.next_probe_at)
@@ -388,6 +440,8 @@ class Supervisor:
         if ready is None or cs.probe_in_flight or cs.job_pending_since is not None:
             return None
         if cs.state == STARTING:
+            if cs.gate != GATE_OPEN:
+                return None   # its process has not been released yet
             if now >= cs.ready_deadline:
                 self._failure(cs, f"not ready within {ready.timeout:g}s ({ready.kind} probe)")
                 return None
@@ -413,9 +467,11 @@ class Supervisor:
     def _deps_up(self, cs: ComponentState) -> bool:
         return all(self.components[d].state in UP for d in cs.component.after if d in self.components)
 
-    def _begin_start(self, cs: ComponentState, job: bool) -> None:
+    def _begin_start(self, cs: ComponentState, job: bool, adopted: bool = False) -> None:
         now = self.clock.monotonic()
         cs.generation += 1
+        cs.gate = GATE_CLOSED
+        cs.adopted_start = adopted
         cs.probe_in_flight = False
         cs.await_unit_until = None
         cs.consecutive_failures = 0
@@ -428,8 +484,6 @@ class Supervisor:
         cs.ready_deadline = now + (ready.timeout if ready is not None else 0.0)
         cs.state = STARTING
         self._changed()
-        if not job and ready is None:
-            self._became_ready(cs)
 
     def _became_ready(self, cs: ComponentState) -> None:
         cs.ready_mono = self.clock.monotonic()

@@ -154,12 +154,15 @@ def test_components_start_in_dependency_order_and_ready_is_sent(ready_vm: PodVM,
         assert c["digest"] == podvm_image.default_digests[name] and c["source"] == "default"
         assert c["health"] == "passing" and c["restarts"] == 0 and c["ready"]["wall"]
     lines = daemon_journal(vm)
-    aa_ready = first(lines, r"^attestation-agent: ready probe passed")
+    # Every container is set up at once; each process is released (its gate
+    # opened, its image verified for that start) once what it needs is ready.
     kata_start = first(lines, r"^kata-agent: starting kata-agent\.service")
+    aa_ready = first(lines, r"^attestation-agent: ready probe passed")
+    kata_released = first(lines, r"^kata-agent: gate open: released \S*kata-agent \(image [0-9a-f]{12} verified")
     kata_ready = first(lines, r"^kata-agent: ready probe passed")
-    apf_start = first(lines, r"^agent-protocol-forwarder: starting")
-    assert aa_ready < kata_start < kata_ready < apf_start  # (line, monotonic time) pairs
-    assert aa_ready[1] <= kata_start[1] <= kata_ready[1] <= apf_start[1]
+    apf_released = first(lines, r"^agent-protocol-forwarder: gate open: released")
+    assert kata_start < aa_ready < kata_released < kata_ready < apf_released  # (line, monotonic time) pairs
+    assert aa_ready[1] <= kata_released[1] <= kata_ready[1] <= apf_released[1]
     assert f"{len(NAMES)}/{len(NAMES)} ready" in daemon_status_text(vm)
     assert answer(vm) == "agent-protocol-forwarder standin v1"
     # state.json on disk, 0644, and the raw user-data kept 0600.

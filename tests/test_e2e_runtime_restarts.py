@@ -7,11 +7,14 @@ One module-scoped VM with the image's own manifest; each test starts from
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
+from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
 from tests.test_e2e_runtime import (all_ready, bed_components, bootstrap_yaml, component, containers, status,
                                     userdata, wait_status)
@@ -53,3 +56,45 @@ def test_restarting_the_attestation_agent_leaves_kata_agents_container_as_it_was
         assert vm.systemctl("show", "-P", "NRestarts", unit).stdout.strip() == "0"
     text = vm.read_file("/run/systemd/system/kata-agent.service").decode()
     assert "Wants=attestation-agent.service" in text and "Requires=" not in text
+
+
+def test_a_tampered_image_is_never_run_again_after_a_crash(ready_vm: PodVM) -> None:
+    """The store is tampered with the way podman itself does not notice at
+    run time: images.json now says the forwarder's image is made of another
+    image's layer (podman would run that filesystem under the forwarder's
+    name). Then its container is killed. systemd's Restart= sets up a new
+    container from the tampered store; its gate is not released (the layer
+    chain no longer matches the config's diff IDs for that start), the daemon
+    stops the unit, and nothing of it runs again. (A rewritten config is
+    refused by podman itself: "config.json digest ... does not match".)
+    Last in this module: it restores the store and the daemon."""
+    vm = ready_vm
+    name = "agent-protocol-forwarder"
+    ids = {c: vm.podman("image", "inspect", "--format", "{{.Id}}", component(status(vm), c)["image"]).stdout.strip()
+           for c in (name, "kata-agent")}
+    index_path = "/var/lib/containers/storage/vfs-images/images.json"
+    original = vm.read_file(index_path)
+    index = json.loads(original)
+    layers = {i["id"]: i["layer"] for i in index}
+    for image in index:
+        if image["id"] == ids[name]:
+            image["layer"] = layers[ids["kata-agent"]]
+    vm.write_file(index_path, json.dumps(index).encode())
+    runs_before = vm.journal(f"{name}.service").count("agent-protocol-forwarder standin v1: listening")
+    try:
+        vm.podman("kill", "--signal", "KILL", name)
+        st = wait_status(vm, lambda s: component(s, name)["state"] == "failed", 60, "the forwarder refused")
+        assert "do not match its config's diff IDs" in component(st, name)["last_error"]
+        journal = vm.journal("podvm-bootstrap.service")
+        assert f"{name}: image does not verify, its process is not started" in journal
+        wait_until(lambda: vm.systemctl("is-active", f"{name}.service", check=False).stdout.strip()
+                   in ("inactive", "failed"), 60, "the daemon to stop the unit")
+        unit_log = vm.journal(f"{name}.service")
+        assert "podvm-gate: not released" in unit_log            # the container came, its gate stayed shut
+        assert unit_log.count("agent-protocol-forwarder standin v1: listening") == runs_before
+        assert name not in containers(vm)
+        assert component(status(vm), "kata-agent")["state"] == "ready"
+    finally:
+        vm.write_file(index_path, original)
+    vm.systemctl("restart", "podvm-bootstrap.service")
+    wait_status(vm, all_ready, 90, "the restored store runs again")

@@ -20,6 +20,7 @@ from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import ImageRef, parse_reference
 from podvm_bootstrap.model import (Component, ContainerSpec, Health, OverrideDecision, Plan,
                                    PlannedComponent, Probe, Restart)
+from podvm_bootstrap.gate import exec_argv, gate_entrypoint, prepare_fifo, open_waiting_gate, release
 from podvm_bootstrap.render import podman_run_argv, render_units, volume_host_dirs
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
@@ -156,7 +157,8 @@ def test_only_known_directives_and_the_intended_argv(scenario: str) -> None:
         values = {a.key: a.value for a in assignments}
         [start] = parse_exec(values["ExecStart"])
         assert list(start.argv) == podman_run_argv(pc)
-        assert start.argv[-len(pc.component.container.command) - 1:] == (str(pc.image), *pc.component.container.command)
+        assert start.argv[-2:] == (f"--entrypoint={gate_entrypoint()}", str(pc.image))  # the command: at the gate
+        assert f"--volume=/run/podvm-bootstrap/gates/{pc.name}.fifo:/.podvm-gate/release:ro" in start.argv
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -195,7 +197,12 @@ def test_kitchen_sink_argv_in_full() -> None:
         "--volume=/run/a b:/a", "--volume=/run/%n$X:/b:ro", "--volume=named:/c", "--volume=/run/dup:/d",
         "--volume=/run/dup:/e", "--env=PLAIN=value",
         "--env=NASTY=%i $USER ${X} \"q\" 'q' \\ \n[Service]\nExecStart=/bin/evil", "--env=EMPTY=",
-        "--read-only", "--user=1000:1000", f"ghcr.io/example/sink@{digest(5)}", *NASTY_COMMAND]
+        "--read-only", "--user=1000:1000", "--volume=/bin/busybox:/.podvm-gate/busybox:ro",
+        "--volume=/run/podvm-bootstrap/gates/kitchen-sink.fifo:/.podvm-gate/release:ro",
+        f"--entrypoint={gate_entrypoint()}", f"ghcr.io/example/sink@{digest(5)}"]
+    plain = podman_run_argv(sink, gated=False)   # the benchmark's ideal: the same container, ungated
+    assert plain[-len(NASTY_COMMAND) - 1:] == [f"ghcr.io/example/sink@{digest(5)}", *NASTY_COMMAND]
+    assert not [a for a in plain if "podvm-gate" in a]
     assert volume_host_dirs(sink) == ["/run/a b", "/run/%n$X", "/run/dup"]
 
 
@@ -326,7 +333,7 @@ def test_render_command_writes_exactly_the_golden_units(tmp_path: Path) -> None:
     userdata.write_text("#cloud-config\n")
     out = tmp_path / "units"
     proc = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--config-dir", str(SAMPLE_CONFIG),
-                           "--state-dir", str(tmp_path / "state"), "render", "--user-data", str(userdata),
+                           "--state-dir", "/run/podvm-bootstrap", "render", "--user-data", str(userdata),
                            "--output", str(out)], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     written = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -397,25 +404,35 @@ def test_podman_runs_the_rendered_command_with_the_exact_argv_and_env(podman_sto
                              " mv /out/argv.tmp /out/argv", "sh", *args),
         env=(("NASTY", 'v $X %i "q"\nline'),), network="host", volumes=(f"{out}:/out",), read_only=True,
         user="0:0", capabilities=("NET_RAW",)))
-    values = unit_values(render_units(plan_of(planned(component)))["podvm-probe.service"])
+    gates = tmp_path / "gates"
+    fifo = prepare_fifo(gates, "podvm-probe")
+    values = unit_values(render_units(plan_of(planned(component)), gate_dir=str(gates))["podvm-probe.service"])
     subprocess.run(_exec(values, "ExecStartPre", options), check=True, timeout=30)
     assert out.is_dir()
     started = subprocess.run(_exec(values, "ExecStart", options), capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
+    fd = open_waiting_gate(fifo, time.monotonic() + 30)
+    assert fd is not None and not (out / "argv").exists()   # held at its gate until released
+    release(fd, exec_argv({"config": {}}, component.container.command))
     _wait_for(out / "argv")
     assert (out / "argv").read_bytes().split(b"\0")[:-1] == [a.encode() for a in args]
     assert (out / "env").read_text() == 'v $X %i "q"\nline'
 
 
 @pytest.mark.podman
-def test_podman_stop_commands_end_a_container_that_ignores_sigterm(podman_store) -> None:
+def test_podman_stop_commands_end_a_container_that_ignores_sigterm(podman_store, tmp_path: Path) -> None:
     options, image = podman_store
     # sh as PID 1 of its container has no SIGTERM handler: only SIGKILL ends it.
     component = Component(name="podvm-stubborn", image=image, unit="podvm-stubborn.service", stop_timeout=1.0,
                           container=ContainerSpec(command=("sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600")))
-    values = unit_values(render_units(plan_of(planned(component)))["podvm-stubborn.service"])
+    fifo = prepare_fifo(tmp_path / "gates", "podvm-stubborn")
+    values = unit_values(render_units(plan_of(planned(component)), gate_dir=str(tmp_path / "gates"))
+                         ["podvm-stubborn.service"])
     started = subprocess.run(_exec(values, "ExecStart", options), capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
+    fd = open_waiting_gate(fifo, time.monotonic() + 30)
+    assert fd is not None
+    release(fd, exec_argv({"config": {}}, component.container.command))
 
     def running() -> str:
         return subprocess.run(["podman", *options, "ps", "--filter", "name=^podvm-stubborn$", "--format",

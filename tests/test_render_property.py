@@ -6,13 +6,16 @@ ConfigError instead, never a unit."""
 
 from __future__ import annotations
 
+import subprocess
+
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import ImageRef
 from podvm_bootstrap.model import Component, ContainerSpec, Plan, PlannedComponent, Probe, Restart
-from podvm_bootstrap.render import render_units
+from podvm_bootstrap.gate import gate_entrypoint, gate_volumes, release_payload
+from podvm_bootstrap.render import GATE_DIR, render_units
 from tests.systemd_parser import parse_exec, parse_unit, physical_lines, substitute_environment
 from tests.systemd_real import dump_exec_commands
 
@@ -78,7 +81,9 @@ def expected_refusal(component: Component, image: ImageRef) -> bool:
 
 
 def intended_argv_parts(pc: PlannedComponent) -> tuple[list[str], list[str]]:
-    """What must appear: every option value, and the image then the command at the end."""
+    """What must appear: every option value, and at the end the start gate
+    (its two mounts, its entrypoint) then the image. The command is the
+    gate's to exec (it is handed over at the release, not written in the unit)."""
     spec = pc.component.container
     options = ([f"--network={spec.network}"] if spec.network is not None else []) \
         + ([f"--pid={spec.pid}"] if spec.pid is not None else []) \
@@ -87,7 +92,8 @@ def intended_argv_parts(pc: PlannedComponent) -> tuple[list[str], list[str]]:
         + ([f"--user={spec.user}"] if spec.user is not None else [])
     # With a digest the image runs as repo@digest (a tag beside it is informational).
     image = pc.image.pinned if pc.image.digest is not None else str(pc.image)
-    return options, [image, *spec.command]
+    gate = [f"--volume={v}" for v in gate_volumes(GATE_DIR, pc.name)]
+    return options, [*gate, f"--entrypoint={gate_entrypoint()}", image]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -145,13 +151,18 @@ SAMPLE_TEXT = st.text(ANY_CHAR.filter(lambda c: c != "\0" and not 0xD800 <= ord(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(SAMPLE_TEXT, min_size=1, max_size=6), st.lists(st.tuples(NAMES.map(str.upper), SAMPLE_TEXT),
                                                               max_size=2))
-def test_real_systemd_reads_back_generated_command_lines(command: list[str], env: list[tuple[str, str]]) -> None:
+def test_real_systemd_reads_back_generated_command_lines_and_the_gate_reads_back_the_command(
+        command: list[str], env: list[tuple[str, str]]) -> None:
     component = Component(name="c", image=ImageRef("quay.io", "x/c", "1"), unit="c.service",
                           container=ContainerSpec(command=tuple(command), env=tuple(env)))
     plan = Plan(components=(PlannedComponent(component, component.image, "default"),), start_order=(("c",),))
     units = render_units(plan)
     [argv] = dump_exec_commands(units, "c.service")["ExecStart"]
     final = [substitute_environment(w).decode("utf-8") for w in argv]
-    assert final[-len(command):] == command
+    assert final[-2:] == [f"--entrypoint={gate_entrypoint()}", "quay.io/x/c:1"]
+    # The command reaches the component through the gate: the very eval of the gate's script in busybox sh.
+    out = subprocess.run(["/bin/busybox", "sh", "-c", 'p=$(cat) && eval "set -- $p" && printf "%s\\0" "$@"'],
+                         input=release_payload(command), capture_output=True, check=True, timeout=10).stdout
+    assert out.split(b"\0")[:-1] == [c.encode() for c in command]
     for name, value in env:
         assert f"--env={name}={value}" in final

@@ -58,7 +58,7 @@ def test_pull_by_digest_then_verified_and_present(podman: Podman, registry: Regi
     assert images.lookup(ref.pinned) is None
     stored = images.ensure(ref)
     assert stored.pulled is True and stored.ref == ref
-    assert images.verify(ref) == stored.image_id
+    assert images.verify(ref).image_id == stored.image_id
     assert podman.cli("image", "inspect", "--format", "{{.Digest}}", ref.pinned) == ref.digest
     # A second ensure finds it: no pull.
     assert images.ensure(ref).pulled is False
@@ -120,7 +120,7 @@ def test_mutable_tag_resolved_to_the_registry_digest_only_when_allowed(podman: P
         images.ensure(tagged)
     stored = images.ensure(tagged, allow_tag=True)
     assert stored.ref == pinned and stored.from_tag == "1" and stored.pulled
-    assert images.verify(pinned) == stored.image_id  # runs by that digest
+    assert images.verify(pinned).image_id == stored.image_id  # runs by that digest
 
 
 def test_auth_json_logs_in_to_a_password_registry(podman: Podman, auth_registry: Registry, tmp_path: Path) -> None:
