@@ -37,14 +37,15 @@ from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
-from podvm_bootstrap.state import now_iso, read_state, write_state
+from podvm_bootstrap.state import now_iso, read_state, state_record, write_state
 from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
 from podvm_bootstrap.systemd_units import Systemd, SystemdError, UnitState
+from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units,
+                                            start_mode)
 
 log = get_logger("daemon")
 
-UP_STATES = ("active", "activating", "reloading")
 MAX_STEPS = 20  # tick() rounds in one step (each round's actions may make the next due at once)
 T = TypeVar("T")
 
@@ -296,7 +297,7 @@ class Daemon:
     # --- stage 3: units -----------------------------------------------------
 
     def _install_units(self) -> None:
-        from podvm_bootstrap.gate import gate_dir, prepare_fifo
+        from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo
         from podvm_bootstrap.render import render_units
 
         assert self.supervisor is not None
@@ -306,23 +307,20 @@ class Daemon:
                              gate_dir=str(gates))
         for planned in runnable:  # before any unit can start: a container needs its FIFO to bind-mount
             prepare_fifo(gates, planned.name)
+        if runnable and not self.paths.rooted(GATE_BUSYBOX).is_file():
+            log.error("%s is missing (Debian's busybox-static): no container can start its gate", GATE_BUSYBOX)
         self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
         old_components = self.previous_state.get("components") or {}
-        changed: set[str] = set()
-        written: list[str] = []
+        written: set[str] = set()
         for planned in runnable:
             text = units[planned.unit]
             if write_if_changed(self.paths.unit_dir / planned.unit, text.encode(), 0o644):
-                written.append(planned.unit)
+                written.add(planned.unit)
             self.unit_hashes[planned.name] = unit_hash(text)
-            before = (old_components.get(planned.name) or {}).get("unit_hash")
-            if planned.unit in written or (before is not None and before != self.unit_hashes[planned.name]):
-                changed.add(planned.name)
         self.units_written = [p.unit for p in runnable]
-        stale = set(self.previous_state.get("units") or []) - set(self.units_written)
-        stale |= {p.unit for p in self.planned.values()
-                  if p.unit not in self.units_written and (self.paths.unit_dir / p.unit).exists()}
-        for unit in sorted(stale):
+        leftovers = [p.unit for p in self.planned.values() if (self.paths.unit_dir / p.unit).exists()]
+        stale = stale_units(self.previous_state.get("units") or [], self.units_written, leftovers)
+        for unit in stale:
             self._remove_unit(unit)
         live: dict[str, UnitState] = {}
         for planned in runnable:
@@ -331,24 +329,24 @@ class Daemon:
                 live[name] = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
             except SystemdError as exc:
                 log.error("%s", exc, **_log(name))
-        # A unit file systemd has not loaded yet is read as it is looked up: a
-        # daemon-reload only when it holds an older version (or none was found).
-        if stale or any(p.name not in live or live[p.name].need_reload or live[p.name].loaded != "loaded"
-                        for p in runnable if p.unit in written):
+        facts = [UnitFacts(p.name, p.unit, p.unit in written, self.unit_hashes[p.name],
+                           (old_components.get(p.name) or {}).get("unit_hash"),
+                           Live(live[p.name].active, live[p.name].loaded, live[p.name].need_reload)
+                           if p.name in live else None)
+                 for p in runnable]
+        if needs_reload(facts, bool(stale)):
             self.systemd.reload()
-        for planned in runnable:
-            name = planned.name
-            if name not in live:
-                continue
-            self._observe(name, live[name])
-            if live[name].active not in UP_STATES:
-                continue
-            if name in changed:
-                log.info("unit %s changed: restarting it", planned.unit, **_log(name))
+        for fact in facts:
+            name = fact.name
+            if name in live:
+                self._observe(name, live[name])
+            mode = start_mode(fact)
+            if mode == RESTART:
+                log.info("unit %s changed: restarting it", fact.unit, **_log(name))
                 self.restart_on_start.add(name)
-            else:
+            elif mode == ADOPT:
                 restarts = (old_components.get(name) or {}).get("restarts", 0)
-                log.info("unit %s unchanged and %s: adopting it", planned.unit, live[name].active, **_log(name))
+                log.info("unit %s unchanged and %s: adopting it", fact.unit, live[name].active, **_log(name))
                 self.supervisor.adopt(name, restarts=restarts if isinstance(restarts, int) else 0)
 
     def _remove_unit(self, unit: str) -> None:
@@ -627,25 +625,11 @@ class Daemon:
                tuple(sorted(self.live.items())))
         if sup is not None and not force and key == self._written_key:
             return
-        components: dict[str, Any] = {}
-        snapshot = sup.snapshot() if sup is not None else {}
-        for name, planned in self.planned.items():
-            entry = dict(snapshot.get(name, {}))
-            info = planned.to_json()
-            entry.update({
-                "unit": planned.unit, "image": info["image"], "digest": info["digest"], "source": info["source"],
-                "override": info["override"], "resolved_from": self.resolved_from.get(name),
-                "unit_hash": self.unit_hashes.get(name),
-                "active_state": self.live.get(name, (None, None))[0],
-                "sub_state": self.live.get(name, (None, None))[1],
-            })
-            components[name] = entry
-        write_state(self.paths.state_dir, {
-            "daemon": {"pid": os.getpid(), "started": self.started, "updated": now_iso(), "phase": self.phase,
-                       "ready": self.notifier.ready_sent,
-                       "status": sup.status_line() if sup is not None else self.phase},
-            "boot": self.boot,
-            "units": self.units_written,
-            "components": components,
-        })
+        write_state(self.paths.state_dir, state_record(
+            daemon={"pid": os.getpid(), "started": self.started, "updated": now_iso(), "phase": self.phase,
+                    "ready": self.notifier.ready_sent,
+                    "status": sup.status_line() if sup is not None else self.phase},
+            boot=self.boot, units=self.units_written, planned=self.planned,
+            snapshot=sup.snapshot() if sup is not None else {}, resolved_from=self.resolved_from,
+            unit_hashes=self.unit_hashes, live=self.live))
         self._written_key = key

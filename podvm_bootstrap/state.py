@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from podvm_bootstrap.fsutil import atomic_write
 
@@ -16,6 +16,26 @@ FORMAT_VERSION = 1
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def state_record(*, daemon: dict[str, Any], boot: dict[str, Any], units: list[str], planned: Mapping[str, Any],
+                 snapshot: Mapping[str, dict], resolved_from: Mapping[str, str], unit_hashes: Mapping[str, str],
+                 live: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """What state.json holds (pure): per planned component (model.PlannedComponent)
+    the supervisor's snapshot, what runs (unit, image, digest, source, the
+    override decision) and systemd's last word on its unit."""
+    components: dict[str, Any] = {}
+    for name, pc in planned.items():
+        entry = dict(snapshot.get(name, {}))
+        info = pc.to_json()
+        active, sub = live.get(name, (None, None))
+        entry.update({
+            "unit": pc.unit, "image": info["image"], "digest": info["digest"], "source": info["source"],
+            "override": info["override"], "resolved_from": resolved_from.get(name),
+            "unit_hash": unit_hashes.get(name), "active_state": active, "sub_state": sub,
+        })
+        components[name] = entry
+    return {"daemon": daemon, "boot": boot, "units": units, "components": components}
 
 
 def write_state(state_dir: Path, state: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ One module-scoped VM with the image's own manifest; each test starts from
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, Iterator
 

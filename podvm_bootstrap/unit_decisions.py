@@ -1,0 +1,69 @@
+"""The daemon's pure decisions about its units, once they are rendered and
+written: which units are stale (to stop and delete), whether systemd needs a
+daemon-reload, and what to do with each planned unit (start it, restart it,
+adopt it as it runs). No I/O: the daemon gathers the facts (what it wrote,
+what the previous daemon recorded, what systemd says) and carries these out.
+Which gates to open, and when, is the supervisor's (supervisor.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+UP_STATES = ("active", "activating", "reloading")
+
+START = "start"       # not running: the supervisor starts it (all at once; its gate holds the process)
+RESTART = "restart"   # running an older definition: restarted (its new start goes through its gate)
+ADOPT = "adopt"       # running this very definition: left alone, its gate released only if one waits
+
+
+@dataclass(frozen=True)
+class Live:
+    """What systemd says about a unit (systemd_units.UnitState's fields used here)."""
+    active: str
+    loaded: str = "loaded"
+    need_reload: bool = False
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    name: str
+    unit: str
+    written: bool                # its file was (re)written now: the text on disk changed
+    hash_now: str                # of the text just rendered
+    hash_before: str | None      # recorded by the previous daemon (None: no record)
+    live: Live | None            # None: systemd could not be asked about it
+
+    @property
+    def changed(self) -> bool:
+        """Its definition differs from what runs: rewritten now, or rewritten
+        by a previous daemon that died before it restarted the unit."""
+        return self.written or (self.hash_before is not None and self.hash_before != self.hash_now)
+
+
+def stale_units(previous_units: Iterable[str], runnable_units: Iterable[str],
+                leftover_files: Iterable[str]) -> list[str]:
+    """Units to stop and delete: those the previous daemon ran that are no
+    longer runnable, and files of planned units that get none now (an image
+    that failed)."""
+    runnable = set(runnable_units)
+    return sorted((set(previous_units) - runnable) | (set(leftover_files) - runnable))
+
+
+def needs_reload(facts: Iterable[UnitFacts], removed_any: bool) -> bool:
+    """A daemon-reload only when systemd may hold an older version: a unit was
+    removed, or one written now is unknown to it, not loaded, or flagged
+    NeedDaemonReload. A file systemd has not loaded yet is read as it is
+    looked up: no reload for a first boot."""
+    return removed_any or any(f.live is None or f.live.need_reload or f.live.loaded != "loaded"
+                              for f in facts if f.written)
+
+
+def start_mode(fact: UnitFacts) -> str | None:
+    """START, RESTART or ADOPT; None when systemd could not be asked (the
+    unit is left to the supervisor's job timeout and the next event)."""
+    if fact.live is None:
+        return None
+    if fact.live.active not in UP_STATES:
+        return START
+    return RESTART if fact.changed else ADOPT
