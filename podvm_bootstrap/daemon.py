@@ -161,15 +161,19 @@ class Daemon:
         self.previous_state = read_state(self.paths.state_dir) or {}
         self.notifier.status("reading user-data")
         self.settings = load_settings(self.paths.bootstrap_yaml)
-        # Neither needs the user-data: both wait on other processes (the podman
-        # API service's socket activation, the bus), so they overlap the fetch.
-        knock(self.settings.runtime.podman_socket)
-        images = in_background(self._connect_podman, "podman")
+        # The bus connection does not need the user-data: it overlaps the fetch.
+        # podman's API service is started only when something needs it (a
+        # store storage.conf does not describe, a pull, an exec probe).
+        self.images = self._images()
+        if not self.images.reads_files:
+            knock(self.settings.runtime.podman_socket)
+            in_background(self._activate_podman, "podman")
         systemd = in_background(self.systemd_factory, "systemd")
         plan = self._prepare()
+        if any(p.component.ready is not None and p.component.ready.kind == "exec" for p in plan.components):
+            knock(self.settings.runtime.podman_socket)   # up by the time the first exec probe runs
         self.notifier.status("connecting to systemd")
         self.systemd = systemd.result()
-        self.images = images.result()
         runtime = self.settings.runtime
         self.supervisor = Supervisor(
             [p.component for p in plan.components], self.clock,
@@ -189,17 +193,21 @@ class Daemon:
         self._write_state()
         self._supervise()
 
-    def _connect_podman(self) -> PodmanImages:
+    def _images(self) -> PodmanImages:
         runtime = self.settings.runtime
-        images = PodmanImages(
+        return PodmanImages(
             runtime.podman_socket, auth_file=self.paths.rooted(runtime.auth_file),
             pacing=PullPacing(runtime.pull_retries, runtime.pull_timeout,
                               Backoff(runtime.pull_backoff, runtime.pull_backoff_max)))
+
+    def _activate_podman(self) -> None:
+        """Ask podman for its store now (activating its API service), while the
+        user-data is fetched; a failure is reported by each image's check."""
+        assert self.images is not None
         try:
-            images.store()  # activates the API service; a failure is reported by each image's check
+            self.images.store()
         except ImageError:
             pass
-        return images
 
     # --- stage 1: user-data, provisioning, plan -----------------------------
 
@@ -483,7 +491,7 @@ class Daemon:
         with self._images_lock:
             try:
                 if self.images is None:
-                    self.images = self._connect_podman()
+                    self.images = self._images()
                 images = self.images
                 return _image_step(lambda: images.verify(planned.image), planned)
             finally:
@@ -529,6 +537,8 @@ class Daemon:
         """Release the start's gate in a worker: find the container waiting at
         it, verify the image for this start, hand over the argv from the
         verified config. The result comes back to the main loop."""
+        log.info("opening its gate (%s)", "dependencies ready" if action.wait else "adopted: only if one waits",
+                 **_log(action.name))
         if self._gates is None:
             self._gates = ThreadPoolExecutor(max_workers=max(2, len(self.planned)), thread_name_prefix="gate")
         future = self._gates.submit(self._release_gate, action)

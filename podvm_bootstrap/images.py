@@ -1,5 +1,14 @@
 """Images in local storage: present or pulled by digest, then verified.
 
+Where podman's storage.conf says plainly where its store is (driver and
+graphroot, and its additional read-only image stores), images are found
+from containers/storage's own files (`<driver>-images/images.json`), with
+no podman API call: the API would read those very files to answer, and every
+check below reads the store's files anyway, so going through the API adds
+no strength, only a process to start. The API (podman-py over podman's
+socket) serves what needs podman itself: a pull, a tag resolution, an exec
+probe, and a store that storage.conf does not describe.
+
 Podman checks a digest only while pulling. Before anything runs, and at every
 start, the image is checked again where it lies: the manifest bytes kept in
 containers storage (`<graphroot>/<driver>-images/<id>/=<base64(key)>`) must
@@ -199,6 +208,88 @@ def additional_image_stores(store_info: dict[str, Any]) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(found))
 
 
+# --- finding an image in containers storage (files only) -------------------
+
+
+STORAGE_CONF_PATHS = ("/etc/containers/storage.conf", "/usr/share/containers/storage.conf")  # podman's order
+MAX_STORAGE_CONF = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Store:
+    graph_root: Path
+    driver: str
+    additional: tuple[Path, ...] = ()   # read-only image stores, looked in after the graph root
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        return (self.graph_root, *self.additional)
+
+
+def storage_conf_path() -> Path | None:
+    """The storage.conf podman (as root) reads: $CONTAINERS_STORAGE_CONF, else
+    the first that exists of /etc/containers and /usr/share/containers."""
+    env = os.environ.get("CONTAINERS_STORAGE_CONF")
+    if env:
+        return Path(env)
+    return next((Path(p) for p in STORAGE_CONF_PATHS if os.path.exists(p)), None)
+
+
+def store_from_conf(path: Path | None) -> Store | None:
+    """The store a storage.conf describes, when it names both the driver and
+    the graph root; None when it does not say it plainly (podman would then
+    decide, so podman is asked)."""
+    import tomllib
+
+    if path is None:
+        return None
+    try:
+        data = _read_limited(path, MAX_STORAGE_CONF)
+        conf = tomllib.loads(data.decode()) if data is not None else None
+    except (OSError, ImageError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    storage = conf.get("storage") if isinstance(conf, dict) else None
+    if not isinstance(storage, dict):
+        return None
+    driver, graph_root = storage.get("driver"), storage.get("graphroot")
+    options = storage.get("options") if isinstance(storage.get("options"), dict) else {}
+    extra = options.get("additionalimagestores") or []
+    if not (isinstance(driver, str) and driver and isinstance(graph_root, str) and graph_root.startswith("/")
+            and isinstance(extra, list) and all(isinstance(e, str) and e.startswith("/") for e in extra)):
+        return None
+    return Store(Path(graph_root), driver, tuple(Path(e) for e in extra))
+
+
+def _repository_of(name: str) -> str:
+    """quay.io/x/y:tag or quay.io/x/y@sha256:... -> quay.io/x/y"""
+    name = name.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def find_in_store(store: Store, reference: str) -> tuple[Path, str, str | None] | None:
+    """(store root, image ID, manifest digest) of the local image that
+    `reference` (repo@digest, or an image ID) names, as podman resolves it:
+    the store's own images first, then the additional stores; a name equal to
+    the reference, or for repo@digest an image of that repository carrying
+    that digest (pulled by tag, then named by digest)."""
+    repository, _, digest = reference.partition("@")
+    for root in store.roots:
+        for record in _json_list(root / f"{store.driver}-images" / "images.json"):
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                continue
+            names = [n for n in record.get("names") or [] if isinstance(n, str)]
+            digests = [d for d in record.get("digests") or [] if isinstance(d, str)]
+            if record.get("digest") and record["digest"] not in digests:
+                digests.append(record["digest"])
+            if (reference in names or record["id"] == reference
+                    or (digest and digest in digests and any(_repository_of(n) == repository for n in names))):
+                found_digest = record.get("digest")
+                return root, record["id"], found_digest if isinstance(found_digest, str) else None
+    return None
+
+
 # --- registry credentials -----------------------------------------------
 
 
@@ -250,55 +341,77 @@ class PullPacing:
     backoff: Backoff = Backoff(1.0, 30.0)
 
 
+AUTO = "auto"
+
+
 class PodmanImages:
-    """Images through the podman API socket (podman-py)."""
+    """Images in podman's storage: found and verified from the store's files
+    when storage.conf describes the store (module docstring), else through
+    the API; pulled through the API (podman-py, connected at first use)."""
 
     def __init__(self, socket_path: str, *, auth_file: Path | None = None, pacing: PullPacing = PullPacing(),
                  api_timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        from podman import PodmanClient
-
+                 clock: Callable[[], float] = time.monotonic, storage_conf: Path | str | None = AUTO) -> None:
         self.socket_path = socket_path
         self.auth_file = auth_file
         self.pacing = pacing
         self.sleep = sleep
         self.clock = clock
-        self.client = PodmanClient(base_url=f"http+unix://{socket_path}", timeout=api_timeout)
-        self._store: tuple[Path, str] | None = None
-        self._additional: tuple[Path, ...] = ()
+        self.api_timeout = api_timeout
+        self._client: Any = None
+        conf = storage_conf_path() if storage_conf == AUTO else (Path(storage_conf) if storage_conf else None)
+        self._files_store = store_from_conf(conf)   # None: ask podman
+        self._store: Store | None = self._files_store
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from podman import PodmanClient
+
+            self._client = PodmanClient(base_url=f"http+unix://{self.socket_path}", timeout=self.api_timeout)
+        return self._client
+
+    @property
+    def reads_files(self) -> bool:
+        """Images are found from the store's files, without the API."""
+        return self._files_store is not None
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _api_error(self, what: str, exc: Exception) -> ImageError:
         if not os.path.exists(self.socket_path):
             return ImageError(f"{what}: podman API socket {self.socket_path} does not exist")
         return ImageError(f"{what}: {one_line(exc)}")
 
-    def store(self) -> tuple[Path, str]:
-        """(graph root, storage driver) of podman's image store."""
+    def store(self) -> Store:
+        """podman's image store: from storage.conf, else asked of podman."""
         if self._store is None:
             try:
                 info = self.client.info()
             except Exception as exc:  # noqa: BLE001 - any transport or API failure
                 raise self._api_error("cannot ask podman for its storage", exc) from None
             store = info.get("store") or {}
-            self._store = (Path(store.get("graphRoot", "")), str(store.get("graphDriverName", "")))
-            self._additional = additional_image_stores(store)
+            self._store = Store(Path(store.get("graphRoot", "")), str(store.get("graphDriverName", "")),
+                                additional_image_stores(store))
         return self._store
 
     def store_of(self, image_id: str) -> tuple[Path, str]:
         """(graph root, driver) of the store holding image `image_id`: podman's
         own, or one of its read-only additional image stores (where an image
         build may have baked the defaults, e.g. on a dm-verity /usr)."""
-        graph_root, driver = self.store()
-        for root in (graph_root, *self._additional):
-            if (root / f"{driver}-images" / image_id).is_dir():
-                return root, driver
-        return graph_root, driver
+        store = self.store()
+        for root in store.roots:
+            if (root / f"{store.driver}-images" / image_id).is_dir():
+                return root, store.driver
+        return store.graph_root, store.driver
 
-    def lookup(self, reference: str) -> tuple[str, str | None] | None:
-        """(image ID, manifest digest) of the local image `reference` names, or None."""
+    def _find(self, reference: str) -> tuple[Path, str, str | None] | None:
+        """(store root, image ID, manifest digest) of the local image `reference` names, or None."""
+        if self._files_store is not None:
+            return find_in_store(self._files_store, reference)
         from podman.errors import ImageNotFound
 
         try:
@@ -308,7 +421,13 @@ class PodmanImages:
         except Exception as exc:  # noqa: BLE001
             raise self._api_error(f"cannot look up {reference}", exc) from None
         digest = image.attrs.get("Digest")
-        return str(image.id).removeprefix("sha256:"), digest if isinstance(digest, str) else None
+        image_id = str(image.id).removeprefix("sha256:")
+        return self.store_of(image_id)[0], image_id, digest if isinstance(digest, str) else None
+
+    def lookup(self, reference: str) -> tuple[str, str | None] | None:
+        """(image ID, manifest digest) of the local image `reference` names, or None."""
+        found = self._find(reference)
+        return (found[1], found[2]) if found is not None else None
 
     def verify(self, ref: ImageRef) -> VerifiedImage:
         """THE check of an image for a start (every start, the daemon's and
@@ -316,11 +435,12 @@ class PodmanImages:
         local image for ref (which has a digest), verified in storage;
         ImageError if absent or wrong. Further checks of an image for a start
         (a signature) belong here."""
-        found = self.lookup(ref.pinned)
+        found = self._find(ref.pinned)
         if found is None:
             raise ImageError(f"{ref.pinned} is not in local storage")
-        config = verify_in_storage(*self.store_of(found[0]), found[0], ref.digest or "")
-        return VerifiedImage(found[0], config)
+        root, image_id, _ = found
+        config = verify_in_storage(root, self.store().driver, image_id, ref.digest or "")
+        return VerifiedImage(image_id, config)
 
     def ensure(self, ref: ImageRef, *, allow_tag: bool = False) -> StoredImage:
         """Make `ref` available locally and verified: the stored copy when there

@@ -89,9 +89,16 @@ class Podman:
         self.cli("import", "-", local, input=tar)
         return local
 
-    def images(self) -> PodmanImages:
+    def storage_conf(self) -> Path:
+        """A storage.conf that says where this store is (what the pod VM image bakes)."""
+        conf = self.base / "storage.conf"
+        conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root}"\nrunroot = "{self.runroot}"\n')
+        return conf
+
+    def images(self, files: bool = False) -> PodmanImages:
+        """files: images found from the store's files (storage.conf), else through the API."""
         return PodmanImages(self.socket, pacing=PullPacing(retries=2, timeout=60.0, backoff=Backoff(0.01, 0.02)),
-                            sleep=lambda s: None)
+                            sleep=lambda s: None, storage_conf=self.storage_conf() if files else None)
 
     @classmethod
     @contextmanager

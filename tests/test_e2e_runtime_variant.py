@@ -51,13 +51,13 @@ def test_a_layer_starts_together_after_its_dependency_and_a_failed_override_fall
     st = wait_status(vm, all_ready, 120, "every component ready")
     lines = daemon_journal(vm)
     aa_ready = first(lines, r"^attestation-agent: ready probe passed")
-    # Every container is set up at once; the processes of a layer are released together.
-    kata_start = first(lines, r"^kata-agent: gate open: released")
-    apf_start = first(lines, r"^agent-protocol-forwarder: gate open: released")
+    # Every container is set up at once; the gates of a layer are opened together.
+    kata_start = first(lines, r"^kata-agent: opening its gate \(dependencies ready\)")
+    apf_start = first(lines, r"^agent-protocol-forwarder: opening its gate \(dependencies ready\)")
     kata_ready = first(lines, r"^kata-agent: ready probe passed")
     apf_ready = first(lines, r"^agent-protocol-forwarder: ready probe passed")
     assert aa_ready[1] <= kata_start[1] and aa_ready[1] <= apf_start[1]
-    # Both released before either was ready: concurrently, not one after the other.
+    # Both opened before either was ready: concurrently, not one after the other.
     assert max(kata_start[1], apf_start[1]) <= min(kata_ready[1], apf_ready[1])
     assert max(kata_start[0], apf_start[0]) < min(kata_ready[0], apf_ready[0])
     apf = component(st, "agent-protocol-forwarder")

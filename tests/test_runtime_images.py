@@ -11,8 +11,8 @@ from typing import Iterator
 
 import pytest
 
-from podvm_bootstrap.images import (ImageError, PodmanImages, PullPacing, big_data_path, registry_auth,
-                                    verify_in_storage)
+from podvm_bootstrap.images import (ImageError, PodmanImages, PullPacing, Store, big_data_path, find_in_store,
+                                    registry_auth, store_from_conf, verify_in_storage)
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.backoff import Backoff
 from tests.bed.proc import free_port
@@ -170,20 +170,71 @@ def test_verify_detects_another_image_answering_to_the_digest(podman: Podman, re
     records.remove(genuine)
     index_file.write_text(json.dumps(records))
     podman.start()
-    images = podman.images()
-    assert images.lookup(ref.pinned)[0] == impostor_id  # what `podman run` would take
-    with pytest.raises(ImageError, match=f"describes image sha256:{genuine_id}, but the local image is "
-                                         f"sha256:{impostor_id}"):
-        images.verify(ref)
+    for images in (podman.images(), podman.images(files=True)):   # through the API, and from the files
+        assert images.lookup(ref.pinned)[0] == impostor_id  # what `podman run` would take
+        with pytest.raises(ImageError, match=f"describes image sha256:{genuine_id}, but the local image is "
+                                             f"sha256:{impostor_id}"):
+            images.verify(ref)
+
+
+def test_images_are_found_and_verified_from_the_store_files_without_podmans_api(podman: Podman,
+                                                                                registry: Registry) -> None:
+    """With storage.conf describing the store, a prefetched image is found and
+    verified with podman's API service down: the same answer as the API's."""
+    ref = parse_reference(publish(podman, registry, "files"))
+    by_api = podman.images().ensure(ref)
+    podman.stop()
+    images = podman.images(files=True)
+    assert images.reads_files and images.lookup(ref.pinned) == (by_api.image_id, ref.digest)
+    stored = images.ensure(ref)
+    assert stored.pulled is False and stored.image_id == by_api.image_id
+    verified = images.verify(ref)
+    assert verified.image_id == by_api.image_id and "rootfs" in verified.config
+    assert images._client is None    # podman-py was never even connected
+    missing = parse_reference(f"{ref.repository}@sha256:" + "4" * 64)
+    assert images.lookup(missing.pinned) is None
 
 
 def test_podman_socket_missing_is_one_clear_error(tmp_path: Path) -> None:
-    images = PodmanImages(str(tmp_path / "nope.sock"), pacing=FAST, sleep=lambda s: None)
+    images = PodmanImages(str(tmp_path / "nope.sock"), pacing=FAST, sleep=lambda s: None, storage_conf=None)
     with pytest.raises(ImageError, match="podman API socket .*nope.sock does not exist"):
         images.verify(parse_reference("quay.io/x/y@sha256:" + "3" * 64))
 
 
 # --- pure parts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[storage]\ndriver = "vfs"\ngraphroot = "/var/lib/containers/storage"\n'
+     '[storage.options]\nadditionalimagestores = ["/usr/share/containers/storage"]\n',
+     Store(Path("/var/lib/containers/storage"), "vfs", (Path("/usr/share/containers/storage"),))),
+    ('[storage]\ndriver = "overlay"\ngraphroot = "/g"\n', Store(Path("/g"), "overlay")),
+    ('[storage]\ngraphroot = "/g"\n', None),                      # no driver: podman decides, ask it
+    ('[storage]\ndriver = "overlay"\n', None),                    # no graph root
+    ('[storage]\ndriver = "overlay"\ngraphroot = "g"\n', None),  # relative
+    ('[storage\n', None),                                           # not TOML
+    ('\xff', None),
+])
+def test_store_from_storage_conf(tmp_path: Path, text: str, expected: Store | None) -> None:
+    conf = tmp_path / "storage.conf"
+    conf.write_bytes(text.encode("latin-1"))
+    assert store_from_conf(conf) == expected
+    assert store_from_conf(tmp_path / "missing.conf") is None
+
+
+def test_find_in_store_looks_in_podmans_order_and_matches_as_podman_does(tmp_path: Path) -> None:
+    own, extra = tmp_path / "own", tmp_path / "extra"
+    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    for root, records in ((own, [{"id": "a" * 64, "names": ["q.io/x/y:1"], "digest": d1, "digests": [d1]}]),
+                          (extra, [{"id": "b" * 64, "names": [f"q.io/x/z@{d2}"], "digest": d2},
+                                   {"id": "c" * 64, "names": [f"q.io/x/y@{d1}"], "digest": d1}])):
+        (root / "vfs-images").mkdir(parents=True)
+        (root / "vfs-images" / "images.json").write_text(json.dumps(records))
+    store = Store(own, "vfs", (extra,))
+    assert find_in_store(store, f"q.io/x/y@{d1}") == (own, "a" * 64, d1)     # by digest and repository, own first
+    assert find_in_store(store, f"q.io/x/z@{d2}") == (extra, "b" * 64, d2)   # in the additional store
+    assert find_in_store(store, f"q.io/x/other@{d1}") is None                # that digest, another repository
+    assert find_in_store(store, "b" * 64) == (extra, "b" * 64, d2)
 
 
 def _auth_file(tmp_path: Path, auths: object) -> Path:
