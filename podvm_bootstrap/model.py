@@ -32,7 +32,7 @@ class Health:
 
 @dataclass(frozen=True)
 class Restart:
-    delay: float = 1.0
+    delay: float = 0.1       # the first restart: fast (every start is verified at its gate anyway)
     max_delay: float = 30.0
 
 

@@ -222,7 +222,7 @@ def test_design_units_order_restart_and_stop() -> None:
         assert values["Type"] == b"notify" and values["NotifyAccess"] == b"all"
         assert values["KillSignal"] == b"SIGTERM" and values["SendSIGKILL"] == b"yes"
         assert values["TimeoutStopSec"] == b"25s"          # stop_timeout 10s + margin
-        assert values["Restart"] == b"always" and values["RestartSec"] == b"1s"
+        assert values["Restart"] == b"always" and values["RestartSec"] == b"100ms"   # restart.delay default
         assert b"--sdnotify=conmon" in values["ExecStart"] and b"--stop-timeout=10" in values["ExecStart"]
         assert b"--pull=never" in values["ExecStart"]     # only the daemon pulls (and verifies)
         assert "Requires=" not in units_text and "BindsTo=" not in units_text
