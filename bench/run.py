@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from bench import scenarios  # noqa: E402
+from bench.timeline import render_svg  # noqa: E402
 from bench.stats import Row, Summary, Target, markdown_table, ratio, summarize  # noqa: E402
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
 from tests.bed.proc import BedError, Service  # noqa: E402
@@ -44,12 +45,16 @@ from tests.bed.vm import PodVM, boot, ensure_image  # noqa: E402
 from tests.standins import images as standins  # noqa: E402
 
 DRIVER = "/var/tmp/bench/vmdriver.py"
+STANDIN_IN_VM = "/var/tmp/bench/bin/standin"   # the stand-in program itself, for the binaries' boot
+PROVISIONED = {"/run/peerpod/aa.toml": AA_TOML, "/run/peerpod/apf.json": APF_JSON}   # what user-data writes
 BAKED_MANIFEST = "/etc/podvm-bootstrap/components.yaml"
 SAMPLE_CONFIG = REPO / "image" / "config"
 MiB = float(1 << 20)
-# Targets of issue 6.
-BOOT_RATIO = Target(1.10, text="≤ 1.10x")
-PLAN_WALL = Target(0.150, strict=True, text="< 150 ms")
+# Targets of issues 6 and 10.
+BOOT_RATIO = Target(1.00, text="≤ 1.0x")
+PLAN_WALL = Target(0.100, strict=True, text="< 100 ms")
+FIRST_START = Target(0.060, text="≤ 60 ms")
+CRASH_MARGIN = 0.5     # back to ready within this plus the container's own start
 STEADY_RSS = Target(40 * MiB, strict=True, text="< 40 MiB")
 STEADY_CPU = Target(1.0, strict=True, text="< 1% of a core")
 PULL_RATIO = Target(1.10, text="≤ 1.10x")
@@ -116,14 +121,17 @@ class Driver:
     def reset(self) -> None:
         self("reset", timeout=300)
 
-    def daemon_boot(self, probes: list[dict], timeline: bool = False) -> dict:
+    def daemon_boot(self, probes: list[dict], timeline: bool = False, units: dict | None = None) -> dict:
         self.reset()
-        return self("daemon_boot", {"probes": probes, "timeout": 300, "timeline": timeline})
+        return self("daemon_boot", {"probes": probes, "timeout": 300, "timeline": timeline, "units": units or {}})
 
     def ideal_boot(self, layers: list) -> dict:
         self.reset()
-        files = {"/run/peerpod/aa.toml": AA_TOML, "/run/peerpod/apf.json": APF_JSON}
-        return self("ideal_boot", {"layers": layers, "files": files, "timeout": 300})
+        return self("ideal_boot", {"layers": layers, "files": PROVISIONED, "timeout": 300})
+
+    def binaries_boot(self, steps: list) -> dict:
+        self.reset()
+        return self("binaries_boot", {"steps": steps, "files": PROVISIONED, "timeout": 300})
 
 
 def install_manifest(vm: PodVM, text: str) -> scenarios.Manifest:
@@ -133,29 +141,60 @@ def install_manifest(vm: PodVM, text: str) -> scenarios.Manifest:
 
 
 def boots(driver: Driver, manifest, rounds: int, label: str) -> dict:
-    """`rounds` daemon boots and ideal boots, alternating which goes first."""
+    """`rounds` boots of each kind (the daemon, the layer-by-layer ideal, all
+    at once), rotating which goes first."""
     probes = scenarios.probes(manifest)
     layers = scenarios.ideal_layers(manifest)
-    daemon, ideal = [], []
+    flat = scenarios.all_at_once_layers(manifest)
+    binaries = scenarios.binaries_steps(manifest)
+    units = scenarios.units(manifest)
+    runs: dict[str, list] = {"daemon": [], "ideal": [], "all_at_once": [], "binaries": []}
+    kinds = list(runs)
     for i in range(rounds):
-        order = ("daemon", "ideal") if i % 2 == 0 else ("ideal", "daemon")
-        for which in order:
+        for which in kinds[i % 4:] + kinds[:i % 4]:
             if which == "daemon":
-                daemon.append(driver.daemon_boot(probes, timeline=i == rounds - 1))
+                runs[which].append(driver.daemon_boot(probes, timeline=i == rounds - 1, units=units))
+            elif which == "ideal":
+                runs[which].append(driver.ideal_boot(layers))
+            elif which == "all_at_once":
+                runs[which].append(driver.ideal_boot(flat))
             else:
-                ideal.append(driver.ideal_boot(layers))
-        say(f"{label}: round {i + 1}/{rounds}: daemon {daemon[-1]['all_ready_s']:.3f}s "
-            f"(READY {daemon[-1]['ready_s']:.3f}s), ideal {ideal[-1]['all_ready_s']:.3f}s")
-    return {"daemon": daemon, "ideal": ideal}
+                runs[which].append(driver.binaries_boot(binaries))
+        say(f"{label}: round {i + 1}/{rounds}: daemon {runs['daemon'][-1]['all_ready_s']:.3f}s "
+            f"(READY {runs['daemon'][-1]['ready_s']:.3f}s, first StartUnit "
+            f"{runs['daemon'][-1].get('first_start_unit_s') or float('nan'):.3f}s), "
+            f"ideal {runs['ideal'][-1]['all_ready_s']:.3f}s, all at once {runs['all_at_once'][-1]['all_ready_s']:.3f}s, "
+            f"binaries {runs['binaries'][-1]['all_ready_s']:.3f}s")
+    return runs
 
 
 def boot_rows(rows: list[Row], n: int, data: dict) -> None:
     d = summarize(r["all_ready_s"] for r in data["daemon"])
     i = summarize(r["all_ready_s"] for r in data["ideal"])
-    rows.append(Row(f"boot-to-ready, {n} components: podvm-bootstrap vs ideal", "s", d, i, "ideal",
+    rows.append(Row(f"boot-to-ready, {n} components: podvm-bootstrap vs ideal (layer by layer)", "s", d, i, "ideal",
                     ratio(d, i), "x", BOOT_RATIO))
+    a = summarize(r["all_ready_s"] for r in data.get("all_at_once", []))
+    if a is not None:
+        rows.append(Row(f"  all {n} `podman run -d` at once, no ordering (podman's --restart=on-failure)", "s", a,
+                        value=ratio(d, a), value_unit="x",
+                        note="the same containers and probes; the forwarder exits when it starts before "
+                             "kata-agent's socket exists and podman restarts it: the floor of container setup"))
+    b = summarize(r["all_ready_s"] for r in data.get("binaries", []))
+    if b is not None:
+        rows.append(Row(f"  today's peer pods: the {n} programs as plain services chained by .path units", "s", b,
+                        value=ratio(d, b), value_unit="x",
+                        note="no container at all: the stand-in program run by systemd, each dependent one "
+                             "started by a .path unit on its dependency's socket; same probes"))
     rows.append(Row(f"  READY=1 ({n} components; essential kata-agent only)", "s",
                     summarize(r["ready_s"] for r in data["daemon"])))
+    first = [r["first_start_unit_s"] for r in data["daemon"] if r.get("first_start_unit_s") is not None]
+    if first:
+        f = summarize(first)
+        rows.append(Row(f"  first StartUnit after the daemon's exec ({n} components)", "ms", f, value=f.high,
+                        value_unit="ms", target=FIRST_START,
+                        note="systemd's own clocks: the daemon unit's ExecMainStartTimestamp to the first component "
+                             "unit's InactiveExitTimestamp (systemd began the start job); the value is the worst "
+                             "boot"))
 
 
 # --- sections ---------------------------------------------------------------
@@ -228,12 +267,12 @@ def bench_crash(driver: Driver, manifest, rows: list[Row], reps: int, start_time
     results.raw["crash"] = runs
     if any(r["back_s"] is None for r in runs):
         raise BenchError(f"{name} did not answer again within 60 s after a SIGKILL: {runs}")
-    limit = 2.0 + (start_time.median if start_time else 0.0)
+    limit = CRASH_MARGIN + (start_time.median if start_time else 0.0)
     back = summarize(r["back_s"] for r in runs)
     rows.append(Row(f"crash (SIGKILL) of {name}: back to ready (answers again)", "s", back,
                     value=back.median, value_unit="s",
-                    target=Target(limit, strict=True, text=f"< 2 s + start {start_time.median:.2f} s"
-                                  if start_time else "< 2 s + start"),
+                    target=Target(limit, text=f"≤ {CRASH_MARGIN:g} s + start {start_time.median:.2f} s"
+                                  if start_time else f"≤ {CRASH_MARGIN:g} s + start"),
                     note="the container's own start time is the ideal script's time for the forwarder's layer "
                          "(podman run -d until its probe answers), median of the 3-component ideal boots"))
     seen = [r["systemd_saw_exit_s"] for r in runs if r["systemd_saw_exit_s"] is not None]
@@ -408,12 +447,28 @@ def write_results(out: Path, machine: dict, results: Results, table: str) -> Non
         md += ("\nWhere a 3-component boot's time goes (the last one measured; the VM's journal, seconds after "
                "`systemctl start podvm-bootstrap`):\n\n```\n"
                + "".join(f"{at:7.3f}  {who[:24]:24}  {msg}\n" for at, who, msg in timeline) + "```\n")
+    svg = timeline_svg(results)
+    if svg is not None:
+        (out / "boot-timeline.svg").write_text(svg)
+        md += "\n![one 3-component boot: podvm-bootstrap and the ideal](boot-timeline.svg)\n"
     (out / "latest.md").write_text(md)
     (out / "latest.json").write_text(json.dumps({
         "machine": machine,
         "sections": [{"title": t, "rows": [r.to_json() for r in rows]} for t, rows in results.sections],
         "raw": results.raw,
     }, indent=1, default=str) + "\n")
+
+
+def timeline_svg(results: Results) -> str | None:
+    """The last measured 3-component boot of the daemon beside the last ideal one."""
+    boot3 = results.raw.get("boot_3") or {}
+    daemon = next((r for r in reversed(boot3.get("daemon", [])) if r.get("events")), None)
+    ideal = next((r for r in reversed(boot3.get("ideal", [])) if r.get("events")), None)
+    if daemon is None or ideal is None:
+        return None
+    return render_svg(daemon["events"], ideal["events"],
+                      f"One 3-component boot: podvm-bootstrap {daemon['all_ready_s']:.3f} s, "
+                      f"ideal (layer by layer) {ideal['all_ready_s']:.3f} s")
 
 
 # --- main -------------------------------------------------------------------
@@ -443,6 +498,8 @@ def run(args: argparse.Namespace, results: Results) -> None:
             vm = boot(image, workdir / "vm", name=f"podvm-bench-{os.getpid()}", userdata=MINIMAL_USERDATA,
                       metadata="aws", registry=registry, boot_timeout=180)
             driver = Driver(vm)
+            with tempfile.TemporaryDirectory(prefix="podvm-bench-standin-") as tmp:
+                vm.write_file(STANDIN_IN_VM, standins.compile_standin(Path(tmp), "v1").read_bytes(), 0o755)
             # The benchmarks stay on three stand-ins in three layers (attestation
             # agent, kata-agent, forwarder) of the baked five-component chain.
             baked_text = scenarios.dump(scenarios.scaled_manifest(yaml.safe_load(vm.read_file(BAKED_MANIFEST)), 3),

@@ -126,5 +126,43 @@ def ideal_layers(manifest: Manifest) -> list[list[dict[str, Any]]]:
     return layers
 
 
+def all_at_once_layers(manifest: Manifest) -> list[list[dict[str, Any]]]:
+    """The same containers all started together, no ordering: one layer.
+    A component that needs another one's socket (the forwarder needs
+    kata-agent's) may exit at first; podman's own `--restart=on-failure`
+    brings it back (it cannot be combined with --rm)."""
+    steps = [step for layer in ideal_layers(manifest) for step in layer]
+    for step in steps:
+        argv = [a for a in step["argv"] if a != "--rm"]
+        step["argv"] = [*argv[:2], "--restart=on-failure:50", *argv[2:]]
+    return [steps]
+
+
+def binaries_steps(manifest: Manifest) -> list[dict[str, Any]]:
+    """Today's peer pods for the same components: the programs themselves as
+    plain systemd services (no container), each one started by a `.path`
+    unit when its dependency's socket exists. Per component: its argv (the
+    manifest's command, the program named by its first word), the host
+    directories its container would mount, the sockets it waits for, its probe."""
+    by_name = {c.name: c for c in manifest.components}
+    steps = []
+    for c in manifest.components:
+        command = list(c.container.command) or [c.name]
+        waits = []
+        for dep in c.after:
+            probe = probe_of(by_name[dep])
+            if probe["kind"] != "unix_socket":
+                raise ValueError(f"{c.name}: a .path unit can wait for a socket file only, not {probe['kind']}")
+            waits.append(probe["target"])
+        planned = PlannedComponent(c, c.image, "default")
+        steps.append({"name": c.name, "argv": command, "dirs": volume_host_dirs(planned), "waits": waits,
+                      "probe": probe_of(c)})
+    return steps
+
+
+def units(manifest: Manifest) -> dict[str, str]:
+    return {c.name: c.unit for c in manifest.components}
+
+
 def dump(manifest: dict[str, Any], header: str) -> str:
     return f"# {header}\n" + yaml.safe_dump(manifest, sort_keys=False)

@@ -126,6 +126,11 @@ def cmd_reset(args: dict) -> dict:
     boot)."""
     t0 = time.monotonic()
     sh(["systemctl", "stop", DAEMON_UNIT])
+    bench_units = [u for u in os.listdir("/run/systemd/system") if u.startswith(BIN_PREFIX)]
+    if bench_units:   # the binaries' boot: its units go, their processes with them
+        sh(["systemctl", "stop", *bench_units], timeout=120, check=False)
+        for unit in bench_units:
+            os.unlink(os.path.join("/run/systemd/system", unit))
     generated = []
     for unit in sorted(os.listdir("/run/systemd/system")):
         path = os.path.join("/run/systemd/system", unit)
@@ -169,10 +174,44 @@ def cmd_daemon_boot(args: dict) -> dict:
             "daemon_ready_stamps_s": per_component, "cgroup": cgroup_accounting(),
             "started_in_state": (state.get("daemon") or {}).get("started"),
             "podman_api": _podman_api_usage()}
+    time.sleep(0.3)  # let journald catch up
+    result.update(_boot_events(args.get("units") or {}, t0, t0w, seen))
     if args.get("timeline"):
-        time.sleep(0.3)  # let journald catch up
         result["timeline"] = _timeline(t0w, all_ready + 0.2)
     return result
+
+
+def _mono_prop(unit: str, prop: str) -> float | None:
+    """A systemd *TimestampMonotonic property in seconds (CLOCK_MONOTONIC, as time.monotonic())."""
+    out = sh(["systemctl", "show", "-P", prop, unit], check=False).stdout.strip()
+    return int(out) / 1e6 if out.isdigit() and int(out) > 0 else None
+
+
+def _boot_events(units: dict[str, str], t0: float, t0w: float, seen: dict[str, float]) -> dict:
+    """Per component, seconds after `systemctl start podvm-bootstrap`: queued
+    (systemd began its unit's start: the daemon's StartUnit), up (the unit
+    active: conmon's READY, the container set up), released (the daemon's
+    journal line for its gate), ready (the bench's own probe); and the
+    daemon's first StartUnit after its process started (exec)."""
+    def rel(mono: float | None) -> float | None:
+        return None if mono is None else mono - t0
+
+    released: dict[str, float] = {}
+    for entry in _journal_since(t0w, "-u", DAEMON_UNIT):
+        message = entry.get("MESSAGE")
+        mono = entry.get("__MONOTONIC_TIMESTAMP")
+        if isinstance(message, str) and isinstance(mono, str) and ": gate open: released" in message:
+            name = message.split(": ", 1)[0].split()[-1]
+            released.setdefault(name, int(mono) / 1e6 - t0)
+    events = {}
+    for name, unit in units.items():
+        events[name] = {"queued": rel(_mono_prop(unit, "InactiveExitTimestampMonotonic")),
+                        "up": rel(_mono_prop(unit, "ActiveEnterTimestampMonotonic")),
+                        "released": released.get(name), "ready": seen.get(name)}
+    exec_start = _mono_prop(DAEMON_UNIT, "ExecMainStartTimestampMonotonic")
+    queued = [e["queued"] for e in events.values() if e["queued"] is not None]
+    first = None if exec_start is None or not queued else min(queued) - (exec_start - t0)
+    return {"events": events, "first_start_unit_s": first, "daemon_exec_s": rel(exec_start)}
 
 
 def _podman_api_usage() -> dict | None:
@@ -222,10 +261,12 @@ def cmd_ideal_boot(args: dict) -> dict:
     timeout = args.get("timeout", 300)
     t0 = time.monotonic()
     layer_done = []
+    events: dict[str, dict] = {}
     for layer in args["layers"]:
         for step in layer:
             for d in step["dirs"]:
                 os.makedirs(d, exist_ok=True)
+        started = time.monotonic() - t0
         procs = [(step, subprocess.Popen(step["argv"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
                  for step in layer]
         for step, p in procs:
@@ -236,9 +277,56 @@ def cmd_ideal_boot(args: dict) -> dict:
                 raise DriverError(f"podman run of {step['name']} did not return within {timeout}s") from None
             if p.returncode != 0:
                 raise DriverError(f"podman run of {step['name']} exited {p.returncode}: {err.strip()[-800:]}")
-        wait_all([s["probe"] for s in layer], t0, timeout)
+            events[step["name"]] = {"run": started, "returned": time.monotonic() - t0}
+        seen = wait_all([s["probe"] for s in layer], t0, timeout)
+        for name, at in seen.items():
+            events[name]["ready"] = at
         layer_done.append(time.monotonic() - t0)
-    return {"all_ready_s": layer_done[-1], "layers_s": layer_done}
+    return {"all_ready_s": layer_done[-1], "layers_s": layer_done, "events": events}
+
+
+BIN_DIR = "/var/tmp/bench/bin"
+BIN_PREFIX = "bench-bin-"
+
+
+def cmd_binaries_boot(args: dict) -> dict:
+    """Today's peer pods: the stand-in program itself (BIN_DIR/standin, one
+    symlink per program name) as plain services, each dependent one started by
+    a .path unit (PathExists= its dependency's socket); until every probe
+    answers (10 ms polls). Its files and units are written before the clock."""
+    for path, content in (args.get("files") or {}).items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(content)
+    first, paths = [], []
+    for step in args["steps"]:
+        for d in step["dirs"]:
+            os.makedirs(d, exist_ok=True)
+        program = os.path.join(BIN_DIR, os.path.basename(step["argv"][0]))
+        if not os.path.lexists(program):
+            os.symlink("standin", program)
+        unit = f"{BIN_PREFIX}{step['name']}"
+        exec_line = " ".join(_quote(w) for w in [program, *step["argv"][1:]])
+        with open(f"/run/systemd/system/{unit}.service", "w") as f:
+            f.write(f"[Service]\nType=simple\nExecStart={exec_line}\n")
+        if step["waits"]:
+            with open(f"/run/systemd/system/{unit}.path", "w") as f:
+                f.write("[Path]\n" + "".join(f"PathExists={w}\n" for w in step["waits"]) + f"Unit={unit}.service\n")
+            paths.append(f"{unit}.path")
+        else:
+            first.append(f"{unit}.service")
+    sh(["systemctl", "daemon-reload"])
+    timeout = args.get("timeout", 300)
+    t0 = time.monotonic()
+    sh(["systemctl", "start", "--no-block", *paths, *first])
+    seen = wait_all([s["probe"] for s in args["steps"]], t0, timeout)
+    return {"all_ready_s": max(seen.values()), "probes_s": seen}
+
+
+def _quote(word: str) -> str:
+    if word and all(c.isalnum() or c in "/._-:=" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def cmd_steady(args: dict) -> dict:
@@ -434,6 +522,7 @@ def cmd_plan_times(args: dict) -> dict:
 
 
 COMMANDS = {"reset": cmd_reset, "daemon_boot": cmd_daemon_boot, "ideal_boot": cmd_ideal_boot,
+            "binaries_boot": cmd_binaries_boot,
             "steady": cmd_steady, "crash": cmd_crash, "hang": cmd_hang, "plan_times": cmd_plan_times}
 
 
