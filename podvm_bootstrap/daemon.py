@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -518,7 +519,10 @@ class Daemon:
             call = self.systemd.restart
         else:
             log.info("starting %s", unit, **_log(name))
-            call = self.systemd.start
+            # Every container at once: with After= (and the jobs Wants= pulls
+            # in) systemd would set them up one after another; the gates keep
+            # each process behind its dependencies.
+            call = partial(self.systemd.start, ignore_dependencies=True)
         generation = sup.get(name).generation
 
         def on_done(result: str) -> None:

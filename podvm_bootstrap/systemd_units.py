@@ -91,8 +91,12 @@ class Systemd:
     def reload(self) -> None:
         self._call("daemon reload", lambda: self._manager("Reload"))
 
-    def start(self, unit: str, on_done: JobCallback) -> None:
-        job = self._call(f"start {unit}", lambda: self._manager("StartUnit", unit, "replace"))
+    def start(self, unit: str, on_done: JobCallback, *, ignore_dependencies: bool = False) -> None:
+        """ignore_dependencies: this unit's job alone, at once: no start jobs
+        pulled in by Wants=, none waited for by After= (systemd's job mode
+        "ignore-dependencies"; the daemon's start gates order the processes)."""
+        mode = "ignore-dependencies" if ignore_dependencies else "replace"
+        job = self._call(f"start {unit}", lambda: self._manager("StartUnit", unit, mode))
         self._jobs[str(job)] = on_done
 
     def restart(self, unit: str, on_done: JobCallback) -> None:
