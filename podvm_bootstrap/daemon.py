@@ -216,6 +216,7 @@ class Daemon:
         from podvm_bootstrap.provision import provision_files
         from podvm_bootstrap.stages import resolve
 
+        log.info("fetching the user-data, then planning")   # (the boot's timeline: start-up done)
         resolved = resolve(self.paths, self.source, settings=self.settings)
         self.policy = resolved.policy
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
