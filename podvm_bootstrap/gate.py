@@ -118,10 +118,15 @@ def open_waiting_gate(path: Path, deadline: float, *, clock: Callable[[], float]
     look. The open does not block: without a reader Linux answers ENXIO."""
     while True:
         try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
             if exc.errno != errno.ENXIO:
                 raise GateError(f"cannot open the gate {path}: {exc.strerror}") from None
+        else:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+            raise GateError(f"the gate {path} is not a FIFO")
         if clock() >= deadline:
             return None
         sleep(POLL)

@@ -59,6 +59,8 @@ def test_no_waiting_reader_means_no_gate_and_a_fifo_is_kept_across_prepares(tmp_
     assert oct(fifo.stat().st_mode & 0o777) == "0o644"
     assert open_waiting_gate(fifo, deadline=0.0) is None                  # one look, nobody there
     (tmp_path / "gates" / "d.fifo").write_text("not a fifo")
+    with pytest.raises(GateError, match="not a FIFO"):           # never written into as if it were the gate
+        open_waiting_gate(tmp_path / "gates" / "d.fifo", deadline=0.0)
     assert prepare_fifo(tmp_path / "gates", "d").is_fifo()
 
 
