@@ -77,7 +77,7 @@ def cmd_plan(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
-    from podvm_bootstrap.gate import gate_dir
+    from podvm_bootstrap.gate import unit_gate_dir
     from podvm_bootstrap.render import render_units
 
     plan = resolve(paths, _source(args)).plan
@@ -86,7 +86,7 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     for name, text in render_units(plan, source=str(paths.components_yaml),
-                                        gate_dir=str(gate_dir(paths.state_dir))).items():
+                                        gate_dir=unit_gate_dir(paths.root, paths.state_dir)).items():
         write_if_changed(output / name, text.encode(), 0o644)
     return EXIT_OK
 

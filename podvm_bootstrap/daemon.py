@@ -307,14 +307,14 @@ class Daemon:
     # --- stage 3: units -----------------------------------------------------
 
     def _install_units(self) -> None:
-        from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo
+        from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo, unit_gate_dir
         from podvm_bootstrap.render import render_units
 
         assert self.supervisor is not None
         runnable = [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED]
         gates = gate_dir(self.paths.state_dir)
         units = render_units(Plan(tuple(runnable), self.plan.start_order), source=str(self.paths.components_yaml),
-                             gate_dir=str(gates))
+                             gate_dir=unit_gate_dir(self.paths.root, self.paths.state_dir))
         for planned in runnable:  # before any unit can start: a container needs its FIFO to bind-mount
             prepare_fifo(gates, planned.name)
         if runnable and not self.paths.rooted(GATE_BUSYBOX).is_file():

@@ -59,6 +59,15 @@ def gate_dir(state_dir: Path) -> Path:
     return state_dir / "gates"
 
 
+def unit_gate_dir(root: Path, state_dir: Path) -> str:
+    """The gates' directory as the pod VM sees it, for the units (they run
+    there): without the --root prefix, like every other path in a unit."""
+    try:
+        return "/" + str(gate_dir(state_dir).relative_to(root))
+    except ValueError:
+        return str(gate_dir(state_dir))
+
+
 def fifo_path(gate_dir: str | Path, name: str) -> str:
     return f"{str(gate_dir).rstrip('/')}/{name}.fifo"
 

@@ -109,3 +109,11 @@ def test_a_gate_opened_and_closed_without_a_release_ends_the_container(podman: P
     logs = subprocess.run([*podman.argv, "logs", "refused"], env=podman.env, capture_output=True, text=True,
                           timeout=30)
     assert "podvm-gate: not released" in logs.stdout + logs.stderr
+
+
+def test_units_name_the_gates_as_the_pod_vm_sees_them(tmp_path: Path) -> None:
+    from podvm_bootstrap.gate import unit_gate_dir
+
+    assert unit_gate_dir(Path("/"), Path("/run/podvm-bootstrap")) == "/run/podvm-bootstrap/gates"
+    assert unit_gate_dir(tmp_path, tmp_path / "run/podvm-bootstrap") == "/run/podvm-bootstrap/gates"   # --root
+    assert unit_gate_dir(Path("/"), tmp_path / "state") == f"{tmp_path}/state/gates"                 # --state-dir
