@@ -239,8 +239,6 @@ def store_from_conf(path: Path | None) -> Store | None:
     """The store a storage.conf describes, when it names both the driver and
     the graph root; None when it does not say it plainly (podman would then
     decide, so podman is asked)."""
-    import tomllib
-
     if path is None:
         return None
     try:

@@ -109,7 +109,7 @@ def test_defaults_in_the_read_only_store_are_found_and_verified(baked: Path, pod
     try:
         for entry in lock_of(baked):
             ref = parse_reference(f"{bed_registry.host}/confidential-containers/{entry['component']}@{entry['digest']}")
-            assert images.verify(ref) == entry["image_id"]
+            assert images.verify(ref).image_id == entry["image_id"]
             stored = images.ensure(ref)
             assert stored.pulled is False and stored.image_id == entry["image_id"]
         # an image that is not baked is pulled into the writable store, and verified there
