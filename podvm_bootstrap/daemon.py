@@ -278,15 +278,17 @@ class Daemon:
                       planned.image, exc, planned.component.image, **_log(planned.name))
             requested = planned.override.requested if planned.override else str(planned.image)
             fallback = PlannedComponent(planned.component, planned.component.image, "default",
-                                        OverrideDecision(requested, False, f"image unusable: {exc}"))
+                                        OverrideDecision(requested, False, f"image unusable: {exc}"),
+                                        signed_by=planned.signed_by)
             return self._stored(fallback, allow_tag)
 
     def _stored(self, planned: PlannedComponent, allow_tag: bool) -> PlannedComponent:
         assert self.images is not None
-        stored = _image_step(lambda: self.images.ensure(planned.image, allow_tag=allow_tag), planned)
+        trust = self.policy.trust_for(planned.name)
+        stored = _image_step(lambda: self.images.ensure(planned.image, allow_tag=allow_tag, trust=trust), planned)
         if stored.from_tag is not None:
             self.resolved_from[planned.name] = str(planned.image)
-        return replace(planned, image=stored.ref)
+        return replace(planned, image=stored.ref, signature=stored.signature)
 
     # --- stage 3: units -----------------------------------------------------
 
@@ -485,7 +487,8 @@ class Daemon:
             self.restart_on_start.discard(name)
             try:
                 # at every start the daemon makes, not only at pull
-                _image_step(lambda: self._images_client().verify(self.planned[name].image), self.planned[name])
+                _image_step(lambda: self._images_client().verify(self.planned[name].image,
+                                                                  self.policy.trust_for(name)), self.planned[name])
             except ImageError as exc:
                 log.error("image no longer verifies, not restarting: %s", exc, **_log(name))
                 sup.image_failed(name, str(exc))
@@ -566,6 +569,7 @@ class Daemon:
                 "unit": planned.unit, "image": info["image"], "digest": info["digest"], "source": info["source"],
                 "override": info["override"], "resolved_from": self.resolved_from.get(name),
                 "unit_hash": self.unit_hashes.get(name),
+                "signature": None if planned.signature is None else {"key": planned.signature},
                 "active_state": self.live.get(name, (None, None))[0],
                 "sub_state": self.live.get(name, (None, None))[1],
             })

@@ -24,6 +24,7 @@ from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import BootstrapError, one_line
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
 from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.signatures import Trust
 
 log = get_logger("images")
 
@@ -43,6 +44,7 @@ class StoredImage:
     image_id: str
     pulled: bool = False
     from_tag: str | None = None  # the tag it was resolved from, when mutable tags are allowed
+    signature: str | None = None  # the policy key whose signature verified it (None: none needed)
 
 
 # --- verification against containers storage (files only) ----------------
@@ -262,16 +264,24 @@ class PodmanImages:
         digest = image.attrs.get("Digest")
         return str(image.id).removeprefix("sha256:"), digest if isinstance(digest, str) else None
 
-    def verify(self, ref: ImageRef) -> str:
+    def verify(self, ref: ImageRef, trust: Trust | None = None) -> str:
         """The ID of the local image for ref (which has a digest), verified; ImageError if absent or wrong."""
+        return self.verified(ref, trust)[0]
+
+    def verified(self, ref: ImageRef, trust: Trust | None = None) -> tuple[str, str | None]:
+        """(image ID, key that verified its signature) of the local image for
+        ref (which has a digest): its digest checked in storage and, when
+        `trust` asks for one, its stored signature; ImageError if absent or wrong."""
+        from podvm_bootstrap.signature_store import check_signature
+
         found = self.lookup(ref.pinned)
         if found is None:
             raise ImageError(f"{ref.pinned} is not in local storage")
         graph_root, driver = self.store()
         verify_in_storage(graph_root, driver, found[0], ref.digest or "")
-        return found[0]
+        return found[0], check_signature(graph_root, driver, found[0], ref, trust)
 
-    def ensure(self, ref: ImageRef, *, allow_tag: bool = False) -> StoredImage:
+    def ensure(self, ref: ImageRef, *, allow_tag: bool = False, trust: Trust | None = None) -> StoredImage:
         """Make `ref` available locally and verified: the stored copy when there
         is one, else pulled by digest. A tag (only with allow_tag) is resolved
         to a digest once, here."""
@@ -282,14 +292,16 @@ class PodmanImages:
             if digest is None:
                 raise ImageError(f"podman reports no manifest digest for {ref}")
             pinned = ref.with_digest(digest)
-            verify_in_storage(*self.store(), image_id, digest)
+            image_id, key = self.verified(pinned, trust)
             log.info("resolved %s to %s", ref, digest)
-            return StoredImage(pinned, image_id, pulled=True, from_tag=ref.tag)
+            return StoredImage(pinned, image_id, pulled=True, from_tag=ref.tag, signature=key)
         pinned = ref.with_digest(ref.digest)
         if self.lookup(pinned.pinned) is not None:
-            return StoredImage(pinned, self.verify(pinned))
+            image_id, key = self.verified(pinned, trust)
+            return StoredImage(pinned, image_id, signature=key)
         self.pull(pinned.pinned, pinned)
-        return StoredImage(pinned, self.verify(pinned), pulled=True)
+        image_id, key = self.verified(pinned, trust)
+        return StoredImage(pinned, image_id, pulled=True, signature=key)
 
     def pull(self, reference: str, ref: ImageRef) -> tuple[str, str | None]:
         """Pull with bounded retries; (image ID, manifest digest)."""

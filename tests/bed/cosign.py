@@ -38,6 +38,9 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 COSIGN_TYPE = "cosign container image signature"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+# The pod VM's registries.d file (use-sigstore-attachments), as the image bakes it.
+REGISTRIES_D_FILE = Path(__file__).resolve().parents[2] / "containers" / "registries.d" / "podvm-bootstrap.yaml"
+REGISTRIES_D = REGISTRIES_D_FILE.read_text()
 
 
 @dataclass(frozen=True)
@@ -177,5 +180,3 @@ def sign_image(registry_host: str, repository: str, digest: str, key: SigningKey
     payload = payload_for(identity or f"{registry_host}/{repository}", digest)
     return push_signatures(registry_host, repository, digest, [key.sign_payload(payload)])
 
-
-REGISTRIES_D = "default-docker:\n  use-sigstore-attachments: true\n"
