@@ -170,3 +170,22 @@ def test_verify_command_checks_signatures(tmp_path: Path, podman: Podman, regist
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"FAILED attestation-agent {image}: signature of {image} refused: ")
     assert "Traceback" not in failed.stderr
+
+
+def test_test_bed_stand_ins_are_signed_for_their_release_name(podman: Podman, bed_registry: Registry,
+                                                              standin_images: dict) -> None:
+    """The bed registry's stand-ins carry signatures by the test release key
+    naming quay.io/confidential-containers/<c> (what the image and the VM
+    pull): pulled here under the registry's own name, a remap identity
+    (containers-policy.json's remapIdentity) accepts them, match-repository not."""
+    from tests.bed.keys import release_key
+
+    image = standin_images[("kata-agent", "v1")]
+    (podman.base / "registries.conf").write_text(f'[[registry]]\nlocation = "{bed_registry.host}"\ninsecure = true\n')
+    ref = parse_reference(f"{bed_registry.host}/{image.repository}@{image.digest}")
+    key = release_key()
+    remap = Trust(((key.name, key.private.public_key()),),
+                  SignedIdentity("remap", prefix=bed_registry.host, signed_prefix="quay.io"))
+    assert podman.images().ensure(ref, trust=remap).signature == "release"
+    with pytest.raises(SignatureError, match="signed for another repository"):
+        podman.images().verify(ref, trust(key))

@@ -174,9 +174,26 @@ def push_raw_signature_manifest(registry_host: str, repository: str, digest: str
 
 
 def sign_image(registry_host: str, repository: str, digest: str, key: SigningKey, *,
-               identity: str | None = None) -> str:
+               identity: str | None = None, auth: dict[str, str] | None = None) -> str:
     """cosign sign --key: one valid signature of registry_host/repository@digest,
     naming `identity` (default: the image's own repository)."""
     payload = payload_for(identity or f"{registry_host}/{repository}", digest)
-    return push_signatures(registry_host, repository, digest, [key.sign_payload(payload)])
+    return push_signatures(registry_host, repository, digest, [key.sign_payload(payload)], auth)
+
+
+def push_unsigned_copy(registry_host: str, repository: str, reference: str, tag: str, note: str) -> str:
+    """A new image in `repository` with the same config and layers as
+    `reference` (its manifest plus one annotation, so another digest with no
+    signature attached), tagged `tag`; returns its digest. Blobs are shared:
+    nothing is uploaded but the manifest."""
+    req = urllib.request.Request(f"http://{registry_host}/v2/{repository}/manifests/{reference}",
+                                 headers={"Accept": OCI_MANIFEST})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        manifest = json.loads(resp.read())
+    if manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST:
+        raise ValueError(f"{repository}:{reference} is not an OCI image manifest")
+    manifest.setdefault("annotations", {})["org.podvm-bootstrap.test-bed.copy"] = note
+    body = json.dumps(manifest).encode()
+    _request(f"http://{registry_host}/v2/{repository}/manifests/{tag}", "PUT", body, {"Content-Type": OCI_MANIFEST})
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
