@@ -29,10 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Mapping
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
@@ -42,6 +39,9 @@ from podvm_bootstrap.model import OverrideDecision
 from podvm_bootstrap.paths import under_root
 from podvm_bootstrap.signatures import SignedIdentity, Trust
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
+
+if TYPE_CHECKING:  # cryptography is imported only when the policy has keys
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = get_logger("policy")
 
@@ -92,7 +92,7 @@ class Policy:
     mutable_tags: bool = False
     on_rejected_override: str = "use-default"
     components: Mapping[str, ComponentPolicy] = field(default_factory=lambda: MappingProxyType({}))
-    keys: Mapping[str, ec.EllipticCurvePublicKey] = field(default_factory=lambda: MappingProxyType({}))
+    keys: Mapping[str, "ec.EllipticCurvePublicKey"] = field(default_factory=lambda: MappingProxyType({}))
 
     def signed_by(self, component: str) -> tuple[str, ...]:
         rules = self.components.get(component)
@@ -158,7 +158,7 @@ def load_policy(path: Path, root: Path = Path("/")) -> Policy:
     )
 
 
-def _keys(sec: Section, root: Path) -> dict[str, ec.EllipticCurvePublicKey]:
+def _keys(sec: Section, root: Path) -> dict[str, "ec.EllipticCurvePublicKey"]:
     keys: dict[str, ec.EllipticCurvePublicKey] = {}
     for name in sec.data:
         if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
@@ -193,7 +193,10 @@ def _read_key_file(entry: Section, file: Path) -> bytes:
     return data
 
 
-def _public_key(entry: Section, where: str, pem: bytes) -> ec.EllipticCurvePublicKey:
+def _public_key(entry: Section, where: str, pem: bytes) -> "ec.EllipticCurvePublicKey":
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError):
@@ -206,6 +209,8 @@ def _public_key(entry: Section, where: str, pem: bytes) -> ec.EllipticCurvePubli
 
 
 def _key_kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if isinstance(key, ec.EllipticCurvePublicKey):
         return f"ECDSA on curve {key.curve.name}"
     return type(key).__name__.lstrip("_")
@@ -246,7 +251,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
     raise ConfigError(sec.path, key, f"unknown form {describe(str(kind))}; expected {forms}")
 
 
-def _component_policy(sec: Section, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> ComponentPolicy:
+def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKey"]) -> ComponentPolicy:
     sec.only(("repositories", "digests", "signed_by", "signed_identity"))
     patterns = []
     for index, text in enumerate(sec.string_list("repositories")):

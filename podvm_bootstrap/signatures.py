@@ -32,13 +32,12 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
+
+if TYPE_CHECKING:  # cryptography is imported where a key is used: no import cost without signatures
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 SIGSTORE_PREFIX = b"\x00sigstore-json\n"
 SIGNATURE_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -89,7 +88,7 @@ class Trust:
     """What a component's images must be signed with: the `signed_by` keys
     (name, public key), in policy order, and the identity rule."""
 
-    keys: tuple[tuple[str, ec.EllipticCurvePublicKey], ...]
+    keys: tuple[tuple[str, "ec.EllipticCurvePublicKey"], ...]
     identity: SignedIdentity = SignedIdentity()
 
     @property
@@ -180,6 +179,10 @@ def _parse_item(item: bytes) -> _Item:
 
 
 def _signing_key(item: _Item, trust: Trust) -> str:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     for name, key in trust.keys:
         try:
             key.verify(item.signature, item.payload, ec.ECDSA(hashes.SHA256()))
