@@ -147,6 +147,28 @@ def test_each_kind_of_bad_signature_is_refused_with_its_reason_and_the_default_r
         assert f"{APF}: override {override} unusable" in journal and words in journal, (kind, journal[-2000:])
 
 
+def test_under_a_fail_policy_an_unsigned_override_fails_its_component(
+        ready_vm: PodVM, bed_registry: Any, standin_images: Any) -> None:
+    vm = ready_vm
+    baked = vm.read_file("/etc/podvm-bootstrap/policy.yaml").decode()
+    policy = yaml.safe_load(baked)
+    policy["on_rejected_override"] = "fail"
+    vm.write_file("/etc/podvm-bootstrap/policy.yaml", yaml.safe_dump(policy))
+    try:
+        override = push_badly_signed(bed_registry, standin_images, "no signature")
+        vm.write_file("/media/cidata/user-data", userdata(override))
+        vm.systemctl("reset-failed", "podvm-bootstrap.service", check=False)
+        vm.systemctl("restart", "podvm-bootstrap.service")
+        st = wait_status(vm, lambda s: component(s, APF)["state"] == "failed"
+                         and component(s, "kata-agent")["state"] == "ready", 90, "the forwarder failed")
+        error = component(st, APF)["last_error"]
+        assert "the policy says fail" in error and "no signature" in error, error
+        assert APF not in containers(vm)
+    finally:
+        vm.write_file("/etc/podvm-bootstrap/policy.yaml", baked)
+    assert component(rerun_with(vm, None), APF)["source"] == "default"
+
+
 def test_signed_override_runs_then_a_flipped_stored_byte_refuses_its_next_start(
         ready_vm: PodVM, standin_images: Any) -> None:
     vm = ready_vm
