@@ -173,8 +173,9 @@ def main() -> int:
                               cloud_config(images={"agent-protocol-forwarder": unsigned_ref}))
                 print(f"user-data now asks for {unsigned_ref}; restarting podvm-bootstrap (as at the next boot)")
                 vm.run(["systemctl", "restart", "podvm-bootstrap.service"], check=False, timeout=180)
-                try:
-                    vm.wait_until("podvm-bootstrap status >/dev/null", 90, "every component to be ready")
+                try:  # status exits 0 once the essential kata-agent is ready: wait for the forwarder's row
+                    vm.wait_until("podvm-bootstrap status | grep -qE '^agent-protocol-forwarder +[^ ]+ +ready '",
+                                  90, "the forwarder to be ready")
                 except Exception as exc:
                     print(f"not every component became ready: {exc}")
                 show(vm, "podvm-bootstrap status (the forwarder runs its signed default again)",
