@@ -56,8 +56,9 @@ MAX_KEY_FILE = 64 * 1024
 # Rekor: not verifiable offline with a baked public key.
 KEYLESS_FORMS = ("fulcio", "pki", "keyless", "rekorPublicKeyPath", "rekorPublicKeyData", "rekor")
 # A fully expanded repository prefix: host[:port] then path components.
-_REPOSITORY_PREFIX = re.compile(r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
-                                r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_HOST = (r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
+         r"|[A-Za-z0-9-]+:[0-9]{1,5}")
+_REPOSITORY_PREFIX = re.compile(rf"(?:{_HOST})(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
     key = sec.child_key("signed_identity")
     forms = "match-repository, {exact-repository: REPO} or {remap: {prefix: P, signed_prefix: S}}"
     if not isinstance(value, dict) or len(value) != 1:
-        raise ConfigError(sec.path, key, f"unknown form {describe(str(value))!s}; expected {forms}")
+        raise ConfigError(sec.path, key, f"unknown form {describe(str(value))}; expected {forms}")
     (kind, arg), = value.items()
     if kind == "exact-repository":
         if not isinstance(arg, str):

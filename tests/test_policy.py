@@ -297,6 +297,8 @@ def test_keys_from_a_file_under_root_and_inline(tmp_path, release_key):
      ("remap", None, "ghcr.io/example", "quay.io/confidential-containers")),
     ({"remap": {"prefix": "127.0.0.1:5000", "signed_prefix": "docker.io/library"}},
      ("remap", None, "127.0.0.1:5000", "docker.io/library")),
+    ({"remap": {"prefix": "registry:5000/mirror", "signed_prefix": "localhost/org"}},
+     ("remap", None, "registry:5000/mirror", "localhost/org")),
 ])
 def test_signed_identity_forms(tmp_path, release_key, identity, expected):
     p = load_policy(signing_policy(tmp_path, release_key.public_pem, signed_identity=identity), tmp_path)
