@@ -44,7 +44,7 @@ def _sizes(image_record: dict[str, Any] | None, digest: str) -> list[int] | None
         return None
     try:
         parsed = json.loads(metadata)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     sizes = parsed.get("signatures-sizes") if isinstance(parsed, dict) else None
     value = sizes.get(digest) if isinstance(sizes, dict) else None
@@ -55,7 +55,7 @@ def _image_record(images_json: Path, image_id: str) -> dict[str, Any] | None:
     data = _read_bounded(images_json, MAX_STORE_INDEX, str(images_json))
     try:
         images = json.loads(data) if data else []
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return next((i for i in images if isinstance(i, dict) and i.get("id") == image_id), None) \
         if isinstance(images, list) else None
