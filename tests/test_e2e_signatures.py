@@ -11,11 +11,13 @@ refused. Tests run in file order on one VM."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
+from podvm_bootstrap.images import big_data_path
 from tests.bed import cosign
 from tests.bed.cosign import SignatureLayer, SigningKey, payload_for
 from tests.bed.keys import release_key
@@ -62,9 +64,6 @@ def running_version(vm: PodVM) -> str:
 
 
 def stored_signature_path(vm: PodVM, image: str) -> str:
-    from podvm_bootstrap.images import big_data_path
-    from pathlib import Path
-
     image_id = vm.podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
     digest_hex = image.split("@sha256:", 1)[1]
     return str(big_data_path(Path("/var/lib/containers/storage/vfs-images") / image_id, f"signature-{digest_hex}"))
