@@ -263,7 +263,8 @@ class Daemon:
             return
         self.planned[name] = planned
         self.supervisor.image_ready(name)
-        log.info("image %s verified (%s)", planned.image, planned.source, **_log(name))
+        signed = f", signed by {planned.signature}" if planned.signature else ""
+        log.info("image %s verified (%s%s)", planned.image, planned.source, signed, **_log(name))
 
     def _ensure_one(self, planned: PlannedComponent) -> PlannedComponent:
         allow_tag = self.policy.mutable_tags

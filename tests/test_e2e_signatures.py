@@ -91,6 +91,9 @@ def test_baked_defaults_are_verified_with_the_baked_key(ready_vm: PodVM, podvm_i
     out = vm.run(["podvm-bootstrap", "verify"])
     assert out.stdout.count(", signed by release)\n") == 3, out.stdout
     assert "SIGNED-BY" in vm.run(["podvm-bootstrap", "status"]).stdout
+    journal = vm.journal("podvm-bootstrap.service")
+    for name in NAMES:
+        assert f"{name}: image {podvm_image.defaults[name]} verified (default, signed by release)" in journal
 
 
 BAD_KINDS = [
