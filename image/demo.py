@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
 from tests.bed.cosign import push_unsigned_copy  # noqa: E402
+from tests.bed.keys import copy_baked_keys  # noqa: E402
 from tests.bed.registry import running_registry  # noqa: E402
 from tests.bed.swtpm import running_swtpm  # noqa: E402
 from tests.bed.userdata import cloud_config  # noqa: E402
@@ -79,6 +80,7 @@ def measured_config(image, workroot: Path, tcti: str) -> tuple[Path, str]:
     for name in ("components.yaml", "policy.yaml"):
         (config / name).write_text(yaml.safe_dump(baked(image, f"/etc/podvm-bootstrap/{name}"), sort_keys=False))
     (config / "bootstrap.yaml").write_text(bootstrap)
+    copy_baked_keys(image, workroot / "plan-root")  # the policy's key files are under plan's --root
     return config, bootstrap
 
 
@@ -86,7 +88,7 @@ def predict(config: Path, workroot: Path, userdata: str) -> dict:
     """`podvm-bootstrap plan --json` on this machine, before boot: the launch
     set's event log and the PCR 23 value it gives from zero."""
     (workroot / "user-data").write_text(userdata)
-    (workroot / "plan-root").mkdir()
+    (workroot / "plan-root").mkdir(exist_ok=True)
     out = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(workroot / "plan-root"),
                           "--config-dir", str(config), "plan", "--json", "--user-data", str(workroot / "user-data")],
                          cwd=REPO, capture_output=True, text=True, timeout=60,

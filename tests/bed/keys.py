@@ -6,7 +6,9 @@ tests sign the overrides they push with it. A test fixture, not a secret."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from tests.bed.cache import cache_dir
 from tests.bed.cosign import SigningKey
@@ -34,3 +36,12 @@ def release_key(cache: Path | None = None) -> SigningKey:
         finally:
             tmp.unlink()
     return SigningKey.load(KEY_NAME, path.read_bytes())
+
+
+def copy_baked_keys(image: Any, root: Path) -> None:
+    """The image's /etc/podvm-bootstrap/keys under `root`, for a `plan` run on
+    this machine with the image's baked policy.yaml (its key paths are under --root)."""
+    for lower in image.lowerdirs:
+        keys = Path(lower) / "etc/podvm-bootstrap/keys"
+        if keys.is_dir():
+            shutil.copytree(keys, root / "etc/podvm-bootstrap/keys", dirs_exist_ok=True)
