@@ -12,12 +12,16 @@ from tests.bed.cosign import SigningKey
 from tests.test_cli_plan import APF, USERDATA_NO_OVERRIDES, assert_one_error_line, copy_config, run_plan
 
 
+def component_names(config: Path) -> list[str]:
+    return list(yaml.safe_load((config / "components.yaml").read_text())["components"])
+
+
 def signing_config(tmp_path: Path, key: SigningKey) -> Path:
     config = copy_config(tmp_path)
     key.write_public(tmp_path / "root/etc/podvm-bootstrap/keys/release.pub")
     policy = yaml.safe_load((config / "policy.yaml").read_text())
     policy["keys"] = {"release": {"path": "/etc/podvm-bootstrap/keys/release.pub"}}
-    for name in ("attestation-agent", "kata-agent", APF):
+    for name in component_names(config):
         policy["components"].setdefault(name, {})["signed_by"] = ["release"]
     (config / "policy.yaml").write_text(yaml.safe_dump(policy))
     return config
@@ -29,7 +33,8 @@ def test_plan_json_names_the_keys_each_component_needs(tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert {c["name"]: c["signed_by"] for c in doc["components"]} == {
-        "attestation-agent": ["release"], "kata-agent": ["release"], APF: ["release"]}
+        name: ["release"] for name in component_names(config)}
+    assert APF in component_names(config)
 
 
 def test_missing_key_file_under_root_is_exit_2(tmp_path):
