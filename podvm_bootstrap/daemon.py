@@ -298,7 +298,10 @@ class Daemon:
 
         assert self.supervisor is not None
         runnable = [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED]
-        units = render_units(Plan(tuple(runnable), self.plan.start_order), source=str(self.paths.components_yaml))
+        # Rendered for the whole plan (a dependent's After= may name a failed
+        # component); only the runnable ones are written.
+        units = render_units(Plan(tuple(self.planned.values()), self.plan.start_order),
+                             source=str(self.paths.components_yaml))
         self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
         old_components = self.previous_state.get("components") or {}
         changed: set[str] = set()
