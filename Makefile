@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: deps test test-unit image demo bench clean
+.PHONY: deps test test-unit image demo bench deb clean
 
 deps:
 	./scripts/host-deps.sh
@@ -28,5 +28,10 @@ demo: deps
 bench: deps
 	$(VENV)/bin/python bench/run.py
 
+# The Debian package (dpkg-buildpackage + debhelper + pybuild), written to
+# dist/podvm-bootstrap_<version>_all.deb (README "Building a pod VM image").
+deb: deps
+	./scripts/build-deb.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

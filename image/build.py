@@ -2,11 +2,13 @@
 """Builds the pod VM image's root filesystem as two cached layers:
 
   base   Debian 12 from debootstrap (image/rootfs_base.py), keyed by its inputs;
-  layer  this project on top of it: installed offline by pip, the daemon's
-         unit enabled, the baked /etc/podvm-bootstrap files, and the default
-         component images prefetched into the image's container storage, with
-         their digests written into the baked components.yaml, and their
-         cosign signatures (registries.d's use-sigstore-attachments) beside them.
+  layer  this project on top of it, the way README "Building a pod VM image"
+         says an image build does it: the Debian package (`make deb`)
+         installed with apt-get (its unit enabled on install), podman-py from
+         its wheel, the baked /etc/podvm-bootstrap files, then
+         `podvm-bootstrap bake --store /usr/share/containers/storage`: the
+         default images (tags) pulled by digest into a read-only store and
+         pinned in the baked components.yaml and components.lock.json.
 
 The layer is the upper directory of an overlay mount over the base, so it
 holds only what the project adds; a booted VM stacks its own throw-away upper
@@ -15,7 +17,9 @@ directory on top (tests/bed/vm.py) and never changes either layer.
 This builds the TEST BED image: the default components are the stand-ins of
 tests/standins (named like the real ones, quay.io/confidential-containers/...,
 served by a loopback registry that a registries.conf mirror points at), and
-podman is configured for running nested in systemd-nspawn (TESTBED.md).
+podman is configured for running nested in systemd-nspawn (TESTBED.md), and
+a bind mount makes the store of the defaults read-only at boot, as the
+dm-verity /usr of a real image would.
 The stand-ins are signed with the test bed's release key (tests/bed/keys.py,
 made per cache, never committed), whose public half is baked as
 /etc/podvm-bootstrap/keys/release.pub, and the baked policy requires a
@@ -33,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +57,8 @@ from tests.standins import images as standins  # noqa: E402
 PODMAN_PY = "podman==5.8.0"
 CONFIG_DIR = REPO / "image" / "config"
 UNIT = REPO / "systemd" / "podvm-bootstrap.service"
-PROJECT_FILES = ("pyproject.toml", "README.md")
+PROJECT_FILES = ("pyproject.toml", "README.md", "scripts/build-deb.sh")
+RO_STORE = "/usr/share/containers/storage"
 MIRROR_CONF = "etc/containers/registries.conf.d/50-podvm-test-bed-mirror.conf"
 REGISTRIES_D = REPO / "containers" / "registries.d" / "podvm-bootstrap.yaml"
 KEY_FILE = f"/etc/podvm-bootstrap/keys/{KEY_NAME}.pub"
@@ -83,11 +89,32 @@ TEST_BED_DROPPED_KEYS = {"kata-agent": ("pid",)}
 TEST_BED_DROPPED_VARIANT_KEYS = ("devices",)
 # vfs: the booted tree is itself an overlay mount, and overlayfs cannot take
 # an overlayfs upper directory; vfs works anywhere.
-TEST_BED_STORAGE_CONF = """\
+TEST_BED_STORAGE_CONF = f"""\
 [storage]
 driver = "vfs"
 runroot = "/run/containers/storage"
 graphroot = "/var/lib/containers/storage"
+[storage.options]
+additionalimagestores = ["{RO_STORE}"]
+"""
+# TEST BED ONLY: stands in for a dm-verity /usr, under which the store of the
+# baked defaults is read-only.
+RO_STORE_MOUNT_UNIT = "usr-share-containers-storage.mount"
+RO_STORE_MOUNT = f"""\
+# TEST BED ONLY: the baked default images' store read-only, as on a dm-verity /usr.
+[Unit]
+Description=Read-only store of the baked default images
+DefaultDependencies=no
+Before=local-fs.target podman.socket podvm-bootstrap.service
+
+[Mount]
+What={RO_STORE}
+Where={RO_STORE}
+Type=none
+Options=bind,ro
+
+[Install]
+WantedBy=local-fs.target
 """
 
 
@@ -103,6 +130,8 @@ def _hash_files(h, paths) -> None:
 def project_sources() -> list[Path]:
     files = [REPO / f for f in PROJECT_FILES]
     files += [p for p in (REPO / "podvm_bootstrap").rglob("*.py")]
+    files += [p for p in (REPO / "debian").rglob("*") if p.is_file()]
+    files += sorted((REPO / "containers/registries.d").glob("*.yaml"))
     return files
 
 
@@ -147,40 +176,29 @@ def podman_py_wheel(cache: Path) -> Path:
     return found[0]
 
 
-def copy_project(dest: Path) -> None:
-    """The project's sources, for pip to build inside the tree offline with
-    Debian's setuptools and wheel (no build isolation: no index needed)."""
-    for f in project_sources():
-        target = dest / f.relative_to(REPO)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, target)
-
-
-def baked_components(digests: dict[str, str], variant_digests: dict[tuple[str, str], str] | None = None) -> str:
-    """The sample components.yaml with each default (and variant) image's
-    digest replaced by the one prefetched, minus the test bed's
-    TEST_BED_DROPPED_KEYS and TEST_BED_DROPPED_VARIANT_KEYS."""
+def baked_components(tag: str) -> str:
+    """The sample components.yaml as an image builder writes it before bake:
+    each default image named by its tag and each TEE variant's by the TEE
+    (bake pins them), minus the test bed's TEST_BED_DROPPED_KEYS and
+    TEST_BED_DROPPED_VARIANT_KEYS."""
     manifest = yaml.safe_load((CONFIG_DIR / "components.yaml").read_text())
-    variant_digests = variant_digests or {}
     dropped = []
     for name, spec in manifest["components"].items():
-        if name not in digests:
+        if name not in standins.COMPONENTS:
             raise SystemExit(f"image/build.py: no stand-in image for component {name}")
-        spec["image"] = f"{spec['image'].split('@', 1)[0]}@{digests[name]}"
+        spec["image"] = f"{spec['image'].split('@', 1)[0]}:{tag}"
         for key in TEST_BED_DROPPED_KEYS.get(name, ()):
             if spec.get("container", {}).pop(key, None) is not None:
                 dropped.append(f"{name}.container.{key}")
-        for tee, variant in (spec.get("variants") or {}).items():
-            if (name, tee) not in variant_digests:
-                raise SystemExit(f"image/build.py: no stand-in image for {name} variant {tee}")
-            variant["image"] = f"{variant['image'].split('@', 1)[0]}@{variant_digests[(name, tee)]}"
+        for tee, variant in (spec.get("variants") or {}).items():  # a TEE's stand-in is tagged with the TEE
+            variant["image"] = f"{variant['image'].split('@', 1)[0]}:{tee}"
             for key in TEST_BED_DROPPED_VARIANT_KEYS:
                 if (variant.get("container") or {}).pop(key, None) is not None:
                     dropped.append(f"{name}.variants.{tee}.container.{key}")
             if variant.get("container") == {}:
                 del variant["container"]
-    return ("# Written by image/build.py from image/config/components.yaml: the digests are those of the images\n"
-            "# prefetched into this image's storage (TEST BED: the stand-ins of tests/standins).\n"
+    return ("# Written by image/build.py from image/config/components.yaml, then pinned by podvm-bootstrap bake\n"
+            "# (TEST BED: the stand-ins of tests/standins).\n"
             f"# Test bed only, dropped (podman nested in systemd-nspawn cannot do them): {', '.join(dropped) or 'none'}\n"
             + yaml.safe_dump(manifest, sort_keys=False))
 
@@ -210,6 +228,23 @@ def baked_policy(components: list[str]) -> str:
     return ("# TEST BED variant of image/config/policy.yaml: every component's image must be signed by the\n"
             "# test bed's release key (tests/bed/keys.py), baked as " + KEY_FILE + ".\n"
             + yaml.safe_dump(policy, sort_keys=False))
+def build_deb() -> Path:
+    """`make deb`'s package (scripts/build-deb.sh), as an image build gets it."""
+    out = subprocess.run([str(REPO / "scripts/build-deb.sh")], cwd=REPO, check=True, stdout=subprocess.PIPE,
+                         text=True, timeout=600)
+    return REPO / out.stdout.strip().splitlines()[-1]
+
+
+def bake(tree: Path, registry_host: str) -> None:
+    """`podvm-bootstrap bake` from the build machine (this checkout: the same
+    code as the package), reaching quay.io/confidential-containers through
+    the test bed's mirror."""
+    with tempfile.TemporaryDirectory(prefix="podvm-bake-") as tmp:
+        registries = Path(tmp) / "registries.conf"
+        registries.write_text(mirror_conf(registry_host))
+        subprocess.run([sys.executable, "-m", "podvm_bootstrap", "bake", "--root", str(tree), "--store", RO_STORE],
+                       cwd=REPO, check=True, stdout=sys.stderr, timeout=1800,
+                       env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registries)})
 
 
 def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
@@ -219,16 +254,18 @@ def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
             subprocess.run(["umount", str(tmp / "merged")], check=True)
         shutil.rmtree(tmp)
     defaults = {c: images[(c, "v1")] for c in standins.COMPONENTS}
-    variants = {("attestation-agent", tee): images[("attestation-agent", tee)] for tee in standins.AA_TEE_VARIANTS}
+    deb = build_deb()
     with overlay([base], tmp / "upper", tmp / "work", tmp / "merged") as tree, \
             running_registry() as registry:
-        log(f"installing the project into {tmp / 'upper'}")
+        log(f"installing {deb.name} and podman-py into {tmp / 'upper'}")
         work = tree / "var/tmp/podvm-build"  # not /tmp: systemd-nspawn mounts a tmpfs there
         (work / "wheels").mkdir(parents=True)
         shutil.copy2(podman_py_wheel(cache), work / "wheels")
-        copy_project(work / "src")
-        in_tree(tree, "pip", "install", "--quiet", "--break-system-packages", "--no-index", "--no-build-isolation",
-                "--find-links", "/var/tmp/podvm-build/wheels", "/var/tmp/podvm-build/src")
+        shutil.copy2(deb, work)
+        in_tree(tree, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "--quiet", "--yes",
+                f"/var/tmp/podvm-build/{deb.name}")
+        in_tree(tree, "pip", "install", "--quiet", "--break-system-packages", "--no-index", "--no-deps",
+                "--find-links", "/var/tmp/podvm-build/wheels", "podman")
         shutil.rmtree(work)
 
         etc = tree / "etc" / "podvm-bootstrap"
@@ -238,34 +275,35 @@ def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
         key_file = tree / KEY_FILE.lstrip("/")
         key_file.parent.mkdir(parents=True)
         key_file.write_text(release_key(cache).public_pem)
-        registries_d = tree / "etc/containers/registries.d"
-        registries_d.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REGISTRIES_D, registries_d / REGISTRIES_D.name)
-        unit_dir = tree / "usr/lib/systemd/system"
-        shutil.copy2(UNIT, unit_dir / UNIT.name)
-        subprocess.run(["systemctl", f"--root={tree}", "--quiet", "enable", UNIT.name, "podman.socket"], check=True)
-
+        (etc / "components.yaml").write_text(baked_components("v1"))
         (tree / "etc/containers/containers.conf").write_text(TEST_BED_CONTAINERS_CONF)
         (tree / "etc/containers/storage.conf").write_text(TEST_BED_STORAGE_CONF)
         (tree / MIRROR_CONF).parent.mkdir(parents=True, exist_ok=True)
         (tree / MIRROR_CONF).write_text(mirror_conf(registry.host))
+        (tree / "etc/systemd/system" / RO_STORE_MOUNT_UNIT).write_text(RO_STORE_MOUNT)
+        # podvm-bootstrap.service is enabled by its package.
+        subprocess.run(["systemctl", f"--root={tree}", "--quiet", "enable", "podman.socket", RO_STORE_MOUNT_UNIT],
+                       check=True)
 
-        log("prefetching the default component images and their TEE variants (stand-ins) by digest, "
-            "with their signatures")
-        refs = []
-        for image in [*defaults.values(), *variants.values()]:
-            registry.push_standin(image)  # signed with the test release key
-            refs.append(f"quay.io/{image.repository}@{image.digest}")
-        in_tree(tree, "podman", "pull", "--quiet", *refs)
-        (etc / "components.yaml").write_text(baked_components({c: i.digest for c, i in defaults.items()},
-                                                              {k: i.digest for k, i in variants.items()}))
+        log(f"baking the default component images (stand-ins) into {RO_STORE}")
+        for (component, variant), image in images.items():  # every stand-in the manifest may name
+            if variant != "padded":
+                registry.push_standin(image)
+        bake(tree, registry.host)
+        lock = json.loads((etc / "components.lock.json").read_text())["images"]
+        baked = {e["component"]: e["reference"].rsplit(":", 1)[0] + "@" + e["digest"] for e in lock
+                 if e["variant"] is None}
+        if baked != {c: f"quay.io/{i.repository}@{i.digest}" for c, i in defaults.items()}:
+            raise SystemExit(f"image/build.py: bake pinned {baked}, not the stand-ins' digests")
+        variants = {f"{e['component']}/{e['variant']}": e["reference"].rsplit(":", 1)[0] + "@" + e["digest"]
+                    for e in lock if e["variant"] is not None}
         # Nothing of the build's own runs may stay in the image.
         shutil.rmtree(tree / "run" / "containers", ignore_errors=True)
     shutil.rmtree(tmp / "work")
     shutil.rmtree(tmp / "merged")
     (tmp / "image.json").write_text(json.dumps({
-        "defaults": {c: f"quay.io/{i.repository}@{i.digest}" for c, i in defaults.items()},
-        "variants": {f"{c}/{tee}": f"quay.io/{i.repository}@{i.digest}" for (c, tee), i in variants.items()},
+        "defaults": baked,
+        "variants": variants,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=1))
     if final.exists():

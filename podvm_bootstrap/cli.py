@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("provision", "provision", "write the files carried by user-data, then exit")
     _source_options(p)
 
+    p = command("bake", "bake", "image build: pull every default and variant into the tree at --root, pin them")
+    p.add_argument("--components", metavar="FILE", help="the manifest to bake (the tree's components.yaml)")
+    p.add_argument("--store", metavar="PATH", help="a read-only store in the image (additionalimagestores)")
+
     p = command("status", "status", "per-component state of the running daemon")
     p.add_argument("--json", action="store_true")
 

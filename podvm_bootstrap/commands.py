@@ -28,6 +28,16 @@ def cmd_userdata(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+def cmd_bake(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.bake import bake
+    from podvm_bootstrap.errors import UsageError
+
+    if not args.root:
+        raise UsageError("bake needs --root TREE (the image tree being built)")
+    bake(paths, components_file=Path(args.components) if args.components else None, store=args.store)
+    return EXIT_OK
+
+
 def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
     from podvm_bootstrap.provision import provision_files
 

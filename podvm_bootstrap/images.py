@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -165,6 +166,28 @@ def _json_list(path: Path) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def additional_image_stores(store_info: dict[str, Any]) -> tuple[Path, ...]:
+    """The read-only image stores podman also reads (storage.conf's
+    storage.options.additionalimagestores), from its `info` answer: the
+    storage.conf it names, and the `<driver>.imagestore` option it shows (only
+    the last store appears there)."""
+    found: list[Path] = []
+    config_file = store_info.get("configFile")
+    if isinstance(config_file, str) and config_file:
+        try:
+            with open(config_file, "rb") as f:
+                conf = tomllib.loads(f.read(1024 * 1024).decode("utf-8"))
+            listed = conf.get("storage", {}).get("options", {}).get("additionalimagestores", [])
+            found += [Path(p) for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+        except (OSError, ValueError, AttributeError) as exc:  # podman read it; a problem here only narrows
+            log.warning("cannot read additional image stores from %s: %s", config_file, one_line(exc))
+    options = store_info.get("graphOptions")
+    for key, value in (options.items() if isinstance(options, dict) else ()):
+        if isinstance(key, str) and key.endswith(".imagestore") and isinstance(value, str):
+            found += [Path(p) for p in value.split(",") if p]
+    return tuple(dict.fromkeys(found))
+
+
 # --- registry credentials -----------------------------------------------
 
 
@@ -231,6 +254,7 @@ class PodmanImages:
         self.clock = clock
         self.client = PodmanClient(base_url=f"http+unix://{socket_path}", timeout=api_timeout)
         self._store: tuple[Path, str] | None = None
+        self._additional: tuple[Path, ...] = ()
 
     def close(self) -> None:
         self.client.close()
@@ -249,7 +273,18 @@ class PodmanImages:
                 raise self._api_error("cannot ask podman for its storage", exc) from None
             store = info.get("store") or {}
             self._store = (Path(store.get("graphRoot", "")), str(store.get("graphDriverName", "")))
+            self._additional = additional_image_stores(store)
         return self._store
+
+    def store_of(self, image_id: str) -> tuple[Path, str]:
+        """(graph root, driver) of the store holding image `image_id`: podman's
+        own, or one of its read-only additional image stores (where an image
+        build may have baked the defaults, e.g. on a dm-verity /usr)."""
+        graph_root, driver = self.store()
+        for root in (graph_root, *self._additional):
+            if (root / f"{driver}-images" / image_id).is_dir():
+                return root, driver
+        return graph_root, driver
 
     def lookup(self, reference: str) -> tuple[str, str | None] | None:
         """(image ID, manifest digest) of the local image `reference` names, or None."""
@@ -277,7 +312,7 @@ class PodmanImages:
         found = self.lookup(ref.pinned)
         if found is None:
             raise ImageError(f"{ref.pinned} is not in local storage")
-        graph_root, driver = self.store()
+        graph_root, driver = self.store_of(found[0])
         verify_in_storage(graph_root, driver, found[0], ref.digest or "")
         return found[0], check_signature(graph_root, driver, found[0], ref, trust)
 

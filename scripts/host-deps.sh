@@ -14,6 +14,8 @@ APT_PACKAGES=(
   # Debian's HTTP stack (urllib3 1.26), the pod VM image's: the metadata client is tested on it too
   python3-requests python3-urllib3 python3-yaml
 )
+# make deb: Debian's packaging tools.
+APT_PACKAGES+=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

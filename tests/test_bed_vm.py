@@ -24,8 +24,8 @@ def test_daemon_unit_is_installed_enabled_and_verifies(pod_vm):
                             "podvm-bootstrap.service").stdout
     assert "Type=notify" in show and "NotifyAccess=main" in show and "Restart=on-failure" in show
     assert "WatchdogUSec=30s" in show
-    assert "path=/usr/local/bin/podvm-bootstrap" in show
-    pod_vm.run(["test", "-x", "/usr/local/bin/podvm-bootstrap"])
+    assert "path=/usr/bin/podvm-bootstrap" in show  # from the Debian package (make deb)
+    pod_vm.run(["test", "-x", "/usr/bin/podvm-bootstrap"])
     verify = pod_vm.run(["systemd-analyze", "verify", "/usr/lib/systemd/system/podvm-bootstrap.service"],
                         check=False)
     assert verify.returncode == 0, verify.stderr

@@ -59,16 +59,28 @@ def test_baked_policy_requires_the_test_release_key_for_every_component(podvm_im
 
 
 def test_unit_is_installed_enabled_and_the_cli_is_where_it_points(podvm_image):
+    # installed by the Debian package (make deb), which points the unit at /usr/bin
     unit = in_image(podvm_image, "/usr/lib/systemd/system/podvm-bootstrap.service")
-    assert unit.read_text() == Path("systemd/podvm-bootstrap.service").read_text()
+    assert unit.read_text() == Path("systemd/podvm-bootstrap.service").read_text().replace(
+        "ExecStart=/usr/local/bin/podvm-bootstrap run", "ExecStart=/usr/bin/podvm-bootstrap run")
     wants = in_image(podvm_image, "/etc/systemd/system/multi-user.target.wants/podvm-bootstrap.service")
     assert os.readlink(wants).endswith("/systemd/system/podvm-bootstrap.service")
-    assert "ExecStart=/usr/local/bin/podvm-bootstrap run" in unit.read_text()
-    assert os.access(in_image(podvm_image, "/usr/local/bin/podvm-bootstrap"), os.X_OK)
+    assert os.access(in_image(podvm_image, "/usr/bin/podvm-bootstrap"), os.X_OK)
+    status = in_image(podvm_image, "/var/lib/dpkg/status").read_text()
+    assert "Package: podvm-bootstrap\nStatus: install ok installed\n" in status
+
+
+def test_defaults_are_baked_into_the_read_only_store(podvm_image):
+    lock = yaml.safe_load(in_image(podvm_image, "/etc/podvm-bootstrap/components.lock.json").read_text())
+    assert {e["component"]: e["reference"].split(":")[0] + "@" + e["digest"] for e in lock["images"]
+            if e["variant"] is None} == podvm_image.defaults
+    for entry in lock["images"]:
+        assert in_image(podvm_image, f"/usr/share/containers/storage/vfs-images/{entry['image_id']}").is_dir()
+    assert not (Path(podvm_image.lowerdirs[0]) / "usr/share/containers/storage/libpod").exists()
 
 
 def test_second_build_reuses_the_cache(podvm_image):
     out = subprocess.run([".venv/bin/python", "image/build.py"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "debootstrap" not in out.stderr and "installing the project" not in out.stderr
+    assert "debootstrap" not in out.stderr and "installing" not in out.stderr
     assert podvm_image.lowerdirs[0] in out.stdout
