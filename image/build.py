@@ -20,6 +20,10 @@ served by a loopback registry that a registries.conf mirror points at), and
 podman is configured for running nested in systemd-nspawn (TESTBED.md), and
 a bind mount makes the store of the defaults read-only at boot, as the
 dm-verity /usr of a real image would.
+The stand-ins are signed with the test bed's release key (tests/bed/keys.py,
+made per cache, never committed), whose public half is baked as
+/etc/podvm-bootstrap/keys/release.pub, and the baked policy requires a
+signature by it for every component.
 
     image/build.py [--cache DIR]     prints the built image as JSON
 """
@@ -46,6 +50,7 @@ sys.path.insert(0, str(REPO / "image"))
 import rootfs_base  # noqa: E402
 import yaml  # noqa: E402
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
+from tests.bed.keys import KEY_NAME, release_key  # noqa: E402
 from tests.bed.registry import mirror_conf, running_registry  # noqa: E402
 from tests.standins import images as standins  # noqa: E402
 
@@ -55,6 +60,8 @@ UNIT = REPO / "systemd" / "podvm-bootstrap.service"
 PROJECT_FILES = ("pyproject.toml", "README.md", "scripts/build-deb.sh")
 RO_STORE = "/usr/share/containers/storage"
 MIRROR_CONF = "etc/containers/registries.conf.d/50-podvm-test-bed-mirror.conf"
+REGISTRIES_D = REPO / "containers" / "registries.d" / "podvm-bootstrap.yaml"
+KEY_FILE = f"/etc/podvm-bootstrap/keys/{KEY_NAME}.pub"
 # Nothing listens on 127.0.0.1:9: a test VM that is not given a metadata
 # service can never reach a real one (auto-detection reads the host's DMI).
 NOWHERE = "http://127.0.0.1:9"
@@ -128,10 +135,11 @@ def project_sources() -> list[Path]:
     return files
 
 
-def layer_key(standins_key: str) -> str:
+def layer_key(standins_key: str, release_pub: str) -> str:
     h = hashlib.sha256()
-    h.update(rootfs_base.base_key().encode() + standins_key.encode() + PODMAN_PY.encode())
-    _hash_files(h, project_sources() + sorted(CONFIG_DIR.glob("*.yaml")) + [UNIT, Path(__file__), REPO / "tests/bed/registry.py"])
+    h.update(rootfs_base.base_key().encode() + standins_key.encode() + PODMAN_PY.encode() + release_pub.encode())
+    _hash_files(h, project_sources() + sorted(CONFIG_DIR.glob("*.yaml")) + [UNIT, Path(__file__), REPO / "tests/bed/registry.py"]
+                + [REGISTRIES_D, REPO / "tests/bed/cosign.py", REPO / "tests/bed/keys.py"])
     return h.hexdigest()[:16]
 
 
@@ -206,6 +214,20 @@ def baked_bootstrap() -> str:
     return header + yaml.safe_dump(settings, sort_keys=False)
 
 
+def baked_policy(components: list[str]) -> str:
+    """The sample policy.yaml plus the test bed's release key, required for
+    every component of the manifest (defaults, variants and overrides)."""
+    policy = yaml.safe_load((CONFIG_DIR / "policy.yaml").read_text())
+    policy["keys"] = {KEY_NAME: {"path": KEY_FILE}}
+    rules = policy.get("components") or {}
+    for name in components:
+        entry = rules.get(name) or {}
+        entry["signed_by"] = [KEY_NAME]
+        rules[name] = entry
+    policy["components"] = rules
+    return ("# TEST BED variant of image/config/policy.yaml: every component's image must be signed by the\n"
+            "# test bed's release key (tests/bed/keys.py), baked as " + KEY_FILE + ".\n"
+            + yaml.safe_dump(policy, sort_keys=False))
 def build_deb() -> Path:
     """`make deb`'s package (scripts/build-deb.sh), as an image build gets it."""
     out = subprocess.run([str(REPO / "scripts/build-deb.sh")], cwd=REPO, check=True, stdout=subprocess.PIPE,
@@ -249,7 +271,10 @@ def build_layer(cache: Path, base: Path, images: dict, final: Path) -> None:
         etc = tree / "etc" / "podvm-bootstrap"
         etc.mkdir(parents=True)
         (etc / "bootstrap.yaml").write_text(baked_bootstrap())
-        (etc / "policy.yaml").write_text((CONFIG_DIR / "policy.yaml").read_text())
+        (etc / "policy.yaml").write_text(baked_policy(list(defaults)))
+        key_file = tree / KEY_FILE.lstrip("/")
+        key_file.parent.mkdir(parents=True)
+        key_file.write_text(release_key(cache).public_pem)
         (etc / "components.yaml").write_text(baked_components("v1"))
         (tree / "etc/containers/containers.conf").write_text(TEST_BED_CONTAINERS_CONF)
         (tree / "etc/containers/storage.conf").write_text(TEST_BED_STORAGE_CONF)
@@ -300,7 +325,7 @@ def build(cache: Path) -> dict:
     with cache_lock(cache):
         base = rootfs_base.ensure_base(cache, log)
         images = standins.build_all(cache / f"standins-{standins.inputs_key()}")
-        final = cache / f"layer-{layer_key(standins.inputs_key())}"
+        final = cache / f"layer-{layer_key(standins.inputs_key(), release_key(cache).public_pem)}"
         if not (final / "image.json").exists():
             started = time.monotonic()
             build_layer(cache, base, images, final)

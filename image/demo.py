@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """`make demo`: build the pod VM image, boot it with sample user-data that
-overrides the forwarder's image, with a baked `tee:` that picks the attestation
-agent's variant, and show what an operator looks at, and the
-measured launch: a software TPM (swtpm) on 127.0.0.1 serves as the VM's TPM;
-`plan --json` predicts PCR 23 before boot, and the VM's event log replays to
-the value tpm2_pcrread reads afterwards.
+overrides the forwarder's image with a signed release, with a baked `tee:`
+that picks the attestation agent's variant, and show what an operator looks
+at, and the measured launch: a software TPM (swtpm) on 127.0.0.1 serves as
+the VM's TPM; `plan --json` predicts PCR 23 before boot, and the VM's event
+log replays to the value tpm2_pcrread reads afterwards. Then ask for an
+unsigned image and show it refused (the verified default runs instead).
 
 The components are the test bed's STAND-INS (tests/standins), served under
 their real names by a loopback registry; the VM is systemd-nspawn booting the
@@ -25,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
+from tests.bed.cosign import push_unsigned_copy  # noqa: E402
+from tests.bed.keys import copy_baked_keys  # noqa: E402
 from tests.bed.registry import running_registry  # noqa: E402
 from tests.bed.swtpm import running_swtpm  # noqa: E402
 from tests.bed.userdata import cloud_config  # noqa: E402
@@ -77,6 +80,7 @@ def measured_config(image, workroot: Path, tcti: str) -> tuple[Path, str]:
     for name in ("components.yaml", "policy.yaml"):
         (config / name).write_text(yaml.safe_dump(baked(image, f"/etc/podvm-bootstrap/{name}"), sort_keys=False))
     (config / "bootstrap.yaml").write_text(bootstrap)
+    copy_baked_keys(image, workroot / "plan-root")  # the policy's key files are under plan's --root
     return config, bootstrap
 
 
@@ -84,7 +88,7 @@ def predict(config: Path, workroot: Path, userdata: str) -> dict:
     """`podvm-bootstrap plan --json` on this machine, before boot: the launch
     set's event log and the PCR 23 value it gives from zero."""
     (workroot / "user-data").write_text(userdata)
-    (workroot / "plan-root").mkdir()
+    (workroot / "plan-root").mkdir(exist_ok=True)
     out = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(workroot / "plan-root"),
                           "--config-dir", str(config), "plan", "--json", "--user-data", str(workroot / "user-data")],
                          cwd=REPO, capture_output=True, text=True, timeout=60,
@@ -115,7 +119,7 @@ def main() -> int:
             for image_ in built.values():
                 if image_.variant != "padded":
                     registry.push_standin(image_)
-            banner("sample user-data (untrusted; the forwarder's image overridden by digest)")
+            banner("sample user-data (untrusted; the forwarder's image overridden by digest, a signed release)")
             print(userdata.rstrip())
             config, bootstrap = measured_config(image, workroot, tpm.tcti)
             banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 23")
@@ -150,7 +154,8 @@ def main() -> int:
                      "| grep -E 'starting|ready probe passed|READY|override|pull|verified'")
                 show(vm, "what answers on the forwarder's port (from inside its container)",
                      "podman exec agent-protocol-forwarder standin probe tcp 127.0.0.1:15150")
-                show(vm, "podvm-bootstrap verify", "podvm-bootstrap verify")
+                show(vm, "podvm-bootstrap verify (digests and signatures, in local storage)",
+                     "podvm-bootstrap verify")
                 banner("measured launch: PCR 23 read on the host with tpm2_pcrread")
                 pcr = tpm.pcrread(23).hex()
                 print(f"PCR 23 = sha256:{pcr} ({'as' if 'sha256:' + pcr == predicted['expected'] else 'NOT as'}"
@@ -162,6 +167,23 @@ def main() -> int:
                      "awk 'NR==2{l=$0;next} NR==3{print;print l;next} {print}' /run/podvm-bootstrap/eventlog"
                      f" > /tmp/reordered; podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
                      " > /tmp/out; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
+
+                banner("an UNSIGNED image requested for the forwarder (same content, no signature)")
+                unsigned = push_unsigned_copy(registry.host, v2.repository, v2.digest, "unsigned", "demo: unsigned")
+                unsigned_ref = f"quay.io/{v2.repository}@{unsigned}"
+                vm.write_file("/media/cidata/user-data",
+                              cloud_config(images={"agent-protocol-forwarder": unsigned_ref}))
+                print(f"user-data now asks for {unsigned_ref}; restarting podvm-bootstrap (as at the next boot)")
+                vm.run(["systemctl", "restart", "podvm-bootstrap.service"], check=False, timeout=180)
+                try:  # status exits 0 once the essential kata-agent is ready: wait for the forwarder's row
+                    vm.wait_until("podvm-bootstrap status | grep -qE '^agent-protocol-forwarder +[^ ]+ +ready '",
+                                  90, "the forwarder to be ready")
+                except Exception as exc:
+                    print(f"not every component became ready: {exc}")
+                show(vm, "podvm-bootstrap status (the forwarder runs its signed default again)",
+                     "podvm-bootstrap status")
+                show(vm, "why (journal of podvm-bootstrap)",
+                     "journalctl --no-pager -o cat -u podvm-bootstrap | grep -E 'unsigned|signature' | tail -n 3")
                 banner("shutting the VM down")
                 vm.run(["systemctl", "poweroff", "--no-block"], check=False)
                 try:

@@ -23,6 +23,9 @@ PACKAGES = (
     # measured launch: the TSS's Python bindings (python3-ply named: a virtual
     # dependency debootstrap cannot resolve by itself)
     "python3-tpm2-pytss", "python3-ply",
+    # The signature verifier (signatures.py); debootstrap does not resolve the
+    # virtual python3-cffi-backend-api-* that python3-cryptography depends on.
+    "python3-cryptography", "python3-cffi-backend",
 )
 HOSTNAME = "podvm"
 

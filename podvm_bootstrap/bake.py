@@ -168,17 +168,15 @@ def original_reference(slot: ImageSlot, ref: ImageRef,
 def check_signature(policy: Policy, component: str, pinned: ImageRef, layout: StoreLayout,
                     image_id: str) -> str | None:
     """The name of the baked key whose signature (fetched with the pull, kept
-    in the store) verifies `pinned`, or None when the policy asks for none.
+    in the store) verifies `pinned`, or None when the policy asks for none:
+    the daemon's own check, so a bad signature fails the build, not the boot."""
+    from podvm_bootstrap.images import ImageError
+    from podvm_bootstrap.signature_store import check_signature as check_stored
 
-    HOOK: the signature verifier (policy `signed_by`, cosign signatures) is
-    another module's; until it is wired in here, an image the policy wants
-    signed fails the build rather than being baked unchecked."""
-    rules = policy.components.get(component)
-    keys = tuple(getattr(rules, "signed_by", ()) or ())
-    if not keys:
-        return None
-    raise BakeError(f"{pinned.pinned}: the policy asks for a signature by {', '.join(keys)} "
-                    f"({component}) and this podvm-bootstrap cannot check signatures yet")
+    try:
+        return check_stored(layout.host_path, layout.driver, image_id, pinned, policy.trust_for(component))
+    except ImageError as exc:
+        raise BakeError(f"{component}: {exc}") from None
 
 
 # --- the command ----------------------------------------------------------
@@ -201,7 +199,7 @@ def bake(paths: Paths, *, components_file: Path | None = None, store: str | None
         raise UsageError(f"bake: --root must name the image tree being built, got {str(tree)!r}")
     source = components_file or paths.components_yaml
     load_manifest(source)  # every config error first, with its file and key
-    policy = load_policy(paths.policy_yaml)
+    policy = load_policy(paths.policy_yaml, paths.root)
     text = source.read_text(encoding="utf-8")
     slots = image_slots(text, source)
     layout = store_layout(tree, store)

@@ -34,6 +34,7 @@ from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import BootstrapError, one_line
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
 from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.signatures import Trust
 
 log = get_logger("images")
 
@@ -52,6 +53,7 @@ class VerifiedImage:
     """An image verified in local storage for one start."""
     image_id: str
     config: dict[str, Any]   # the image's config (Entrypoint, Cmd, ...), as verified by its hash
+    signature: str | None = None  # the baked key that verified its signature (None: none asked for)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class StoredImage:
     image_id: str
     pulled: bool = False
     from_tag: str | None = None  # the tag it was resolved from, when mutable tags are allowed
+    signature: str | None = None  # the policy key whose signature verified it (None: none needed)
 
 
 # --- verification against containers storage (files only) ----------------
@@ -427,20 +430,23 @@ class PodmanImages:
         found = self._find(reference)
         return (found[1], found[2]) if found is not None else None
 
-    def verify(self, ref: ImageRef) -> VerifiedImage:
+    def verify(self, ref: ImageRef, trust: Trust | None = None) -> VerifiedImage:
         """THE check of an image for a start (every start, the daemon's and
         systemd's own restarts, goes through it before its gate opens): the
-        local image for ref (which has a digest), verified in storage;
-        ImageError if absent or wrong. Further checks of an image for a start
-        (a signature) belong here."""
+        local image for ref (which has a digest), verified in storage, and,
+        when `trust` asks for one, its stored cosign signature; ImageError if
+        absent or wrong."""
+        from podvm_bootstrap.signature_store import check_signature
+
         found = self._find(ref.pinned)
         if found is None:
             raise ImageError(f"{ref.pinned} is not in local storage")
         root, image_id, _ = found
-        config = verify_in_storage(root, self.store().driver, image_id, ref.digest or "")
-        return VerifiedImage(image_id, config)
+        driver = self.store().driver
+        config = verify_in_storage(root, driver, image_id, ref.digest or "")
+        return VerifiedImage(image_id, config, check_signature(Path(root), driver, image_id, ref, trust))
 
-    def ensure(self, ref: ImageRef, *, allow_tag: bool = False) -> StoredImage:
+    def ensure(self, ref: ImageRef, *, allow_tag: bool = False, trust: Trust | None = None) -> StoredImage:
         """Make `ref` available locally and verified: the stored copy when there
         is one, else pulled by digest. A tag (only with allow_tag) is resolved
         to a digest once, here."""
@@ -451,14 +457,16 @@ class PodmanImages:
             if digest is None:
                 raise ImageError(f"podman reports no manifest digest for {ref}")
             pinned = ref.with_digest(digest)
-            verify_in_storage(*self.store_of(image_id), image_id, digest)
+            verified = self.verify(pinned, trust)
             log.info("resolved %s to %s", ref, digest)
-            return StoredImage(pinned, image_id, pulled=True, from_tag=ref.tag)
+            return StoredImage(pinned, verified.image_id, pulled=True, from_tag=ref.tag, signature=verified.signature)
         pinned = ref.with_digest(ref.digest)
         if self.lookup(pinned.pinned) is not None:
-            return StoredImage(pinned, self.verify(pinned).image_id)
+            verified = self.verify(pinned, trust)
+            return StoredImage(pinned, verified.image_id, signature=verified.signature)
         self.pull(pinned.pinned, pinned)
-        return StoredImage(pinned, self.verify(pinned).image_id, pulled=True)
+        verified = self.verify(pinned, trust)
+        return StoredImage(pinned, verified.image_id, pulled=True, signature=verified.signature)
 
     def pull(self, reference: str, ref: ImageRef) -> tuple[str, str | None]:
         """Pull with bounded retries; (image ID, manifest digest)."""

@@ -108,6 +108,8 @@ class PlannedComponent:
     image: ImageRef            # what runs: the default (or its TEE variant) or the accepted override
     source: Literal["default", "variant", "override"]
     override: OverrideDecision | None = None
+    signed_by: tuple[str, ...] = ()   # keys the policy accepts signatures of (empty: none needed)
+    signature: str | None = None      # the key whose signature verified the image in storage
 
     def __post_init__(self) -> None:
         # The one rule for `source`: a baked image of a component resolved to
@@ -142,6 +144,7 @@ class PlannedComponent:
             "digest": self.digest,
             "source": self.source,
             "variant": self.variant,
+            "signed_by": list(self.signed_by),
             "override": None if self.override is None else {
                 "requested": self.override.requested,
                 "accepted": self.override.accepted,

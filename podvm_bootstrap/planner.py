@@ -27,15 +27,16 @@ def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, obj
     errors: list[str] = []
     refused = False
     for component in resolve_variants(manifest, tee).components:
+        signed_by = policy.signed_by(component.name)
         if component.name not in overrides:
-            planned.append(PlannedComponent(component, component.image, "default"))
+            planned.append(PlannedComponent(component, component.image, "default", signed_by=signed_by))
             continue
         decision = evaluate_override(policy, component.name, overrides[component.name])
         if decision.accepted:
             image = parse_reference(decision.requested)
-            planned.append(PlannedComponent(component, image, "override", decision))
+            planned.append(PlannedComponent(component, image, "override", decision, signed_by=signed_by))
         else:
-            planned.append(PlannedComponent(component, component.image, "default", decision))
+            planned.append(PlannedComponent(component, component.image, "default", decision, signed_by=signed_by))
             errors.append(f"override for {component.name} refused: {decision.reason}; "
                           f"requested {decision.requested}")
             refused = True

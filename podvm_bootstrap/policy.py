@@ -16,21 +16,32 @@ Decisions taken where DESIGN.md is silent:
   informational.
 - With mutable_tags and a non-empty digests list, a tag-only reference is
   refused: its digest is unknown until the pull.
+- Signatures (`keys`, `signed_by`, `signed_identity`): every key is loaded and
+  checked here, at load (a missing file or a key that is not an ECDSA P-256
+  public key is a configuration error, even when no component names it);
+  keyless forms (fulcio, pki, rekor) cannot be verified offline and are
+  configuration errors. The verification itself is signatures.py's.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.manifest import COMPONENT_NAME
 from podvm_bootstrap.model import OverrideDecision
+from podvm_bootstrap.paths import under_root
+from podvm_bootstrap.signatures import SignedIdentity, Trust
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
+
+if TYPE_CHECKING:  # cryptography is imported only when the policy has keys
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = get_logger("policy")
 
@@ -40,6 +51,14 @@ ON_REJECTED_CHOICES = ("use-default", "fail")
 # what is echoed back in reasons and logs is cut to this many characters.
 MAX_REQUEST_LENGTH = 1024
 MAX_ECHO_LENGTH = 200
+MAX_KEY_FILE = 64 * 1024
+# Forms of containers-policy.json's sigstoreSigned that need Fulcio, a PKI or
+# Rekor: not verifiable offline with a baked public key.
+KEYLESS_FORMS = ("fulcio", "pki", "keyless", "rekorPublicKeyPath", "rekorPublicKeyData", "rekor")
+# A fully expanded repository prefix: host[:port] then path components.
+_HOST = (r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
+         r"|[A-Za-z0-9-]+:[0-9]{1,5}")
+_REPOSITORY_PREFIX = re.compile(rf"(?:{_HOST})(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,8 @@ class RepositoryPattern:
 class ComponentPolicy:
     repositories: tuple[RepositoryPattern, ...] = ()
     digests: tuple[str, ...] = ()
+    signed_by: tuple[str, ...] = ()    # non-empty: every image of the component needs a signature by one
+    signed_identity: SignedIdentity = SignedIdentity()
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,19 @@ class Policy:
     mutable_tags: bool = False
     on_rejected_override: str = "use-default"
     components: Mapping[str, ComponentPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    keys: Mapping[str, "ec.EllipticCurvePublicKey"] = field(default_factory=lambda: MappingProxyType({}))
+
+    def signed_by(self, component: str) -> tuple[str, ...]:
+        rules = self.components.get(component)
+        return rules.signed_by if rules is not None else ()
+
+    def trust_for(self, component: str) -> Trust | None:
+        """What every image of `component` must be signed with; None when the
+        policy asks for no signature."""
+        rules = self.components.get(component)
+        if rules is None or not rules.signed_by:
+            return None
+        return Trust(tuple((name, self.keys[name]) for name in rules.signed_by), rules.signed_identity)
 
 
 def parse_pattern(text: str) -> RepositoryPattern:
@@ -96,34 +130,130 @@ def parse_pattern(text: str) -> RepositoryPattern:
     return RepositoryPattern(text=text, registry=ref.registry, path=path, prefix=prefix)
 
 
-def load_policy(path: Path) -> Policy:
-    """Read policy.yaml. A missing file means no override at all (see module doc)."""
+def load_policy(path: Path, root: Path = Path("/")) -> Policy:
+    """Read policy.yaml (key files under `root`). A missing file means no
+    override at all (see module doc)."""
     if not path.exists():
         log.warning("%s not found: no image override is allowed", path)
         return Policy()
     top = Section(path, "", load_yaml_mapping(path, missing_ok=False))
-    top.only(("version", "mutable_tags", "on_rejected_override", "components"))
+    top.only(("version", "mutable_tags", "on_rejected_override", "keys", "components"))
     version = top.data.get("version")
     if version is None:
         raise top.error("version", f"required (set it to {POLICY_VERSION})")
     if isinstance(version, bool) or version != POLICY_VERSION:
         raise top.error("version", f"unsupported version {version!r} (expected {POLICY_VERSION})")
+    keys = _keys(top.section("keys"), root)
     components_sec = top.section("components")
     components: dict[str, ComponentPolicy] = {}
     for name in components_sec.data:
         if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
             raise ConfigError(path, components_sec.child_key(str(name)), "invalid component name")
-        components[name] = _component_policy(components_sec.section(name))
+        components[name] = _component_policy(components_sec.section(name), keys)
     return Policy(
         version=POLICY_VERSION,
         mutable_tags=top.boolean("mutable_tags", False),
         on_rejected_override=top.string("on_rejected_override", "use-default", choices=ON_REJECTED_CHOICES),
         components=MappingProxyType(components),
+        keys=MappingProxyType(keys),
     )
 
 
-def _component_policy(sec: Section) -> ComponentPolicy:
-    sec.only(("repositories", "digests"))
+def _keys(sec: Section, root: Path) -> dict[str, "ec.EllipticCurvePublicKey"]:
+    keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    for name in sec.data:
+        if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
+            raise ConfigError(sec.path, sec.child_key(str(name)), "invalid key name (lowercase letters, digits, -)")
+        entry = sec.section(name)
+        keyless = [form for form in KEYLESS_FORMS if form in entry.data]
+        if keyless:
+            raise entry.error(keyless[0], "keyless verification (Fulcio, PKI, Rekor) is not supported offline; "
+                                          "give the public key as path or data")
+        entry.only(("path", "data"))
+        if ("path" in entry.data) == ("data" in entry.data):
+            raise ConfigError(sec.path, entry.key, "exactly one of path (a PEM file) or data (inline PEM) is required")
+        if "path" in entry.data:
+            file = entry.string("path", "")
+            if not file.startswith("/"):
+                raise entry.error("path", f"expected an absolute path, got {file!r}")
+            pem, where = _read_key_file(entry, under_root(root, file)), "path"
+        else:
+            pem, where = entry.string("data", "").encode(), "data"
+        keys[name] = _public_key(entry, where, pem)
+    return keys
+
+
+def _read_key_file(entry: Section, file: Path) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise entry.error("path", f"cannot read key file {file}: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise entry.error("path", f"key file {file} is larger than {MAX_KEY_FILE} bytes")
+    return data
+
+
+def _public_key(entry: Section, where: str, pem: bytes) -> "ec.EllipticCurvePublicKey":
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError):
+        raise entry.error(where, "not a PEM public key (expected an ECDSA P-256 key, as cosign makes)") from None
+    except Exception as exc:  # noqa: BLE001 - cryptography's backends raise others on odd input
+        raise entry.error(where, f"not a usable public key: {type(exc).__name__}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise entry.error(where, f"not an ECDSA P-256 public key ({_key_kind(key)})")
+    return key
+
+
+def _key_kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA on curve {key.curve.name}"
+    return type(key).__name__.lstrip("_")
+
+
+def _signed_identity(sec: Section) -> SignedIdentity:
+    value = sec.data.get("signed_identity")
+    if value is None or value == "match-repository":
+        return SignedIdentity()
+    key = sec.child_key("signed_identity")
+    forms = "match-repository, {exact-repository: REPO} or {remap: {prefix: P, signed_prefix: S}}"
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ConfigError(sec.path, key, f"unknown form {describe(str(value))}; expected {forms}")
+    (kind, arg), = value.items()
+    if kind == "exact-repository":
+        if not isinstance(arg, str):
+            raise ConfigError(sec.path, f"{key}.exact-repository", "expected a repository")
+        try:
+            ref = parse_reference(arg)
+        except ReferenceError as exc:
+            raise ConfigError(sec.path, f"{key}.exact-repository", str(exc)) from None
+        if ref.tag is not None or ref.digest is not None:
+            raise ConfigError(sec.path, f"{key}.exact-repository", f"a repository has no tag or digest, got {arg!r}")
+        return SignedIdentity("exact-repository", repository=ref.repository)
+    if kind == "remap":
+        remap = Section(sec.path, f"{key}.remap", arg)
+        remap.only(("prefix", "signed_prefix"))
+        prefixes = []
+        for name in ("prefix", "signed_prefix"):
+            text = remap.string(name, None)
+            if text is None:
+                raise remap.error(name, "required")
+            if not _REPOSITORY_PREFIX.fullmatch(text):
+                raise remap.error(name, f"expected a fully expanded host[:port][/path] (e.g. docker.io/library), "
+                                        f"got {text!r}")
+            prefixes.append(text)
+        return SignedIdentity("remap", prefix=prefixes[0], signed_prefix=prefixes[1])
+    raise ConfigError(sec.path, key, f"unknown form {describe(str(kind))}; expected {forms}")
+
+
+def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKey"]) -> ComponentPolicy:
+    sec.only(("repositories", "digests", "signed_by", "signed_identity"))
     patterns = []
     for index, text in enumerate(sec.string_list("repositories")):
         try:
@@ -134,7 +264,12 @@ def _component_policy(sec: Section) -> ComponentPolicy:
     for index, digest in enumerate(digests):
         if not DIGEST_PATTERN.fullmatch(digest):
             raise sec.error(f"digests[{index}]", f"expected sha256:<64 lowercase hex>, got {digest!r}")
-    return ComponentPolicy(repositories=tuple(patterns), digests=digests)
+    signed_by = sec.string_list("signed_by")
+    for index, name in enumerate(signed_by):
+        if name not in keys:
+            raise sec.error(f"signed_by[{index}]", f"key {name!r} is not defined under keys")
+    return ComponentPolicy(repositories=tuple(patterns), digests=digests, signed_by=signed_by,
+                           signed_identity=_signed_identity(sec))
 
 
 def describe(value: object, limit: int = MAX_ECHO_LENGTH) -> str:

@@ -111,7 +111,7 @@ def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = No
     if settings is None:
         settings = load_settings(paths.bootstrap_yaml)
     manifest = load_manifest(paths.components_yaml)
-    policy = load_policy(paths.policy_yaml)
+    policy = load_policy(paths.policy_yaml, paths.root)
     obtained = obtain(paths, settings, source)
     overrides = obtained.userdata.images if obtained.userdata is not None else {}
     if obtained.userdata is not None and (notice := userdata_tee_notice(obtained.userdata)):

@@ -32,7 +32,9 @@ def state_record(*, daemon: dict[str, Any], boot: dict[str, Any], units: list[st
         entry.update({
             "unit": pc.unit, "image": info["image"], "digest": info["digest"], "source": info["source"],
             "override": info["override"], "resolved_from": resolved_from.get(name),
-            "unit_hash": unit_hashes.get(name), "active_state": active, "sub_state": sub,
+            "unit_hash": unit_hashes.get(name),
+            "signature": None if pc.signature is None else {"key": pc.signature},
+            "active_state": active, "sub_state": sub,
         })
         components[name] = entry
     return {"daemon": daemon, "boot": boot, "units": units, "components": components}

@@ -7,7 +7,8 @@ essential: every component), 1 otherwise or when there is no state.
 
 verify: every image the daemon runs (state.json), or, before any run, every
 baked image of the manifest for this VM's TEE (the defaults, or their
-variants), checked in local storage against its digest."""
+variants), checked in local storage against its digest, and its stored
+signature where policy.yaml asks for one."""
 
 from __future__ import annotations
 
@@ -112,14 +113,17 @@ def format_status(status: dict[str, Any]) -> str:
              f"{daemon.get('status', '')}"]
     if status["note"]:
         lines.append(f"note: {status['note']}")
-    header = ("COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "IMAGE", "LAST ERROR")
+    header = ("COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "SIGNED-BY", "IMAGE",
+              "LAST ERROR")
     rows = [header]
     for c in status["components"]:
         active = "/".join(x for x in (c.get("active_state"), c.get("sub_state")) if x) or "-"
         name = c["name"] + ("*" if c.get("essential") else "")
+        signature = c.get("signature")
+        signed_by = str(signature.get("key")) if isinstance(signature, dict) else "-"
         rows.append((name, str(c.get("unit")), str(c.get("state")), str(c.get("health")), str(c.get("restarts", 0)),
                      active, str(c.get("source")) + (f" ({c['variant']})" if c.get("variant") else ""),
-                     str(c.get("image")), str(c.get("last_error") or "-")))
+                     signed_by, str(c.get("image")), str(c.get("last_error") or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1])
@@ -157,15 +161,18 @@ def images_to_verify(paths: Paths) -> list[tuple[str, str]]:
 def verify_lines(paths: Paths, images: Any) -> tuple[list[str], bool]:
     from podvm_bootstrap.imageref import parse_reference
     from podvm_bootstrap.images import ImageError
+    from podvm_bootstrap.policy import load_policy
 
+    policy = load_policy(paths.policy_yaml, paths.root)
     lines, all_ok = [], True
     for name, text in images_to_verify(paths):
         try:
             ref = parse_reference(text)
             if ref.digest is None:
                 raise ImageError(f"{text} is not pinned by digest")
-            image_id = images.verify(ref).image_id
-            lines.append(f"ok {name} {ref.pinned} (image {image_id[:12]})")
+            verified = images.verify(ref, policy.trust_for(name))
+            signed = f", signed by {verified.signature}" if verified.signature is not None else ""
+            lines.append(f"ok {name} {ref.pinned} (image {verified.image_id[:12]}{signed})")
         except (ImageError, ValueError, OSError) as exc:  # a malformed store answers as a failed check
             all_ok = False
             lines.append(f"FAILED {name} {text}: {one_line(exc)}")

@@ -14,6 +14,7 @@ from typing import Iterator
 
 from podvm_bootstrap.images import PodmanImages, PullPacing
 from podvm_bootstrap.backoff import Backoff
+from tests.bed.cosign import REGISTRIES_D
 from tests.bed.proc import Service
 
 CONTAINERS_CONF = """\
@@ -39,7 +40,7 @@ class Podman:
     """`podman system service` on a temp socket with its own storage; the CLI
     on the same storage plays the image build (prefetch) and the tamperer."""
 
-    def __init__(self, base: Path, insecure: list[str]) -> None:
+    def __init__(self, base: Path, insecure: list[str], sigstore_attachments: bool = False) -> None:
         self.base = base
         self.root, self.runroot = base / "storage", base / "run"
         (base / "containers.conf").write_text(CONTAINERS_CONF)
@@ -47,6 +48,14 @@ class Podman:
             f'[[registry]]\nlocation = "{host}"\ninsecure = true\n' for host in insecure))
         self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf"),
                     "CONTAINERS_REGISTRIES_CONF": str(base / "registries.conf")}
+        if sigstore_attachments:
+            # containers/image reads $HOME/.config/containers/registries.d before
+            # /etc/containers/registries.d (for root too): the pod VM's file,
+            # for this store only, without touching /etc.
+            registries_d = base / "home" / ".config" / "containers" / "registries.d"
+            registries_d.mkdir(parents=True)
+            (registries_d / "podvm-bootstrap.yaml").write_text(REGISTRIES_D)
+            self.env["HOME"] = str(base / "home")
         self.socket = str(base / "podman.sock")
         self.service: Service | None = None
         self.start()
@@ -102,10 +111,10 @@ class Podman:
 
     @classmethod
     @contextmanager
-    def running(cls, insecure: list[str] = []) -> Iterator["Podman"]:
+    def running(cls, insecure: list[str] = [], sigstore_attachments: bool = False) -> Iterator["Podman"]:
         # podman wants a short runroot (< 50 characters): not under pytest's tmp_path.
         base = Path(tempfile.mkdtemp(prefix="pvb-", dir="/tmp"))
-        p = cls(base, insecure)
+        p = cls(base, insecure, sigstore_attachments)
         try:
             yield p
         finally:

@@ -73,7 +73,8 @@ def test_plan_json_without_overrides(tmp_path):
     assert doc["tee"] == "none"  # nothing under the empty --root says otherwise
     assert [c["name"] for c in doc["components"]] == CHAIN
     for c in doc["components"]:
-        assert set(c) == {"name", "unit", "image", "digest", "source", "variant", "override", "after"}
+        assert set(c) == {"name", "unit", "image", "digest", "source", "variant", "signed_by", "override", "after"}
+        assert c["signed_by"] == []
         assert c["source"] == "default" and c["override"] is None and c["variant"] is None
         assert c["image"] == f"quay.io/confidential-containers/{c['name']}@{c['digest']}"
         assert c["unit"] == f"{c['name']}.service"

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.bed.keys import copy_baked_keys
 from tests.bed.proc import free_port
 from tests.bed.userdata import cloud_config
 from tests.bed.vm import PodVM
@@ -47,6 +48,7 @@ def predict_on_host(podvm_image: Any, tmp_path: Path, bootstrap: str, userdata: 
     (config / "bootstrap.yaml").write_text(bootstrap)
     (tmp_path / "user-data").write_text(userdata)
     (tmp_path / "root").mkdir()
+    copy_baked_keys(podvm_image, tmp_path / "root")  # the policy's key files are under --root
     out = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(tmp_path / "root"),
                           "--config-dir", str(config), "plan", "--json", "--user-data", str(tmp_path / "user-data")],
                          cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin",

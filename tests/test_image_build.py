@@ -36,8 +36,26 @@ def test_baked_manifest_pins_the_prefetched_stand_ins(podvm_image, standin_image
 def test_baked_settings_never_leave_loopback(podvm_image):
     settings = load_settings(in_image(podvm_image, "/etc/podvm-bootstrap/bootstrap.yaml"))
     assert all(url.startswith("http://127.0.0.1:") for url in settings.userdata.endpoints.values())
-    policy = in_image(podvm_image, "/etc/podvm-bootstrap/policy.yaml").read_text()
-    assert policy == Path("image/config/policy.yaml").read_text()
+    # The sample policy, plus the test bed's signing rules (the next test).
+    policy = yaml.safe_load(in_image(podvm_image, "/etc/podvm-bootstrap/policy.yaml").read_text())
+    del policy["keys"]
+    for rules in policy["components"].values():
+        del rules["signed_by"]
+    assert policy == yaml.safe_load(Path("image/config/policy.yaml").read_text())
+
+
+def test_baked_policy_requires_the_test_release_key_for_every_component(podvm_image):
+    from podvm_bootstrap.policy import load_policy
+    from tests.bed.keys import release_key
+
+    layer = Path(podvm_image.lowerdirs[0])
+    policy = load_policy(in_image(podvm_image, "/etc/podvm-bootstrap/policy.yaml"), layer)
+    assert {name: policy.signed_by(name) for name in podvm_image.defaults} == {
+        name: ("release",) for name in podvm_image.defaults}
+    assert in_image(podvm_image, "/etc/podvm-bootstrap/keys/release.pub").read_text() == release_key().public_pem
+    registries_d = in_image(podvm_image, "/etc/containers/registries.d/podvm-bootstrap.yaml")
+    assert registries_d.read_text() == Path("containers/registries.d/podvm-bootstrap.yaml").read_text()
+    assert yaml.safe_load(registries_d.read_text()) == {"default-docker": {"use-sigstore-attachments": True}}
 
 
 def test_unit_is_installed_enabled_and_the_cli_is_where_it_points(podvm_image):

@@ -152,7 +152,8 @@ def test_plan_json_shape(manifest, sample_policy):
     doc = json.loads(json.dumps(plan.to_json()))
     assert set(doc) == {"version", "tee", "components", "start_order", "errors"}
     for entry in doc["components"]:
-        assert set(entry) == {"name", "unit", "image", "digest", "source", "variant", "override", "after"}
+        assert set(entry) == {"name", "unit", "image", "digest", "source", "variant", "signed_by", "override",
+                              "after"}
     by_name = {c["name"]: c for c in doc["components"]}
     assert by_name["attestation-agent"]["override"] is None
     assert by_name[APF]["override"] == {"requested": LOOPBACK_APF, "accepted": True,

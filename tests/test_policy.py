@@ -256,3 +256,115 @@ def test_control_characters_are_escaped_in_decisions():
     for text in (d.requested, d.reason):
         assert "\n" not in text and "\x1b" not in text
     assert "\\n" in d.requested
+
+
+# ---- keys, signed_by, signed_identity ------------------------------------------
+
+@pytest.fixture(scope="module")
+def release_key():
+    from tests.bed.cosign import SigningKey
+
+    return SigningKey.generate("release")
+
+
+def signing_policy(tmp_path: Path, key_pem: str, **component: object) -> Path:
+    (tmp_path / "etc/podvm-bootstrap/keys").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "etc/podvm-bootstrap/keys/release.pub").write_text(key_pem)
+    return write(tmp_path, {
+        "version": 1,
+        "keys": {"release": {"path": "/etc/podvm-bootstrap/keys/release.pub"}, "ops": {"data": key_pem}},
+        "components": {APF: {"repositories": ["ghcr.io/example/*"], "signed_by": ["release", "ops"], **component},
+                       "kata-agent": {}}})
+
+
+def test_keys_from_a_file_under_root_and_inline(tmp_path, release_key):
+    from podvm_bootstrap.signatures import SignedIdentity
+
+    p = load_policy(signing_policy(tmp_path, release_key.public_pem), tmp_path)
+    assert set(p.keys) == {"release", "ops"}
+    assert p.signed_by(APF) == ("release", "ops") and p.signed_by("kata-agent") == ()
+    trust = p.trust_for(APF)
+    assert trust is not None and trust.key_names == ("release", "ops")
+    assert trust.identity == SignedIdentity()
+    assert p.trust_for("kata-agent") is None and p.trust_for("unknown") is None
+
+
+@pytest.mark.parametrize("identity, expected", [
+    ("match-repository", ("match-repository", None, None, None)),
+    ({"exact-repository": "quay.io/org/signed"}, ("exact-repository", "quay.io/org/signed", None, None)),
+    ({"exact-repository": "busybox"}, ("exact-repository", "docker.io/library/busybox", None, None)),
+    ({"remap": {"prefix": "ghcr.io/example", "signed_prefix": "quay.io/confidential-containers"}},
+     ("remap", None, "ghcr.io/example", "quay.io/confidential-containers")),
+    ({"remap": {"prefix": "127.0.0.1:5000", "signed_prefix": "docker.io/library"}},
+     ("remap", None, "127.0.0.1:5000", "docker.io/library")),
+    ({"remap": {"prefix": "registry:5000/mirror", "signed_prefix": "localhost/org"}},
+     ("remap", None, "registry:5000/mirror", "localhost/org")),
+])
+def test_signed_identity_forms(tmp_path, release_key, identity, expected):
+    p = load_policy(signing_policy(tmp_path, release_key.public_pem, signed_identity=identity), tmp_path)
+    got = p.components[APF].signed_identity
+    assert (got.kind, got.repository, got.prefix, got.signed_prefix) == expected
+
+
+def _ec_key_pem(curve) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(curve).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _ed25519_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@pytest.mark.parametrize("edit, key, words", [
+    (lambda d: d["components"][APF].update(signed_by=["nobody"]), f"components.{APF}.signed_by[0]",
+     ["'nobody' is not defined"]),
+    (lambda d: d["keys"]["release"].update(path="/etc/podvm-bootstrap/keys/missing.pub"), "keys.release.path",
+     ["cannot read key file", "missing.pub"]),
+    (lambda d: d["keys"]["release"].update(path="keys/release.pub"), "keys.release.path", ["absolute path"]),
+    (lambda d: d["keys"]["ops"].update(data="-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n"),
+     "keys.ops.data", ["not a PEM public key"]),
+    (lambda d: d["keys"]["ops"].update(data=_ec_key_pem(__import__(
+        "cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ec"]).SECP384R1())),
+     "keys.ops.data", ["not an ECDSA P-256", "secp384r1"]),
+    (lambda d: d["keys"]["ops"].update(data=_ed25519_pem()), "keys.ops.data", ["not an ECDSA P-256"]),
+    (lambda d: d["keys"].update(ops={"fulcio": {"caPath": "/x"}}), "keys.ops.fulcio", ["not supported offline"]),
+    (lambda d: d["keys"].update(ops={"pki": {"caRootsPath": "/x"}}), "keys.ops.pki", ["not supported offline"]),
+    (lambda d: d["keys"].update(ops={}), "keys.ops", ["exactly one of path"]),
+    (lambda d: d["keys"]["ops"].update(path="/etc/podvm-bootstrap/keys/release.pub"), "keys.ops",
+     ["exactly one of path"]),
+    (lambda d: d["components"][APF].update(signed_identity="match-exact"), f"components.{APF}.signed_identity",
+     ["unknown form", "match-exact"]),
+    (lambda d: d["components"][APF].update(signed_identity={"remapIdentity": {}}),
+     f"components.{APF}.signed_identity", ["unknown form"]),
+    (lambda d: d["components"][APF].update(signed_identity={"exact-repository": "quay.io/x:tag"}),
+     f"components.{APF}.signed_identity.exact-repository", ["no tag or digest"]),
+    (lambda d: d["components"][APF].update(signed_identity={"remap": {"prefix": "ghcr.io/example"}}),
+     f"components.{APF}.signed_identity.remap.signed_prefix", ["required"]),
+    (lambda d: d["components"][APF].update(signed_identity={"remap": {"prefix": "example",
+                                                                       "signed_prefix": "quay.io/x"}}),
+     f"components.{APF}.signed_identity.remap.prefix", ["fully expanded"]),
+])
+def test_signature_config_errors_name_file_and_key(tmp_path, release_key, edit, key, words):
+    path = signing_policy(tmp_path, release_key.public_pem)
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_policy(path, tmp_path)
+    assert info.value.file == str(path) and info.value.key == key, str(info.value)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_key_file_not_a_key_at_all(tmp_path, release_key):
+    path = signing_policy(tmp_path, release_key.public_pem)
+    (tmp_path / "etc/podvm-bootstrap/keys/release.pub").write_bytes(b"\x00\xff" * 100)
+    with pytest.raises(ConfigError, match="keys.release.path: not a PEM public key"):
+        load_policy(path, tmp_path)

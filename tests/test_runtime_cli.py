@@ -123,8 +123,8 @@ def test_status_reads_state_and_says_the_bus_is_missing(tmp_path: Path) -> None:
     lines = human.stdout.splitlines()
     assert lines[0].startswith(f"daemon: pid {os.getpid()} running, supervising, READY sent")
     assert lines[1].startswith("note: system bus unavailable")
-    assert lines[2].split() == ["COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "IMAGE",
-                                "LAST", "ERROR"]
+    assert lines[2].split() == ["COMPONENT", "UNIT", "STATE", "HEALTH", "RESTARTS", "ACTIVE", "SOURCE", "SIGNED-BY",
+                                "IMAGE", "LAST", "ERROR"]
     assert lines[4].split()[:5] == ["agent-protocol-forwarder*", "agent-protocol-forwarder.service", "ready",
                                     "passing", "0"]
 

@@ -65,13 +65,22 @@ class Registry:
     def _dest_creds(self) -> list[str]:
         return [f"--dest-creds={self.username}:{self.password}"] if self.username else []
 
-    def push_standin(self, image: StandinImage, repository: str | None = None) -> str:
+    def push_standin(self, image: StandinImage, repository: str | None = None, *, sign: bool = True) -> str:
         """Push a stand-in (by default as confidential-containers/<component>:<variant>)
-        and check the registry kept its digest."""
-        digest = self.push_layout(image.layout, repository or image.repository, image.tag)
+        and check the registry kept its digest. `sign`: also attach its cosign
+        signature by the test bed's release key, made for the stand-in's real
+        name (quay.io/confidential-containers/<component>), as a release would be."""
+        from tests.bed.cosign import sign_image
+        from tests.bed.keys import STANDIN_IDENTITY, release_key
+
+        repository = repository or image.repository
+        digest = self.push_layout(image.layout, repository, image.tag)
         if digest != image.digest:
             raise BedError(f"registry changed the digest of {image.component}:{image.variant}: "
                            f"{digest} != {image.digest}")
+        if sign:
+            sign_image(self.host, repository, digest, release_key(),
+                       identity=STANDIN_IDENTITY.format(repository=image.repository), auth=self._auth_header())
         return digest
 
     def push_podman_image(self, local_ref: str, repository: str, tag: str, podman: list[str] | None = None) -> str:
