@@ -81,7 +81,11 @@ def test_a_tampered_image_is_never_run_again_after_a_crash(ready_vm: PodVM) -> N
     for image in index:
         if image["id"] == ids[name]:
             image["layer"] = layers[ids["kata-agent"]]
-    vm.write_file(index_path, json.dumps(index).encode())
+    # Written from the host, through the VM's root mount: inside the VM the
+    # image build's store is mounted read-only (as a dm-verity /usr would be),
+    # and the tampering stands for what the block layer would otherwise stop.
+    host_index = vm.merged / index_path.lstrip("/")
+    host_index.write_bytes(json.dumps(index).encode())
     runs_before = vm.journal(f"{name}.service").count("agent-protocol-forwarder standin v1: listening")
     try:
         vm.podman("kill", "--signal", "KILL", name)
@@ -97,6 +101,6 @@ def test_a_tampered_image_is_never_run_again_after_a_crash(ready_vm: PodVM) -> N
         assert name not in containers(vm)
         assert component(status(vm), "kata-agent")["state"] == "ready"
     finally:
-        vm.write_file(index_path, original)
+        host_index.write_bytes(original)
     vm.systemctl("restart", "podvm-bootstrap.service")
     wait_status(vm, all_ready, 90, "the restored store runs again")
