@@ -255,3 +255,41 @@ def test_the_trees_registries_d_makes_bake_fetch_and_keep_signatures(
     kept = stored.read_bytes() if stored.exists() else b""
     # containers/storage keeps it as "\0sigstore-json\n{mimeType, payload (base64), annotations}"
     assert (base64.b64encode(payload) in kept) is tree_registries_d
+
+
+@pytest.mark.parametrize("signer", ["release", "stranger"])
+def test_bake_checks_signatures_the_policy_asks_for(tmp_path: Path, standin_images, signer: str) -> None:
+    """A policy with signed_by: bake checks the signature it fetched with the
+    pull, with the daemon's own verifier. Signed by the baked key: baked, and
+    the lock names the key. Signed by a key the policy does not list: the
+    build fails with one line and writes nothing (not the boot)."""
+    from tests.bed.cosign import SigningKey, sign_image
+
+    image = standin_images[("kata-agent", "v1")]
+    release = SigningKey.generate("release")
+    with running_registry(tmp_path / "registry") as registry:
+        registry.push_standin(image, sign=False)
+        sign_image(registry.host, image.repository, image.digest,
+                   release if signer == "release" else SigningKey.generate("stranger"))
+        conf = tmp_path / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+        text = ("version: 1\ncomponents:\n  kata-agent:\n"
+                f"    image: {registry.host}/{image.repository}@{image.digest}\n")
+        tree = make_tree(tmp_path, text)
+        (tree / "etc/containers/registries.d").mkdir()
+        shutil.copy(REPO / "containers/registries.d/podvm-bootstrap.yaml", tree / "etc/containers/registries.d")
+        release.write_public(tree / "etc/podvm-bootstrap/keys/release.pub")
+        (tree / "etc/podvm-bootstrap/policy.yaml").write_text(
+            "version: 1\nkeys:\n  release: {path: /etc/podvm-bootstrap/keys/release.pub}\n"
+            "components:\n  kata-agent: {signed_by: [release]}\n")
+        done = bake(tree, {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+    lock_path = tree / "etc/podvm-bootstrap/components.lock.json"
+    if signer == "release":
+        assert done.returncode == 0, done.stderr
+        assert json.loads(lock_path.read_text())["images"][0]["signed_by"] == "release"
+    else:
+        assert done.returncode == 1
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and "kata-agent" in lines[0] and "signature" in lines[0], done.stderr
+        assert not lock_path.exists()
+        assert (tree / "etc/podvm-bootstrap/components.yaml").read_text() == text
