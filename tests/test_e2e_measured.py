@@ -88,8 +88,8 @@ def test_measured_launch_replays_to_the_tpm_and_survives_crashes(boot_pod_vm, po
         running = vm.podman("inspect", "--format", "{{.ImageDigest}}", entry["component"]).stdout.strip()
         assert running == entry["digest"]
     assert {e["component"]: e["source"] for e in launched} == {
-        "attestation-agent": "default", "kata-agent": "default", "agent-protocol-forwarder": "override"}
-    assert launched[2]["digest"] == v2
+        **{name: "default" for name in NAMES}, "agent-protocol-forwarder": "override"}
+    assert launched[NAMES.index("agent-protocol-forwarder")]["digest"] == v2
     assert st["measurement"]["measured"] is True and st["measurement"]["tpm"] == swtpm.tcti
 
     # a crashed component comes back with the same digest: nothing measured again
@@ -145,7 +145,7 @@ def test_without_a_tpm_the_log_is_written_and_status_says_unmeasured(boot_pod_vm
     assert vm.read_file(EVENTLOG).decode().splitlines() == predicted["events"]
     assert st["measurement"]["measured"] is False and st["measurement"]["tpm"].startswith("none")
     assert st["measurement"]["value"] == predicted["expected"]
-    assert [c["measured"] for c in st["components"]] == [False] * 3
+    assert [c["measured"] for c in st["components"]] == [False] * len(NAMES)
     assert "measured launch: NOT measured" in vm.run(["podvm-bootstrap", "status"], check=False).stdout
     assert "launch NOT measured" in vm.journal("podvm-bootstrap.service")
     assert measurements(vm, predicted["expected"]).returncode == 0

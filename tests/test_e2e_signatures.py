@@ -65,19 +65,27 @@ def running_version(vm: PodVM) -> str:
 
 
 def stored_signature_path(vm: PodVM, image: str) -> str:
+    """Where the VM keeps the image's signature item: podman's own store (a
+    pulled override) or the image build's read-only store (a baked default)."""
     image_id = vm.podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
     digest_hex = image.split("@sha256:", 1)[1]
-    return str(big_data_path(Path("/var/lib/containers/storage/vfs-images") / image_id, f"signature-{digest_hex}"))
+    for store in ("/var/lib/containers/storage", "/usr/share/containers/storage"):
+        path = str(big_data_path(Path(store) / "vfs-images" / image_id, f"signature-{digest_hex}"))
+        if vm.run(["test", "-e", path], check=False).returncode == 0:
+            return path
+    raise AssertionError(f"no stored signature of {image} in the VM")
 
 
 def flip_a_signed_byte(vm: PodVM, image: str) -> None:
     """Change one character of the stored payload's base64: still well-formed,
-    no longer the bytes that were signed."""
+    no longer the bytes that were signed. Written from the host through the
+    VM's root mount: inside the VM the baked store is mounted read-only, and
+    the tampering stands for what the block layer would otherwise stop."""
     path = stored_signature_path(vm, image)
     data = bytearray(vm.read_file(path))
     at = data.index(b'"payload":"') + len(b'"payload":"') + 20
     data[at] = ord("A") if data[at] != ord("A") else ord("B")
-    vm.write_file(path, bytes(data))
+    (vm.merged / path.lstrip("/")).write_bytes(bytes(data))
 
 
 def test_baked_defaults_are_verified_with_the_baked_key(ready_vm: PodVM, podvm_image: Any) -> None:
