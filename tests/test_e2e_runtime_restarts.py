@@ -8,33 +8,19 @@ One module-scoped VM with the image's own manifest; each test starts from
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from tests.bed.proc import wait_until
-from tests.bed.vm import PodVM, booted
-from tests.test_e2e_runtime import (all_ready, bed_components, bootstrap_yaml, component, containers, status,
-                                    userdata, wait_status)
+from tests.bed.vm import PodVM
+from tests.test_e2e_runtime import ready_vm, vm  # noqa: F401 - fixtures
+from tests.test_e2e_runtime import (all_ready, component, containers, status,
+                                    wait_status)
 
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def vm(podvm_image: Any, bed_registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodVM]:
-    with booted(podvm_image, tmp_path_factory.mktemp("rs") / "vm", registry=bed_registry, wait="started",
-                userdata=userdata(), files={"/etc/podvm-bootstrap/bootstrap.yaml": bootstrap_yaml(podvm_image),
-                                            "/etc/podvm-bootstrap/components.yaml":
-                                                yaml.safe_dump(bed_components(podvm_image), sort_keys=False)}) as v:
-        yield v
-
-
-@pytest.fixture()
-def ready_vm(vm: PodVM, request: pytest.FixtureRequest) -> PodVM:
-    request.node._podvm_vms = [vm]  # journal in the report when it fails
-    wait_status(vm, all_ready, 120, "every component ready")
-    return vm
+# One booted VM per module, running the image's own manifest: test_e2e_runtime's fixtures.
 
 
 def test_restarting_the_attestation_agent_leaves_kata_agents_container_as_it_was(ready_vm: PodVM) -> None:
