@@ -98,6 +98,16 @@ def predict(config: Path, workroot: Path, userdata: str) -> dict:
     return json.loads(out.stdout)["measurement"]
 
 
+def shut_down(vm) -> None:
+    banner("shutting the VM down")
+    vm.run(["systemctl", "poweroff", "--no-block"], check=False)
+    try:
+        vm.nspawn.popen.wait(60)
+        print("the VM powered off")
+    except subprocess.TimeoutExpired:
+        print("the VM did not power off within 60s; killing it")
+
+
 def main() -> int:
     started = time.monotonic()
     banner("building the pod VM image (cached after the first time)")
@@ -168,31 +178,37 @@ def main() -> int:
                      f" > /tmp/reordered; podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
                      " > /tmp/out; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
 
-                banner("an UNSIGNED image requested for the forwarder (same content, no signature)")
-                unsigned = push_unsigned_copy(registry.host, v2.repository, v2.digest, "unsigned", "demo: unsigned")
-                unsigned_ref = f"quay.io/{v2.repository}@{unsigned}"
-                vm.write_file("/media/cidata/user-data",
-                              cloud_config(images={"agent-protocol-forwarder": unsigned_ref}))
-                print(f"user-data now asks for {unsigned_ref}; restarting podvm-bootstrap (as at the next boot)")
-                vm.run(["systemctl", "restart", "podvm-bootstrap.service"], check=False, timeout=180)
-                try:  # status exits 0 once the essential kata-agent is ready: wait for the forwarder's row
-                    vm.wait_until("podvm-bootstrap status | grep -qE '^agent-protocol-forwarder +[^ ]+ +ready '",
-                                  90, "the forwarder to be ready")
-                except Exception as exc:
-                    print(f"not every component became ready: {exc}")
-                show(vm, "podvm-bootstrap status (the forwarder runs its signed default again)",
-                     "podvm-bootstrap status")
-                show(vm, "why (journal of podvm-bootstrap)",
-                     "journalctl --no-pager -o cat -u podvm-bootstrap | grep -E 'unsigned|signature' | tail -n 3")
-                banner("shutting the VM down")
-                vm.run(["systemctl", "poweroff", "--no-block"], check=False)
-                try:
-                    vm.nspawn.popen.wait(60)
-                    print("the VM powered off")
-                except subprocess.TimeoutExpired:
-                    print("the VM did not power off within 60s; killing it")
+                shut_down(vm)
             finally:
                 vm.destroy()
+
+            # A new launch set needs a new boot (the launch is measured once per
+            # boot), so the unsigned request is shown at the next boot: a fresh VM
+            # and a fresh TPM, as a reboot gives.
+            banner("next boot: an UNSIGNED image requested for the forwarder (same content, no signature)")
+            unsigned = push_unsigned_copy(registry.host, v2.repository, v2.digest, "unsigned", "demo: unsigned")
+            unsigned_ref = f"quay.io/{v2.repository}@{unsigned}"
+            print(f"user-data now asks for {unsigned_ref}")
+            with running_swtpm(workroot / "swtpm-next") as next_tpm:
+                (workroot / "next").mkdir()
+                _, next_bootstrap = measured_config(image, workroot / "next", next_tpm.tcti)
+                vm = boot(image, workroot / "vm-next", name="podvm-demo",
+                          userdata=cloud_config(images={"agent-protocol-forwarder": unsigned_ref}),
+                          registry=registry, wait="started",
+                          files={"/etc/podvm-bootstrap/bootstrap.yaml": next_bootstrap})
+                try:
+                    try:  # status exits 0 once the essential kata-agent is ready: wait for the forwarder's row
+                        vm.wait_until("podvm-bootstrap status | grep -qE '^agent-protocol-forwarder +[^ ]+ +ready '",
+                                      90, "the forwarder to be ready")
+                    except Exception as exc:
+                        print(f"not every component became ready: {exc}")
+                    show(vm, "podvm-bootstrap status (the forwarder runs its signed default)",
+                         "podvm-bootstrap status")
+                    show(vm, "why (journal of podvm-bootstrap)",
+                         "journalctl --no-pager -o cat -u podvm-bootstrap | grep -E 'unsigned|signature' | tail -n 3")
+                    shut_down(vm)
+                finally:
+                    vm.destroy()
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     return 0
