@@ -24,7 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from podvm_bootstrap.errors import ConfigError, UsageError
-from podvm_bootstrap.fsutil import write_if_changed
+from podvm_bootstrap.fsutil import read_at_most, write_if_changed
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.manifest import load_manifest
 from podvm_bootstrap.paths import Paths
@@ -182,14 +182,6 @@ def check_signature(policy: Policy, component: str, pinned: ImageRef, layout: St
 # --- the command ----------------------------------------------------------
 
 
-def _read_bounded(path: Path, limit: int) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit + 1)  # past the limit: not JSON, so ignored
-    except FileNotFoundError:
-        return None
-
-
 def bake(paths: Paths, *, components_file: Path | None = None, store: str | None = None,
          progress: Callable[[str], None] = lambda line: print(line, flush=True)) -> list[BakedImage]:
     """Bake the tree at paths.root; BakeError (exit 1) or ConfigError (exit 2)
@@ -204,7 +196,7 @@ def bake(paths: Paths, *, components_file: Path | None = None, store: str | None
     slots = image_slots(text, source)
     layout = store_layout(tree, store)
     lock_path = paths.config_dir / LOCK_NAME
-    previous = previous_references(_read_bounded(lock_path, MAX_LOCK))
+    previous = previous_references(read_at_most(lock_path, MAX_LOCK))  # past the limit: not JSON, ignored
 
     digests: dict[str, str] = {}  # tag -> digest: each tag resolved once per run
     podman: TreePodman | None = None

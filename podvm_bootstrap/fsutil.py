@@ -78,6 +78,16 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
+def read_at_most(path: Path, limit: int) -> bytes | None:
+    """Up to limit + 1 bytes of `path`, None when it does not exist: a caller
+    that gets more than `limit` bytes refuses the file in its own words."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except FileNotFoundError:
+        return None
+
+
 def read_regular_file(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
     """At most `limit` bytes of `path`, which must be a regular file: a FIFO or
     a device planted there can neither block the read nor feed it forever

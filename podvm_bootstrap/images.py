@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import BootstrapError, one_line
+from podvm_bootstrap.fsutil import read_at_most
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.signatures import Trust
@@ -74,12 +75,8 @@ def big_data_path(image_dir: Path, key: str) -> Path:
 
 
 def _read_limited(path: Path, limit: int) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        return None
-    if len(data) > limit:
+    data = read_at_most(path, limit)
+    if data is not None and len(data) > limit:
         raise ImageError(f"{path} is larger than {limit} bytes")
     return data
 

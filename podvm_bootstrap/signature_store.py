@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from podvm_bootstrap.fsutil import read_at_most
 from podvm_bootstrap.imageref import ImageRef
 from podvm_bootstrap.images import ImageError, big_data_path
 from podvm_bootstrap.signatures import MAX_TOTAL_SIZE, SignatureRefused, Trust, split_items, verify_signatures
@@ -27,12 +28,8 @@ class SignatureError(ImageError):
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        return None
-    if len(data) > limit:
+    data = read_at_most(path, limit)
+    if data is not None and len(data) > limit:
         raise SignatureRefused(f"{what} oversized (more than {limit} bytes)")
     return data
 
