@@ -5,19 +5,18 @@ image tree: the command line as an image build runs it."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from podvm_bootstrap.images import big_data_path, verify_in_storage
+from tests.bed.cosign import SignatureLayer, push_signatures
 from tests.bed.registry import Registry, running_registry
 
 pytestmark = pytest.mark.podman
@@ -201,36 +200,6 @@ def test_store_not_listed_in_the_trees_storage_conf_is_a_config_error(
     assert not (tree / "usr").exists()
 
 
-def push_blob(registry: Registry, repository: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    start = urllib.request.Request(f"http://{registry.host}/v2/{repository}/blobs/uploads/", method="POST")
-    with urllib.request.urlopen(start, timeout=30) as resp:
-        location = resp.headers["Location"]
-    url = location if location.startswith("http") else f"http://{registry.host}{location}"
-    put = urllib.request.Request(f"{url}{'&' if '?' in url else '?'}digest={digest}", data=data, method="PUT",
-                                 headers={"Content-Type": "application/octet-stream"})
-    urllib.request.urlopen(put, timeout=30).close()
-    return digest
-
-
-def push_signature_attachment(registry: Registry, repository: str, digest: str, payload: bytes) -> None:
-    """A cosign-style attachment (sha256-<hex>.sig: one simplesigning layer)
-    for repository@digest. Its signature is not checked here: this is about
-    the attachment being fetched and kept with the image."""
-    config = b"{}"
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
-                           "digest": push_blob(registry, repository, config)},
-                "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "size": len(payload),
-                            "digest": push_blob(registry, repository, payload),
-                            "annotations": {"dev.cosignproject.cosign/signature": "bm90LWNoZWNrZWQ="}}]}
-    tag = digest.replace(":", "-") + ".sig"
-    put = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{tag}",
-                                 data=json.dumps(manifest).encode(), method="PUT",
-                                 headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
-    urllib.request.urlopen(put, timeout=30).close()
-
-
 @pytest.mark.parametrize("tree_registries_d", [True, False])
 def test_the_trees_registries_d_makes_bake_fetch_and_keep_signatures(
         tmp_path: Path, standin_images, tree_registries_d: bool) -> None:
@@ -239,7 +208,8 @@ def test_the_trees_registries_d_makes_bake_fetch_and_keep_signatures(
                                        "image": {"docker-manifest-digest": image.digest}}}).encode()
     with running_registry(tmp_path / "registry") as registry:
         registry.push_standin(image)
-        push_signature_attachment(registry, image.repository, image.digest, payload)
+        # Its signature is not checked here: this is about the attachment being fetched and kept.
+        push_signatures(registry.host, image.repository, image.digest, [SignatureLayer(payload, "bm90LWNoZWNrZWQ=")])
         conf = tmp_path / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
         tree = make_tree(tmp_path, "version: 1\ncomponents:\n  kata-agent:\n"
