@@ -199,6 +199,8 @@ def additional_image_stores(store_info: dict[str, Any]) -> tuple[Path, ...]:
                 conf = tomllib.loads(f.read(1024 * 1024).decode("utf-8"))
             listed = conf.get("storage", {}).get("options", {}).get("additionalimagestores", [])
             found += [Path(p) for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+        except FileNotFoundError:  # podman names its default path even when no file is there
+            pass
         except (OSError, ValueError, AttributeError) as exc:  # podman read it; a problem here only narrows
             log.warning("cannot read additional image stores from %s: %s", config_file, one_line(exc))
     options = store_info.get("graphOptions")

@@ -153,3 +153,11 @@ def test_additional_stores_come_from_podmans_storage_conf_and_its_options(tmp_pa
     conf.write_text("not = toml = at all")  # podman would not have read it; no traceback here either
     assert additional_image_stores(info) == (Path("/b"),)
     assert additional_image_stores({}) == ()
+
+
+def test_a_storage_conf_podman_names_but_that_is_not_there_is_no_warning(tmp_path: Path, caplog) -> None:
+    from podvm_bootstrap.images import additional_image_stores
+
+    info = {"configFile": str(tmp_path / "absent.conf"), "graphOptions": {"overlay.imagestore": "/b"}}
+    assert additional_image_stores(info) == (Path("/b"),)
+    assert caplog.records == []

@@ -6,8 +6,10 @@ storage, and checked there by images.py's per-start verification; then the
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +144,19 @@ def test_without_the_registries_d_file_no_signature_is_kept(registry: Registry, 
             plain.images().ensure(ref, trust=trust(release))
 
 
+def with_signature_bit_flipped(item: bytes) -> bytes:
+    """A stored sigstore item whose ECDSA signature has one bit flipped inside
+    its DER bytes (not in the base64 text, whose last character may carry
+    padding bits no decoder reads); same length, so the stored size holds."""
+    found = re.search(re.escape(f'"{cosign.SIGNATURE_ANNOTATION}":').encode() + rb'\s*"([A-Za-z0-9+/=]+)"', item)
+    assert found, item
+    der = bytearray(base64.b64decode(found.group(1)))
+    der[len(der) // 2] ^= 0x01
+    tampered = base64.b64encode(bytes(der))
+    assert len(tampered) == len(found.group(1))
+    return item[:found.start(1)] + tampered + item[found.end(1):]
+
+
 def test_verify_command_checks_signatures(tmp_path: Path, podman: Podman, registry: Registry,
                                           release: SigningKey) -> None:
     repo, digest = publish(podman, registry, "cli")
@@ -165,9 +180,7 @@ def test_verify_command_checks_signatures(tmp_path: Path, podman: Podman, regist
         ", signed by release)\n")
     image_id = podman.cli("image", "inspect", "--format", "{{.Id}}", image)
     path = big_data_path(podman.root / "overlay-images" / image_id, "signature-" + digest.split(":")[1])
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0x01  # inside the annotation's base64 signature
-    path.write_bytes(bytes(data))
+    path.write_bytes(with_signature_bit_flipped(path.read_bytes()))
     failed = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"FAILED attestation-agent {image}: signature of {image} refused: ")

@@ -15,7 +15,7 @@ import requests
 from podvm_bootstrap.errors import UsageError, UserDataError
 from podvm_bootstrap.settings import PROVIDERS, UserDataSettings
 from podvm_bootstrap.userdata import RetryPolicy, fetch_userdata
-from tests.fakes.metadata import AWS_TOKEN, running_metadata_server
+from tests.fakes.metadata import AWS_TOKEN, drip, head, running_metadata_server, running_raw_server, send_then_close
 
 T = TypeVar("T")
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, attempt_timeout=2.0)
@@ -195,6 +195,20 @@ def test_5xx_until_the_deadline_is_an_error_naming_provider_and_status():
         with pytest.raises(UserDataError, match=r"^alibaba: cannot fetch user-data .*within 0.3s .*HTTP 503") as info:
             fetch("alibaba", fake.url, timeout=0.3)
     assert attempts_in(info.value) == len(fake.requests) >= 2
+
+
+def test_an_attempt_cut_at_the_deadline_still_names_the_last_answer():
+    first, hang = send_then_close(head("503 Service Unavailable")), drip(head(), b" ", 0.05)
+    served = []
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        served.append(1)
+        (first if len(served) == 1 else hang)(conn, stop)
+
+    with running_raw_server(answer) as server:
+        with pytest.raises(UserDataError) as info:
+            fetch("alibaba", server.url, timeout=0.5)
+    assert str(info.value).endswith("(2 attempts, last: cut at the deadline; before: HTTP 503)"), info.value
 
 
 @pytest.mark.parametrize("cloud, requests_made", [("aws", 2), ("gcp", 1), ("alibaba", 1)])

@@ -73,13 +73,16 @@ class MetadataClient:
         """The reply to `method url`: 2xx with its body (at most `limit` bytes,
         else UserDataError), or a status in `answer` without a body. Retries
         until the deadline; raises UserDataError when it passes."""
-        attempt, reason = 0, "no time left for an attempt"
+        attempt, reason, answered = 0, "no time left for an attempt", ""
         while True:
             remaining = self.deadline.remaining()
             if remaining <= 0.0:
+                # The last attempt is often the one the deadline cut: the
+                # service's last real answer says more to the operator.
+                before = f"; before: {answered}" if answered and answered != reason else ""
                 raise UserDataError(
                     f"{self.provider}: cannot fetch {what} from {url} within {self.deadline.seconds:g}s "
-                    f"({attempt} attempt{'' if attempt == 1 else 's'}, last: {reason})")
+                    f"({attempt} attempt{'' if attempt == 1 else 's'}, last: {reason}{before})")
             attempt += 1
             self.attempts += 1
             # Once connected, the guard cuts the connection at the deadline
@@ -93,6 +96,7 @@ class MetadataClient:
                 reply = self._attempt(method, url, headers, timeout, what=what, limit=limit, answer=answer)
             except _Retryable as exc:
                 reason = "cut at the deadline" if self.guard.fired and exc.cut_possible else str(exc)
+                answered = answered if reason == "cut at the deadline" else reason
             else:
                 if not self.guard.fired:
                     return reply
