@@ -9,7 +9,7 @@ Two steps, both pure:
 
 A whole-document failure raises UserDataError (one line). A bad entry is one
 line in ``UserData.problems`` and is skipped; the rest is kept. Untrusted text
-in any message is rendered with ``show()`` so that it cannot forge a line.
+in any message is rendered with ``errors.show()`` so that it cannot forge a line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podvm_bootstrap.codec import GZIP_MAGIC, CodecError, b64decode_strict, gunzip_bounded
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.errors import UserDataError, show
 from podvm_bootstrap.yamlfile import YamlProblem, load_yaml_text
 
 # Largest content of one provisioned file, after decoding (and of all of them
@@ -27,7 +27,6 @@ from podvm_bootstrap.yamlfile import YamlProblem, load_yaml_text
 MAX_FILE_SIZE = 16 * 1024 * 1024
 MAX_TOTAL_CONTENT = MAX_FILE_SIZE
 _MAX_LAYERS = 2
-_SHOW_LIMIT = 200
 
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _PERMISSIONS_TEXT = re.compile(r"(?:0o?)?[0-7]{1,4}")
@@ -51,20 +50,6 @@ _UNSUPPORTED_HEADERS = (
     ("content-type:", "a multi-part MIME archive, which is not supported"),
     ("mime-version:", "a multi-part MIME archive, which is not supported"),
 )
-
-
-def show(text: object, limit: int = _SHOW_LIMIT) -> str:
-    """Untrusted text for a message: as it is when it is plain printable text,
-    else repr-escaped (newlines and control characters become visible escapes),
-    and cut at `limit` characters."""
-    if not isinstance(text, str):
-        text = repr(text)
-    cut = len(text) > limit
-    if cut:
-        text = text[:limit]
-    if not text or not text.isprintable() or text != text.strip() or "'" in text or '"' in text:
-        text = repr(text)
-    return text + "..." if cut else text
 
 
 # --- transport layers ---------------------------------------------------------

@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass
 
 from podvm_bootstrap.codec import GZIP_MAGIC, CodecError, b64decode_strict, gunzip_bounded
-from podvm_bootstrap.errors import UserDataError, one_line
+from podvm_bootstrap.errors import UserDataError, one_line, show
 from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
@@ -76,7 +76,7 @@ def parse_initdata(blob: bytes, max_size: int) -> Initdata:
 
     algorithm = document.get("algorithm")
     if algorithm not in ALGORITHMS:
-        shown = repr(algorithm)[:40] if algorithm is not None else "nothing"
+        shown = show(algorithm, 40, quote=True) if algorithm is not None else "nothing"
         raise InitdataError(f"initdata algorithm must be one of {', '.join(ALGORITHMS)}, got {shown}")
     version = document.get("version")
     if not isinstance(version, str) or not version:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.manifest import find_cycle
 from podvm_bootstrap.model import Manifest, Plan, PlannedComponent
-from podvm_bootstrap.policy import Policy, describe, evaluate_override
+from podvm_bootstrap.policy import Policy, evaluate_override
 from podvm_bootstrap.variants import resolve_variants
 
 
@@ -42,7 +42,7 @@ def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, obj
             refused = True
     for name in overrides:
         if not isinstance(name, str) or manifest.get(name) is None:
-            errors.append(f"override for unknown component '{describe(name)}' ignored")
+            errors.append(f"override for unknown component {show(name, quote=True)} ignored")
             refused = True
     return Plan(
         components=tuple(planned),

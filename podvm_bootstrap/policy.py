@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.manifest import COMPONENT_NAME
@@ -224,7 +224,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
     key = sec.child_key("signed_identity")
     forms = "match-repository, {exact-repository: REPO} or {remap: {prefix: P, signed_prefix: S}}"
     if not isinstance(value, dict) or len(value) != 1:
-        raise ConfigError(sec.path, key, f"unknown form {describe(str(value))}; expected {forms}")
+        raise ConfigError(sec.path, key, f"unknown form {show(value)}; expected {forms}")
     (kind, arg), = value.items()
     if kind == "exact-repository":
         if not isinstance(arg, str):
@@ -249,7 +249,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
                                         f"got {text!r}")
             prefixes.append(text)
         return SignedIdentity("remap", prefix=prefixes[0], signed_prefix=prefixes[1])
-    raise ConfigError(sec.path, key, f"unknown form {describe(str(kind))}; expected {forms}")
+    raise ConfigError(sec.path, key, f"unknown form {show(kind)}; expected {forms}")
 
 
 def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKey"]) -> ComponentPolicy:
@@ -272,23 +272,13 @@ def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKe
                            signed_identity=_signed_identity(sec))
 
 
-def describe(value: object, limit: int = MAX_ECHO_LENGTH) -> str:
-    """Untrusted text made safe to echo: control characters escaped, cut to `limit`."""
-    if not isinstance(value, str):
-        return f"<{type(value).__name__}>"
-    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
-    if len(escaped) > limit:
-        return escaped[:limit] + f"... ({len(value)} characters)"
-    return escaped
-
-
 def evaluate_override(policy: Policy, component_name: str, requested: object) -> OverrideDecision:
     """Accept or refuse one requested image for a component; pure. An accepted
     decision carries `requested` verbatim (a valid reference); a refused one
     carries it escaped and shortened."""
 
     def refuse(reason: str) -> OverrideDecision:
-        return OverrideDecision(requested=describe(requested), accepted=False, reason=reason)
+        return OverrideDecision(requested=show(requested, MAX_ECHO_LENGTH), accepted=False, reason=reason)
 
     if not isinstance(requested, str):
         return refuse(f"not an image reference string ({type(requested).__name__})")
@@ -297,7 +287,7 @@ def evaluate_override(policy: Policy, component_name: str, requested: object) ->
     try:
         ref = parse_reference(requested)
     except ReferenceError as exc:
-        return refuse(f"not a valid image reference: {describe(str(exc))}")
+        return refuse(f"not a valid image reference: {show(str(exc))}")
     rules = policy.components.get(component_name)
     if rules is None:
         return refuse(f"the policy allows no override for {component_name}")

@@ -16,8 +16,7 @@ from podvm_bootstrap.cloudconfig import (
     parse_userdata,
 )
 from podvm_bootstrap.codec import gunzip_bounded
-from podvm_bootstrap.cloudconfig import show
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.errors import UserDataError, show
 
 DIGEST = "sha256:" + "a" * 64
 DESIGN_EXAMPLE = f"""\
