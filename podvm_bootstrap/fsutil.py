@@ -10,6 +10,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Callable, Literal, overload
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -78,14 +79,35 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_at_most(path: Path, limit: int) -> bytes | None:
-    """Up to limit + 1 bytes of `path`, None when it does not exist: a caller
-    that gets more than `limit` bytes refuses the file in its own words."""
+def read_at_most(path: Path, limit: int, *, missing_ok: bool = True) -> bytes | None:
+    """Up to limit + 1 bytes of `path`; None when it does not exist (with
+    missing_ok=False: FileNotFoundError). A caller that gets more than `limit`
+    bytes knows the file is larger (read_bounded refuses it)."""
     try:
         with open(path, "rb") as f:
             return f.read(limit + 1)
     except FileNotFoundError:
+        if not missing_ok:
+            raise
         return None
+
+
+@overload
+def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], *, what: str | None = None,
+                 missing_ok: Literal[False]) -> bytes: ...
+@overload
+def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], *, what: str | None = None,
+                 missing_ok: bool = True) -> bytes | None: ...
+def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], *, what: str | None = None,
+                 missing_ok: bool = True) -> bytes | None:
+    """The bytes of a baked or store file of at most `limit` bytes: a larger
+    one is refused with too_large("<what> is larger than <limit> bytes"),
+    `what` being the path unless given. None when it does not exist (with
+    missing_ok=False: FileNotFoundError); other OSErrors pass."""
+    data = read_at_most(path, limit, missing_ok=missing_ok)
+    if data is not None and len(data) > limit:
+        raise too_large(f"{what or path} is larger than {limit} bytes")
+    return data
 
 
 def read_regular_file(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.model import (PROBE_KINDS, Component, ContainerSpec, Health, Manifest, Probe,
                                    Restart, Variant)
@@ -45,12 +46,10 @@ def manifest_digest(path: Path) -> str:
     import hashlib
 
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+        data = read_bounded(path, MAX_MANIFEST_BYTES, lambda why: ConfigError(path, "", why), what="the file",
+                            missing_ok=False)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ConfigError(path, "", f"larger than {MAX_MANIFEST_BYTES} bytes")
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 from podvm_bootstrap.errors import ConfigError, show
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.manifest import COMPONENT_NAME
@@ -185,13 +186,10 @@ def _keys(sec: Section, root: Path) -> dict[str, "ec.EllipticCurvePublicKey"]:
 
 def _read_key_file(entry: Section, file: Path) -> bytes:
     try:
-        with open(file, "rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
+        return read_bounded(file, MAX_KEY_FILE, lambda why: entry.error("path", why), what=f"key file {file}",
+                            missing_ok=False)
     except OSError as exc:
         raise entry.error("path", f"cannot read key file {file}: {exc.strerror or exc}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise entry.error("path", f"key file {file} is larger than {MAX_KEY_FILE} bytes")
-    return data
 
 
 def _public_key(entry: Section, where: str, pem: bytes) -> "ec.EllipticCurvePublicKey":

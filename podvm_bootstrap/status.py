@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.state import STATE_FILE, read_state
 from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
 
+MAX_PLAN_JSON = 16 * 1024 * 1024
 LiveReader = Callable[[list[str]], dict[str, UnitState]]
 
 
@@ -41,8 +43,8 @@ def _read_plan(state_dir: Path) -> dict[str, Any]:
     """plan.json as the daemon last wrote it ({} when absent or unreadable):
     where the boot's TEE and each component's variant are recorded."""
     try:
-        with open(state_dir / "plan.json", "rb") as f:
-            plan = json.loads(f.read(16 * 1024 * 1024))
+        data = read_bounded(state_dir / "plan.json", MAX_PLAN_JSON, ValueError)
+        plan = json.loads(data) if data is not None else {}
     except (OSError, ValueError):
         return {}
     return plan if isinstance(plan, dict) else {}

@@ -368,3 +368,15 @@ def test_key_file_not_a_key_at_all(tmp_path, release_key):
     (tmp_path / "etc/podvm-bootstrap/keys/release.pub").write_bytes(b"\x00\xff" * 100)
     with pytest.raises(ConfigError, match="keys.release.path: not a PEM public key"):
         load_policy(path, tmp_path)
+
+
+def test_an_oversized_key_file_is_refused_naming_it(tmp_path, release_key):
+    from podvm_bootstrap.policy import MAX_KEY_FILE
+
+    path = signing_policy(tmp_path, release_key.public_pem)
+    key_file = tmp_path / "etc/podvm-bootstrap/keys/release.pub"
+    key_file.write_text(release_key.public_pem + "#" * MAX_KEY_FILE)
+    with pytest.raises(ConfigError) as info:
+        load_policy(path, tmp_path)
+    assert info.value.key == "keys.release.path"
+    assert info.value.message == f"key file {key_file} is larger than {MAX_KEY_FILE} bytes"
