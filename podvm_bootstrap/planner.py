@@ -18,6 +18,7 @@ from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.manifest import find_cycle
 from podvm_bootstrap.model import Manifest, Plan, PlannedComponent
 from podvm_bootstrap.policy import Policy, evaluate_override
+from podvm_bootstrap.texttable import text_table
 from podvm_bootstrap.variants import resolve_variants
 
 
@@ -92,10 +93,8 @@ def format_table(plan: Plan) -> str:
     """The human view of `plan`: one row per component, then refused overrides
     and other errors, then the start order."""
     header = ("COMPONENT", "UNIT", "SOURCE", "IMAGE")
-    rows = [header] + [(c.name, c.unit, c.source + (f" ({c.variant})" if c.variant else ""), str(c.image))
-                       for c in plan.components]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    lines = text_table([header] + [(c.name, c.unit, c.source + (f" ({c.variant})" if c.variant else ""),
+                                    str(c.image)) for c in plan.components])
     for c in plan.components:
         if c.override is not None and not c.override.accepted:
             lines.append(f"refused override for {c.name}: {c.override.requested}: {c.override.reason}")

@@ -22,6 +22,7 @@ from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.state import STATE_FILE, read_state
 from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
+from podvm_bootstrap.texttable import text_table
 
 MAX_PLAN_JSON = 16 * 1024 * 1024
 LiveReader = Callable[[list[str]], dict[str, UnitState]]
@@ -126,9 +127,7 @@ def format_status(status: dict[str, Any]) -> str:
         rows.append((name, str(c.get("unit")), str(c.get("state")), str(c.get("health")), str(c.get("restarts", 0)),
                      active, str(c.get("source")) + (f" ({c['variant']})" if c.get("variant") else ""),
                      signed_by, str(c.get("image")), str(c.get("last_error") or "-")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1])
+    lines += text_table(rows)
     lines.append("* essential")
     lines.append(measurement_line(status.get("measurement")))
     lines.append(f"podvm-bootstrap {status['version']}, tee: {status.get('tee') or 'unknown'}")
