@@ -35,8 +35,7 @@ from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.manifest import COMPONENT_NAME
-from podvm_bootstrap.model import OverrideDecision
+from podvm_bootstrap.model import COMPONENT_NAME, OverrideDecision, component_name_problem
 from podvm_bootstrap.paths import under_root
 from podvm_bootstrap.signatures import SignedIdentity, Trust
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
@@ -148,8 +147,9 @@ def load_policy(path: Path, root: Path = Path("/")) -> Policy:
     components_sec = top.section("components")
     components: dict[str, ComponentPolicy] = {}
     for name in components_sec.data:
-        if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
-            raise ConfigError(path, components_sec.child_key(str(name)), "invalid component name")
+        problem = component_name_problem(name) if isinstance(name, str) else "invalid component name"
+        if problem is not None:
+            raise ConfigError(path, components_sec.child_key(str(name)), problem)
         components[name] = _component_policy(components_sec.section(name), keys)
     return Policy(
         version=POLICY_VERSION,

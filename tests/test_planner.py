@@ -144,7 +144,7 @@ def test_start_order_defends_against_cycles_and_unknown_after():
     assert "cycle a -> b -> a" in str(info.value)
     with pytest.raises(ConfigError) as info:
         start_order(Manifest((component("a", "ghost"),)))
-    assert info.value.key == "components.a.after"
+    assert info.value.key == "components.a.after[0]"
 
 
 def test_plan_json_shape(manifest, sample_policy):
