@@ -52,11 +52,7 @@ def load_manifest(path: Path) -> Manifest:
     """Read and validate components.yaml; ConfigError (exit 2) on any problem."""
     top = Section(path, "", load_yaml_mapping(path, missing_ok=False))
     top.only(("version", "components"))
-    version = top.data.get("version")
-    if version is None:
-        raise top.error("version", f"required (set it to {MANIFEST_VERSION})")
-    if isinstance(version, bool) or version != MANIFEST_VERSION:
-        raise top.error("version", f"unsupported version {version!r} (expected {MANIFEST_VERSION})")
+    top.version(MANIFEST_VERSION)
     if not isinstance(top.data.get("components"), dict) or not top.data["components"]:
         raise top.error("components", "expected a non-empty mapping of component name to settings")
     components_sec = top.section("components")

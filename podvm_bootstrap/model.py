@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import ConfigError
@@ -81,16 +81,21 @@ class Component:
     variant: str | None = None
 
 
+_Named = TypeVar("_Named", "Component", "PlannedComponent")
+
+
+def _named(items: Sequence[_Named], name: str) -> _Named | None:
+    """The component of that name (its first, in order), or None."""
+    return next((item for item in items if item.name == name), None)
+
+
 @dataclass(frozen=True)
 class Manifest:
     components: tuple[Component, ...]  # in file order
     source: str = "components.yaml"    # the file, for error messages
 
     def get(self, name: str) -> Component | None:
-        for c in self.components:
-            if c.name == name:
-                return c
-        return None
+        return _named(self.components, name)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -259,10 +264,7 @@ class Plan:
     tee: str = "none"          # the TEE the variants were resolved for
 
     def get(self, name: str) -> PlannedComponent | None:
-        for c in self.components:
-            if c.name == name:
-                return c
-        return None
+        return _named(self.components, name)
 
     def to_json(self) -> dict[str, Any]:
         return {

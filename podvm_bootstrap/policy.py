@@ -138,11 +138,7 @@ def load_policy(path: Path, root: Path = Path("/")) -> Policy:
         return Policy()
     top = Section(path, "", load_yaml_mapping(path, missing_ok=False))
     top.only(("version", "mutable_tags", "on_rejected_override", "keys", "components"))
-    version = top.data.get("version")
-    if version is None:
-        raise top.error("version", f"required (set it to {POLICY_VERSION})")
-    if isinstance(version, bool) or version != POLICY_VERSION:
-        raise top.error("version", f"unsupported version {version!r} (expected {POLICY_VERSION})")
+    top.version(POLICY_VERSION)
     keys = _keys(top.section("keys"), root)
     components_sec = top.section("components")
     components: dict[str, ComponentPolicy] = {}

@@ -380,3 +380,16 @@ def test_an_oversized_key_file_is_refused_naming_it(tmp_path, release_key):
         load_policy(path, tmp_path)
     assert info.value.key == "keys.release.path"
     assert info.value.message == f"key file {key_file} is larger than {MAX_KEY_FILE} bytes"
+
+
+@pytest.mark.parametrize(("version", "words"), [
+    (None, "required (set it to 1)"), (2, "unsupported version 2 (expected 1)"),
+    ("1", "unsupported version '1' (expected 1)"), (True, "unsupported version True (expected 1)"),
+])
+def test_policy_version_is_required_and_checked(tmp_path, version, words):
+    path = tmp_path / "policy.yaml"
+    data: dict = {"components": {}} if version is None else {"version": version, "components": {}}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_policy(path, tmp_path)
+    assert (info.value.key, info.value.message) == ("version", words)
