@@ -1,7 +1,8 @@
-"""Atomic file writes: a temp file in the same directory, fsync, rename.
-
-A reader never sees a half-written file, and a crash leaves either the old
-content or the new one."""
+"""Files: atomic writes (a temp file in the same directory, fsync, rename: a
+reader never sees a half-written file, and a crash leaves either the old
+content or the new one), and the bounded reads every module uses
+(read_bounded for a baked or store file, read_regular_file for a file the
+host controls, which may be a FIFO or a device)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, overload
+from typing import Literal, overload
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -4,8 +4,9 @@ plan that resolution makes of them. No I/O here."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import ConfigError
@@ -79,14 +80,6 @@ class Component:
     # The TEE whose variant this component is, once resolved for a boot (None:
     # the component as declared). See podvm_bootstrap.variants.
     variant: str | None = None
-
-
-_Named = TypeVar("_Named", "Component", "PlannedComponent")
-
-
-def _named(items: Sequence[_Named], name: str) -> _Named | None:
-    """The component of that name (its first, in order), or None."""
-    return next((item for item in items if item.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -252,6 +245,14 @@ class PlannedComponent:
             },
             "after": list(self.component.after),
         }
+
+
+_Named = TypeVar("_Named", Component, PlannedComponent)
+
+
+def _named(items: Sequence[_Named], name: str) -> _Named | None:
+    """The component of that name (its first, in order), or None."""
+    return next((item for item in items if item.name == name), None)
 
 
 @dataclass(frozen=True)

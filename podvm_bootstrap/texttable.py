@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -13,4 +13,4 @@ def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
         return []
     columns = len(rows[0])
     widths = [max(len(row[i]) for row in rows) for i in range(columns - 1)]
-    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths)), row[-1]]) for row in rows]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]) for row in rows]

@@ -13,8 +13,16 @@ import yaml
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import (MAX_COMPONENT_NAME, Component, Manifest, Plan, PlannedComponent,
-                                   check_components, component_name_problem, unit_name_problem)
+from podvm_bootstrap.model import (
+    MAX_COMPONENT_NAME,
+    Component,
+    Manifest,
+    Plan,
+    PlannedComponent,
+    check_components,
+    component_name_problem,
+    unit_name_problem,
+)
 from podvm_bootstrap.planner import start_order
 from podvm_bootstrap.policy import load_policy
 from podvm_bootstrap.render import render_units
