@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from podvm_bootstrap.errors import ConfigError, show
+from podvm_bootstrap.errors import ConfigError, one_line, show
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
@@ -281,7 +281,7 @@ def evaluate_override(policy: Policy, component_name: str, requested: object) ->
     try:
         ref = parse_reference(requested)
     except ReferenceError as exc:
-        return refuse(f"not a valid image reference: {show(str(exc))}")
+        return refuse(f"not a valid image reference: {one_line(exc, MAX_ECHO_LENGTH)}")
     rules = policy.components.get(component_name)
     if rules is None:
         return refuse(f"the policy allows no override for {component_name}")

@@ -393,3 +393,9 @@ def test_policy_version_is_required_and_checked(tmp_path, version, words):
     with pytest.raises(ConfigError) as info:
         load_policy(path, tmp_path)
     assert (info.value.key, info.value.message) == ("version", words)
+
+
+def test_the_reason_a_reference_is_invalid_is_quoted_once():
+    d = evaluate_override(policy("quay.io/org/apf"), APF, "quay.io/org/apf:-bad")
+    assert d.reason == "not a valid image reference: invalid tag '-bad' in 'quay.io/org/apf:-bad'"
+    assert d.requested == "quay.io/org/apf:-bad"
