@@ -7,6 +7,7 @@ host controls, which may be a FIFO or a device)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import stat
@@ -110,6 +111,17 @@ def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], 
     if data is not None and len(data) > limit:
         raise too_large(f"{what or path} is larger than {limit} bytes")
     return data
+
+
+def read_json(path: Path, limit: int) -> object | None:
+    """The JSON value of a runtime file the daemon wrote (state.json,
+    plan.json); None when it is missing, unreadable, larger than `limit`
+    bytes or not JSON: a broken record is no record."""
+    try:
+        data = read_bounded(path, limit, ValueError)
+        return json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def read_regular_file(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:

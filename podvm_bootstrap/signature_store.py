@@ -16,11 +16,10 @@ from typing import Any
 
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef
-from podvm_bootstrap.images import ImageError, big_data_path
+from podvm_bootstrap.images import MAX_STORE_INDEX, ImageError, big_data_path
 from podvm_bootstrap.signatures import MAX_TOTAL_SIZE, SignatureRefused, Trust, split_items, verify_signatures
 
 MAX_METADATA = 1024 * 1024
-MAX_STORE_INDEX = 64 * 1024 * 1024  # images.json, as images.py bounds it
 
 
 class SignatureError(ImageError):

@@ -12,19 +12,17 @@ signature where policy.yaml asks for one."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
-from podvm_bootstrap.fsutil import read_bounded
+from podvm_bootstrap.fsutil import read_json
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.state import STATE_FILE, read_state
+from podvm_bootstrap.state import MAX_STATE_JSON, STATE_FILE, read_state
 from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
 from podvm_bootstrap.texttable import text_table
 
-MAX_PLAN_JSON = 16 * 1024 * 1024
 LiveReader = Callable[[list[str]], dict[str, UnitState]]
 
 
@@ -43,11 +41,7 @@ def _pid_running(pid: object) -> bool:
 def _read_plan(state_dir: Path) -> dict[str, Any]:
     """plan.json as the daemon last wrote it ({} when absent or unreadable):
     where the boot's TEE and each component's variant are recorded."""
-    try:
-        data = read_bounded(state_dir / "plan.json", MAX_PLAN_JSON, ValueError)
-        plan = json.loads(data) if data is not None else {}
-    except (OSError, ValueError):
-        return {}
+    plan = read_json(state_dir / "plan.json", MAX_STATE_JSON)
     return plan if isinstance(plan, dict) else {}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from podvm_bootstrap.fsutil import atomic_write, read_at_most, read_bounded, write_if_changed
+from podvm_bootstrap.fsutil import atomic_write, read_at_most, read_bounded, read_json, write_if_changed
 
 
 def test_writes_the_content_and_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -84,3 +84,16 @@ def test_read_at_most_leaves_the_refusal_to_its_caller(tmp_path: Path) -> None:
     path = tmp_path / "lock"
     path.write_bytes(b"y" * 50)
     assert read_at_most(path, 10) == b"y" * 11
+
+
+def test_read_json_is_none_for_anything_but_a_bounded_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"components": {}}')
+    assert read_json(path, 100) == {"components": {}}
+    assert read_json(path, 10) is None                       # larger than the bound
+    assert read_json(tmp_path / "absent.json", 100) is None
+    path.write_text('{"components": ')
+    assert read_json(path, 100) is None                      # not JSON
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert read_json(path, 1_000_000) is None                # nesting past the parser's recursion
+    assert read_json(tmp_path, 100) is None                  # a directory: unreadable
