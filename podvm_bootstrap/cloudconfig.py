@@ -9,29 +9,24 @@ Two steps, both pure:
 
 A whole-document failure raises UserDataError (one line). A bad entry is one
 line in ``UserData.problems`` and is skipped; the rest is kept. Untrusted text
-in any message is rendered with ``show()`` so that it cannot forge a line.
+in any message is rendered with ``errors.show()`` so that it cannot forge a line.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.codec import GZIP_MAGIC, CodecError, b64decode_strict, gunzip_bounded
+from podvm_bootstrap.errors import UserDataError, show
 from podvm_bootstrap.yamlfile import YamlProblem, load_yaml_text
 
-GZIP_MAGIC = b"\x1f\x8b"
 # Largest content of one provisioned file, after decoding (and of all of them
 # together): user-data is size-bounded before decoding, a gzip inside it is not.
 MAX_FILE_SIZE = 16 * 1024 * 1024
 MAX_TOTAL_CONTENT = MAX_FILE_SIZE
 _MAX_LAYERS = 2
-_MAX_GZIP_MEMBERS = 16
-_SHOW_LIMIT = 200
 
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _PERMISSIONS_TEXT = re.compile(r"(?:0o?)?[0-7]{1,4}")
@@ -57,45 +52,7 @@ _UNSUPPORTED_HEADERS = (
 )
 
 
-def show(text: object, limit: int = _SHOW_LIMIT) -> str:
-    """Untrusted text for a message: as it is when it is plain printable text,
-    else repr-escaped (newlines and control characters become visible escapes),
-    and cut at `limit` characters."""
-    if not isinstance(text, str):
-        text = repr(text)
-    cut = len(text) > limit
-    if cut:
-        text = text[:limit]
-    if not text or not text.isprintable() or text != text.strip() or "'" in text or '"' in text:
-        text = repr(text)
-    return text + "..." if cut else text
-
-
 # --- transport layers ---------------------------------------------------------
-
-def gunzip_bounded(data: bytes, max_size: int, what: str = "gzip data") -> bytes:
-    """Decompress gzip `data` (several members allowed), never inflating more
-    than `max_size` bytes: a gzip bomb is refused, not expanded."""
-    out = bytearray()
-    rest = data
-    for _ in range(_MAX_GZIP_MEMBERS):
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            chunk = d.decompress(rest, max_size - len(out) + 1)
-        except zlib.error as exc:
-            raise UserDataError(f"{what} is not valid gzip ({exc})") from None
-        out += chunk
-        if len(out) > max_size or d.unconsumed_tail:
-            raise UserDataError(f"{what} decompresses to more than {max_size} bytes")
-        if not d.eof:
-            raise UserDataError(f"{what} is not valid gzip (truncated)")
-        rest = d.unused_data
-        if not rest.strip(b"\0"):  # trailing zero padding is tolerated, like gzip(1)
-            return bytes(out)
-        if not rest.startswith(GZIP_MAGIC):
-            raise UserDataError(f"{what} is not valid gzip (trailing garbage)")
-    raise UserDataError(f"{what} has more than {_MAX_GZIP_MEMBERS} gzip members")
-
 
 def _looks_base64(data: bytes) -> bytes | None:
     """The decoded bytes when `data` is a base64 text whose content is gzip or
@@ -107,8 +64,8 @@ def _looks_base64(data: bytes) -> bytes | None:
     if not compact or len(compact) % 4:
         return None
     try:
-        decoded = base64.b64decode(compact, validate=True)
-    except binascii.Error:
+        decoded = b64decode_strict(compact)
+    except CodecError:
         return None
     if decoded.startswith(GZIP_MAGIC):
         return decoded
@@ -291,13 +248,13 @@ def _content(value: object, encoding: object, where: str, limit: int) -> bytes:
         raise _EntryProblem(f"{where} content must be a string, got {_type_name(value)}")
     if kind != "text":
         try:
-            data = base64.b64decode(b"".join(data.split()), validate=True)
-        except binascii.Error:
-            raise _EntryProblem(f"{where} content is not valid base64") from None
+            data = b64decode_strict(data, "content")
+        except CodecError as exc:
+            raise _EntryProblem(f"{where} {exc}") from None
     if kind == "gzip+b64":
         try:
             data = gunzip_bounded(data, limit, "content")
-        except UserDataError as exc:
+        except CodecError as exc:
             raise _EntryProblem(f"{where} {exc}") from None
     if len(data) > limit:
         raise _EntryProblem(f"{where} content is larger than {limit} bytes")

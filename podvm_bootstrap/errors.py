@@ -12,11 +12,44 @@ EXIT_CONFIG = 2
 EXIT_POLICY = 3
 
 
+# --- untrusted text in a log or error line: the one home of the escaping rule --
+
+
+def _escape_unprintable(text: str) -> str:
+    """Each character that is not printable as its Python escape (\\x1b,
+    \\u2028, ...): nothing left can start a line or drive a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def one_line(value: object, limit: int = 300) -> str:
-    """Text for a log or error line: whitespace runs (line breaks included)
-    folded to one space, cut at `limit` characters."""
-    text = " ".join(str(value).split())
+    """Prose for a log or error line (an exception's message, a server's
+    answer): white space runs (line breaks included) folded to one space, any
+    other unprintable character escaped, cut at `limit` characters."""
+    text = _escape_unprintable(" ".join(str(value).split()))
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def error_line(exc: BaseException) -> str:
+    """one_line of a D-Bus (GLib.Error) failure: its own `message`, without the
+    domain and code that str() puts around it."""
+    return one_line(getattr(exc, "message", None) or exc)
+
+
+def show(value: object, limit: int = 200, *, quote: bool = False) -> str:
+    """A value from untrusted input (a path, a key, a name, an image
+    reference) for a message: as it is when it is plain printable text
+    (quote=True: between single quotes), else repr-escaped, so that line breaks
+    and control characters are visible escapes inside quotes; a value that is
+    not a string is shown as its repr. Cut at `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    if not text or not text.isprintable() or text != text.strip() or "'" in text or '"' in text:
+        text = repr(text)
+    elif quote and isinstance(value, str):
+        text = f"'{text}'"
+    return text + "..." if cut else text
 
 
 class BootstrapError(Exception):

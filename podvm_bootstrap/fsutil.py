@@ -1,15 +1,19 @@
-"""Atomic file writes: a temp file in the same directory, fsync, rename.
-
-A reader never sees a half-written file, and a crash leaves either the old
-content or the new one."""
+"""Files: atomic writes (a temp file in the same directory, fsync, rename: a
+reader never sees a half-written file, and a crash leaves either the old
+content or the new one), and the bounded reads every module uses
+(read_bounded for a baked or store file, read_regular_file for a file the
+host controls, which may be a FIFO or a device)."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, overload
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -78,13 +82,45 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_at_most(path: Path, limit: int) -> bytes | None:
-    """Up to limit + 1 bytes of `path`, None when it does not exist: a caller
-    that gets more than `limit` bytes refuses the file in its own words."""
+def read_at_most(path: Path, limit: int, *, missing_ok: bool = True) -> bytes | None:
+    """Up to limit + 1 bytes of `path`; None when it does not exist (with
+    missing_ok=False: FileNotFoundError). A caller that gets more than `limit`
+    bytes knows the file is larger (read_bounded refuses it)."""
     try:
         with open(path, "rb") as f:
             return f.read(limit + 1)
     except FileNotFoundError:
+        if not missing_ok:
+            raise
+        return None
+
+
+@overload
+def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], *, what: str | None = None,
+                 missing_ok: Literal[False]) -> bytes: ...
+@overload
+def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], *, what: str | None = None,
+                 missing_ok: bool = True) -> bytes | None: ...
+def read_bounded(path: Path, limit: int, too_large: Callable[[str], Exception], *, what: str | None = None,
+                 missing_ok: bool = True) -> bytes | None:
+    """The bytes of a baked or store file of at most `limit` bytes: a larger
+    one is refused with too_large("<what> is larger than <limit> bytes"),
+    `what` being the path unless given. None when it does not exist (with
+    missing_ok=False: FileNotFoundError); other OSErrors pass."""
+    data = read_at_most(path, limit, missing_ok=missing_ok)
+    if data is not None and len(data) > limit:
+        raise too_large(f"{what or path} is larger than {limit} bytes")
+    return data
+
+
+def read_json(path: Path, limit: int) -> object | None:
+    """The JSON value of a runtime file the daemon wrote (state.json,
+    plan.json); None when it is missing, unreadable, larger than `limit`
+    bytes or not JSON: a broken record is no record."""
+    try:
+        data = read_bounded(path, limit, ValueError)
+        return json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):
         return None
 
 

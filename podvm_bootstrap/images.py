@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import BootstrapError, one_line
-from podvm_bootstrap.fsutil import read_at_most
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.signatures import Trust
@@ -74,20 +74,13 @@ def big_data_path(image_dir: Path, key: str) -> Path:
     return image_dir / ("=" + base64.b64encode(key.encode()).decode())
 
 
-def _read_limited(path: Path, limit: int) -> bytes | None:
-    data = read_at_most(path, limit)
-    if data is not None and len(data) > limit:
-        raise ImageError(f"{path} is larger than {limit} bytes")
-    return data
-
-
 def _hash(digest: str, data: bytes) -> str:
     algorithm = digest.split(":", 1)[0]
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
 def _stored_manifest(image_dir: Path, digest: str) -> dict[str, Any]:
-    data = _read_limited(big_data_path(image_dir, f"manifest-{digest}"), MAX_MANIFEST)
+    data = read_bounded(big_data_path(image_dir, f"manifest-{digest}"), MAX_MANIFEST, ImageError)
     if data is None:
         raise ImageError(f"no stored manifest {digest} for image {image_dir.name}")
     actual = _hash(digest, data)
@@ -122,7 +115,7 @@ def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str)
     if config_digest != f"sha256:{image_id}":
         raise ImageError(f"manifest {digest} describes image {config_digest}, but the local image is "
                          f"sha256:{image_id}")
-    config_bytes = _read_limited(big_data_path(image_dir, config_digest), MAX_MANIFEST)
+    config_bytes = read_bounded(big_data_path(image_dir, config_digest), MAX_MANIFEST, ImageError)
     if config_bytes is None or _hash(config_digest, config_bytes) != config_digest:
         raise ImageError(f"stored config of image {image_id} is missing or does not hash to its ID")
     try:
@@ -176,7 +169,7 @@ def _verify_layers(graph_root: Path, driver: str, images_dir: Path, image_id: st
 
 
 def _json_list(path: Path) -> list[Any]:
-    data = _read_limited(path, MAX_STORE_INDEX)
+    data = read_bounded(path, MAX_STORE_INDEX, ImageError)
     if data is None:
         return []
     try:
@@ -244,7 +237,7 @@ def store_from_conf(path: Path | None) -> Store | None:
     if path is None:
         return None
     try:
-        data = _read_limited(path, MAX_STORAGE_CONF)
+        data = read_bounded(path, MAX_STORAGE_CONF, ImageError)
         conf = tomllib.loads(data.decode()) if data is not None else None
     except (OSError, ImageError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
@@ -299,7 +292,7 @@ def registry_auth(auth_file: Path | None, ref: ImageRef) -> dict[str, str] | Non
     if auth_file is None:
         return None
     try:
-        data = _read_limited(auth_file, 1024 * 1024)
+        data = read_bounded(auth_file, 1024 * 1024, ImageError)
     except (ImageError, OSError) as exc:
         log.error("ignoring %s: %s", auth_file, exc)
         return None

@@ -16,14 +16,12 @@ them, and a name from user-data never becomes a file name).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import tomllib
 from dataclasses import dataclass
 
-from podvm_bootstrap.cloudconfig import GZIP_MAGIC, gunzip_bounded
-from podvm_bootstrap.errors import UserDataError, one_line
+from podvm_bootstrap.codec import GZIP_MAGIC, CodecError, b64decode_strict, gunzip_bounded
+from podvm_bootstrap.errors import UserDataError, one_line, show
 from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
@@ -48,18 +46,14 @@ class Initdata:
 def parse_initdata(blob: bytes, max_size: int) -> Initdata:
     """Parse the initdata file's content; InitdataError when it is unusable.
     `max_size` bounds the decompressed TOML."""
-    compact = b"".join(blob.split())  # surrounding (and line-wrapping) whitespace
-    if not compact:
+    if not blob.strip():
         raise InitdataError("initdata is empty")
     try:
-        gz = base64.b64decode(compact, validate=True)
-    except binascii.Error:
-        raise InitdataError("initdata is not valid base64") from None
-    if not gz.startswith(GZIP_MAGIC):
-        raise InitdataError("initdata is not base64 of gzip data")
-    try:
+        gz = b64decode_strict(blob, "initdata")
+        if not gz.startswith(GZIP_MAGIC):
+            raise InitdataError("initdata is not base64 of gzip data")
         toml_bytes = gunzip_bounded(gz, max_size, "initdata")
-    except UserDataError as exc:
+    except CodecError as exc:
         raise InitdataError(str(exc)) from None
     try:
         text = toml_bytes.decode("utf-8")
@@ -82,7 +76,7 @@ def parse_initdata(blob: bytes, max_size: int) -> Initdata:
 
     algorithm = document.get("algorithm")
     if algorithm not in ALGORITHMS:
-        shown = repr(algorithm)[:40] if algorithm is not None else "nothing"
+        shown = show(algorithm, 40, quote=True) if algorithm is not None else "nothing"
         raise InitdataError(f"initdata algorithm must be one of {', '.join(ALGORITHMS)}, got {shown}")
     version = document.get("version")
     if not isinstance(version, str) or not version:

@@ -3,28 +3,24 @@
 Read strictly: every unknown key, wrong type, bad name, unknown or circular
 `after` is a ConfigError naming the file and the dotted key. Names and unit
 names become container names and file names, so they are held to narrow
-grammars here rather than escaped later."""
+grammars rather than escaped later; those rules, and the rules of `after`
+across components, are the model's (model.check_components), applied here
+once, at load: the later stages rely on the loaded model."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.model import (PROBE_KINDS, Component, ContainerSpec, Health, Manifest, Probe,
-                                   Restart, Variant)
+                                   Restart, Variant, check_components)
 from podvm_bootstrap.tee import TEES
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
 
 MANIFEST_VERSION = 1
-COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-MAX_COMPONENT_NAME = 63
-# systemd unit name characters; the name becomes a file in the unit dir.
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\-@]+\.service")
-MAX_UNIT_NAME = 255
-RESERVED_UNITS = ("podvm-bootstrap.service",)  # the daemon's own unit
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CAPABILITY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VOLUME_OPTIONS = re.compile(r"[A-Za-z0-9]+(?:,[A-Za-z0-9]+)*")
@@ -45,12 +41,10 @@ def manifest_digest(path: Path) -> str:
     import hashlib
 
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+        data = read_bounded(path, MAX_MANIFEST_BYTES, lambda why: ConfigError(path, "", why), what="the file",
+                            missing_ok=False)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ConfigError(path, "", f"larger than {MAX_MANIFEST_BYTES} bytes")
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -58,29 +52,17 @@ def load_manifest(path: Path) -> Manifest:
     """Read and validate components.yaml; ConfigError (exit 2) on any problem."""
     top = Section(path, "", load_yaml_mapping(path, missing_ok=False))
     top.only(("version", "components"))
-    version = top.data.get("version")
-    if version is None:
-        raise top.error("version", f"required (set it to {MANIFEST_VERSION})")
-    if isinstance(version, bool) or version != MANIFEST_VERSION:
-        raise top.error("version", f"unsupported version {version!r} (expected {MANIFEST_VERSION})")
+    top.version(MANIFEST_VERSION)
     if not isinstance(top.data.get("components"), dict) or not top.data["components"]:
         raise top.error("components", "expected a non-empty mapping of component name to settings")
     components_sec = top.section("components")
     for name in components_sec.data:
-        _check_component_name(components_sec, name)
-    names = tuple(components_sec.data)
-    components = tuple(_component(components_sec.section(name), name, names) for name in names)
-    _check_units_unique(path, components)
-    _check_no_cycle(path, components)
+        if not isinstance(name, str):
+            raise ConfigError(path, "components", f"component names must be strings, got {name!r}")
+    components = tuple(_component(components_sec.section(name), name) for name in components_sec.data)
+    # Names, units and `after` across components: the model's one set of rules.
+    check_components(components, str(path))
     return Manifest(components=components, source=str(path))
-
-
-def _check_component_name(sec: Section, name: object) -> None:
-    if not isinstance(name, str):
-        raise ConfigError(sec.path, sec.key, f"component names must be strings, got {name!r}")
-    if not COMPONENT_NAME.fullmatch(name) or len(name) > MAX_COMPONENT_NAME:
-        raise sec.error(name, f"invalid component name (lowercase letters, digits and '-', "
-                              f"starting with a letter or digit, at most {MAX_COMPONENT_NAME})")
 
 
 def _image(sec: Section) -> ImageRef:
@@ -110,7 +92,7 @@ def _variants(sec: Section) -> tuple[Variant, ...]:
     return tuple(variants)
 
 
-def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
+def _component(sec: Section, name: str) -> Component:
     sec.only(COMPONENT_KEYS)
     image = _image(sec)
     ready = _probe(sec.section("ready")) if sec.data.get("ready") is not None else None
@@ -120,8 +102,8 @@ def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
     return Component(
         name=name,
         image=image,
-        unit=_unit(sec, name),
-        after=_after(sec, name, names),
+        unit=sec.string("unit", f"{name}.service"),
+        after=sec.string_list("after"),
         essential=sec.boolean("essential", False),
         ready=ready,
         health=_health(sec, ready),
@@ -130,31 +112,6 @@ def _component(sec: Section, name: str, names: tuple[str, ...]) -> Component:
         container=_container(sec.section("container")),
         variants=_variants(sec.section("variants")),
     )
-
-
-def _unit(sec: Section, name: str) -> str:
-    unit = sec.string("unit", f"{name}.service")
-    if not UNIT_NAME.fullmatch(unit) or len(unit) > MAX_UNIT_NAME or unit.startswith((".", "@")):
-        raise sec.error("unit", f"invalid unit name {unit!r} (expected <name>.service with "
-                                "letters, digits and : _ . - @ only)")
-    if unit.endswith("@.service"):
-        raise sec.error("unit", f"{unit!r} is a template; give an instance name")
-    if unit in RESERVED_UNITS:
-        raise sec.error("unit", f"{unit!r} is reserved for the daemon itself")
-    return unit
-
-
-def _after(sec: Section, name: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    after = sec.string_list("after")
-    for index, dep in enumerate(after):
-        key = f"after[{index}]"
-        if dep == name:
-            raise sec.error("after", f"{name!r} cannot come after itself")
-        if dep not in names:
-            raise sec.error(key, f"unknown component {dep!r} (known: {', '.join(names)})")
-        if dep in after[:index]:
-            raise sec.error(key, f"{dep!r} is listed twice")
-    return after
 
 
 def _probe(sec: Section) -> Probe:
@@ -295,47 +252,3 @@ def _has_control(text: str) -> bool:
 
 def _has_space_or_control(text: str) -> bool:
     return _has_control(text) or any(c.isspace() for c in text)
-
-
-def _check_units_unique(path: Path, components: tuple[Component, ...]) -> None:
-    seen: dict[str, str] = {}
-    for c in components:
-        if c.unit in seen:
-            raise ConfigError(path, f"components.{c.name}.unit",
-                              f"{c.unit!r} is already the unit of {seen[c.unit]!r}")
-        seen[c.unit] = c.name
-
-
-def find_cycle(after: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """A dependency cycle as [a, b, ..., a], starting at the first component (in
-    mapping order) that lies on it; None when there is none."""
-    WHITE, GRAY, BLACK = 0, 1, 2
-    color = {name: WHITE for name in after}
-    for start in after:
-        if color[start] != WHITE:
-            continue
-        stack: list[tuple[str, Any]] = [(start, iter(after[start]))]
-        color[start] = GRAY
-        while stack:
-            node, deps = stack[-1]
-            dep = next(deps, None)
-            if dep is None:
-                color[node] = BLACK
-                stack.pop()
-            elif color.get(dep, BLACK) == GRAY:
-                path = [n for n, _ in stack]
-                cycle = path[path.index(dep):]
-                first = min(cycle, key=list(after).index)
-                i = cycle.index(first)
-                cycle = cycle[i:] + cycle[:i]
-                return [*cycle, first]
-            elif color.get(dep, BLACK) == WHITE:
-                color[dep] = GRAY
-                stack.append((dep, iter(after[dep])))
-    return None
-
-
-def _check_no_cycle(path: Path, components: tuple[Component, ...]) -> None:
-    cycle = find_cycle({c.name: c.after for c in components})
-    if cycle is not None:
-        raise ConfigError(path, f"components.{cycle[0]}.after", "cycle " + " -> ".join(cycle))

@@ -3,10 +3,13 @@ plan that resolution makes of them. No I/O here."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from podvm_bootstrap import __version__
+from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import ImageRef
 
 ProbeKind = Literal["unix_socket", "tcp", "exec", "file", "notify"]
@@ -85,14 +88,104 @@ class Manifest:
     source: str = "components.yaml"    # the file, for error messages
 
     def get(self, name: str) -> Component | None:
-        for c in self.components:
-            if c.name == name:
-                return c
-        return None
+        return _named(self.components, name)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.components)
+
+
+# --- the rules every set of components obeys (one home: see check_components) --
+
+# A component's name is its container's name (a podman argument) and its
+# gate's directory: held to a narrow grammar rather than escaped.
+COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+MAX_COMPONENT_NAME = 63
+# systemd unit name characters; the name becomes a file in the unit dir.
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\-@]+\.service")
+MAX_UNIT_NAME = 255
+RESERVED_UNITS = ("podvm-bootstrap.service",)  # the daemon's own unit
+
+
+def component_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a component's name; None when it can."""
+    if not COMPONENT_NAME.fullmatch(name) or len(name) > MAX_COMPONENT_NAME:
+        return (f"invalid component name (lowercase letters, digits and '-', "
+                f"starting with a letter or digit, at most {MAX_COMPONENT_NAME})")
+    return None
+
+
+def unit_name_problem(unit: str) -> str | None:
+    """Why `unit` cannot be a component's unit name; None when it can."""
+    if not UNIT_NAME.fullmatch(unit) or len(unit) > MAX_UNIT_NAME or unit.startswith((".", "@")):
+        return (f"invalid unit name {unit!r} (expected <name>.service with "
+                "letters, digits and : _ . - @ only)")
+    if unit.endswith("@.service"):
+        return f"{unit!r} is a template; give an instance name"
+    if unit in RESERVED_UNITS:
+        return f"{unit!r} is reserved for the daemon itself"
+    return None
+
+
+def check_components(components: Sequence[Component], source: str) -> None:
+    """The rules of a set of components, wherever it comes from: names safe as
+    container, file and unit names; one unit per component; `after` naming
+    other components of the set, each once, without a cycle. ConfigError
+    naming `source` and the dotted key. load_manifest applies them once;
+    render applies them again (the same function) to a model built by hand."""
+    names = tuple(c.name for c in components)
+    units: dict[str, str] = {}
+    for c in components:
+        key = f"components.{c.name}"
+        problem = component_name_problem(c.name)
+        if problem is not None:
+            raise ConfigError(source, key, problem)
+        problem = unit_name_problem(c.unit)
+        if problem is not None:
+            raise ConfigError(source, f"{key}.unit", problem)
+        if c.unit in units:
+            raise ConfigError(source, f"{key}.unit", f"{c.unit!r} is already the unit of {units[c.unit]!r}")
+        units[c.unit] = c.name
+        for index, dep in enumerate(c.after):
+            if dep == c.name:
+                raise ConfigError(source, f"{key}.after", f"{c.name!r} cannot come after itself")
+            if dep not in names:
+                raise ConfigError(source, f"{key}.after[{index}]",
+                                  f"unknown component {dep!r} (known: {', '.join(names)})")
+            if dep in c.after[:index]:
+                raise ConfigError(source, f"{key}.after[{index}]", f"{dep!r} is listed twice")
+    cycle = find_cycle({c.name: c.after for c in components})
+    if cycle is not None:
+        raise ConfigError(source, f"components.{cycle[0]}.after", "cycle " + " -> ".join(cycle))
+
+
+def find_cycle(after: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A dependency cycle as [a, b, ..., a], starting at the first component (in
+    mapping order) that lies on it; None when there is none."""
+    WHITE, GRAY, BLACK = 0, 1, 2
+    color = {name: WHITE for name in after}
+    for start in after:
+        if color[start] != WHITE:
+            continue
+        stack: list[tuple[str, Any]] = [(start, iter(after[start]))]
+        color[start] = GRAY
+        while stack:
+            node, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                color[node] = BLACK
+                stack.pop()
+            elif color.get(dep, BLACK) == GRAY:
+                path = [n for n, _ in stack]
+                cycle = path[path.index(dep):]
+                first = min(cycle, key=list(after).index)
+                i = cycle.index(first)
+                cycle = cycle[i:] + cycle[:i]
+                return [*cycle, first]
+            elif color.get(dep, BLACK) == WHITE:
+                color[dep] = GRAY
+                stack.append((dep, iter(after[dep])))
+    return None
 
 
 @dataclass(frozen=True)
@@ -154,6 +247,14 @@ class PlannedComponent:
         }
 
 
+_Named = TypeVar("_Named", Component, PlannedComponent)
+
+
+def _named(items: Sequence[_Named], name: str) -> _Named | None:
+    """The component of that name (its first, in order), or None."""
+    return next((item for item in items if item.name == name), None)
+
+
 @dataclass(frozen=True)
 class Plan:
     components: tuple[PlannedComponent, ...]
@@ -164,10 +265,7 @@ class Plan:
     tee: str = "none"          # the TEE the variants were resolved for
 
     def get(self, name: str) -> PlannedComponent | None:
-        for c in self.components:
-            if c.name == name:
-                return c
-        return None
+        return _named(self.components, name)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.manifest import find_cycle
-from podvm_bootstrap.model import Manifest, Plan, PlannedComponent
-from podvm_bootstrap.policy import Policy, describe, evaluate_override
+from podvm_bootstrap.model import Manifest, Plan, PlannedComponent, check_components
+from podvm_bootstrap.policy import Policy, evaluate_override
+from podvm_bootstrap.texttable import text_table
 from podvm_bootstrap.variants import resolve_variants
 
 
@@ -42,7 +42,7 @@ def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, obj
             refused = True
     for name in overrides:
         if not isinstance(name, str) or manifest.get(name) is None:
-            errors.append(f"override for unknown component '{describe(name)}' ignored")
+            errors.append(f"override for unknown component {show(name, quote=True)} ignored")
             refused = True
     return Plan(
         components=tuple(planned),
@@ -68,20 +68,18 @@ def _check_defaults_pinned(manifest: Manifest, policy: Policy) -> None:
 
 def start_order(manifest: Manifest) -> tuple[tuple[str, ...], ...]:
     """Layers of a topological sort of `after` (Kahn by levels): a layer holds the
-    components whose dependencies are all in earlier layers, in manifest order."""
-    names = manifest.names
-    for c in manifest.components:
-        for dep in c.after:
-            if dep not in names:
-                raise ConfigError(manifest.source, f"components.{c.name}.after", f"unknown component {dep!r}")
+    components whose dependencies are all in earlier layers, in manifest order.
+    The loaded manifest has no unknown `after` and no cycle; a model built by
+    hand that has is refused by the model's own rules (check_components)."""
     placed: set[str] = set()
     layers: list[tuple[str, ...]] = []
     remaining = list(manifest.components)
     while remaining:
         layer = tuple(c.name for c in remaining if all(dep in placed for dep in c.after))
         if not layer:
-            cycle = find_cycle({c.name: c.after for c in remaining}) or [c.name for c in remaining]
-            raise ConfigError(manifest.source, f"components.{cycle[0]}.after", "cycle " + " -> ".join(cycle))
+            check_components(manifest.components, manifest.source)  # raises: it names the unknown or cycle
+            stuck = ", ".join(c.name for c in remaining)
+            raise ConfigError(manifest.source, "components", f"no start order for {stuck}")
         layers.append(layer)
         placed.update(layer)
         remaining = [c for c in remaining if c.name not in placed]
@@ -92,10 +90,8 @@ def format_table(plan: Plan) -> str:
     """The human view of `plan`: one row per component, then refused overrides
     and other errors, then the start order."""
     header = ("COMPONENT", "UNIT", "SOURCE", "IMAGE")
-    rows = [header] + [(c.name, c.unit, c.source + (f" ({c.variant})" if c.variant else ""), str(c.image))
-                       for c in plan.components]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    lines = text_table([header] + [(c.name, c.unit, c.source + (f" ({c.variant})" if c.variant else ""),
+                                    str(c.image)) for c in plan.components])
     for c in plan.components:
         if c.override is not None and not c.override.accepted:
             lines.append(f"refused override for {c.name}: {c.override.requested}: {c.override.reason}")

@@ -31,11 +31,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, one_line, show
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.manifest import COMPONENT_NAME
-from podvm_bootstrap.model import OverrideDecision
+from podvm_bootstrap.model import COMPONENT_NAME, OverrideDecision, component_name_problem
 from podvm_bootstrap.paths import under_root
 from podvm_bootstrap.signatures import SignedIdentity, Trust
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
@@ -138,17 +138,14 @@ def load_policy(path: Path, root: Path = Path("/")) -> Policy:
         return Policy()
     top = Section(path, "", load_yaml_mapping(path, missing_ok=False))
     top.only(("version", "mutable_tags", "on_rejected_override", "keys", "components"))
-    version = top.data.get("version")
-    if version is None:
-        raise top.error("version", f"required (set it to {POLICY_VERSION})")
-    if isinstance(version, bool) or version != POLICY_VERSION:
-        raise top.error("version", f"unsupported version {version!r} (expected {POLICY_VERSION})")
+    top.version(POLICY_VERSION)
     keys = _keys(top.section("keys"), root)
     components_sec = top.section("components")
     components: dict[str, ComponentPolicy] = {}
     for name in components_sec.data:
-        if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
-            raise ConfigError(path, components_sec.child_key(str(name)), "invalid component name")
+        problem = component_name_problem(name) if isinstance(name, str) else "invalid component name"
+        if problem is not None:
+            raise ConfigError(path, components_sec.child_key(str(name)), problem)
         components[name] = _component_policy(components_sec.section(name), keys)
     return Policy(
         version=POLICY_VERSION,
@@ -185,13 +182,10 @@ def _keys(sec: Section, root: Path) -> dict[str, "ec.EllipticCurvePublicKey"]:
 
 def _read_key_file(entry: Section, file: Path) -> bytes:
     try:
-        with open(file, "rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
+        return read_bounded(file, MAX_KEY_FILE, lambda why: entry.error("path", why), what=f"key file {file}",
+                            missing_ok=False)
     except OSError as exc:
         raise entry.error("path", f"cannot read key file {file}: {exc.strerror or exc}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise entry.error("path", f"key file {file} is larger than {MAX_KEY_FILE} bytes")
-    return data
 
 
 def _public_key(entry: Section, where: str, pem: bytes) -> "ec.EllipticCurvePublicKey":
@@ -224,7 +218,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
     key = sec.child_key("signed_identity")
     forms = "match-repository, {exact-repository: REPO} or {remap: {prefix: P, signed_prefix: S}}"
     if not isinstance(value, dict) or len(value) != 1:
-        raise ConfigError(sec.path, key, f"unknown form {describe(str(value))}; expected {forms}")
+        raise ConfigError(sec.path, key, f"unknown form {show(value)}; expected {forms}")
     (kind, arg), = value.items()
     if kind == "exact-repository":
         if not isinstance(arg, str):
@@ -249,7 +243,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
                                         f"got {text!r}")
             prefixes.append(text)
         return SignedIdentity("remap", prefix=prefixes[0], signed_prefix=prefixes[1])
-    raise ConfigError(sec.path, key, f"unknown form {describe(str(kind))}; expected {forms}")
+    raise ConfigError(sec.path, key, f"unknown form {show(kind)}; expected {forms}")
 
 
 def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKey"]) -> ComponentPolicy:
@@ -272,23 +266,13 @@ def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKe
                            signed_identity=_signed_identity(sec))
 
 
-def describe(value: object, limit: int = MAX_ECHO_LENGTH) -> str:
-    """Untrusted text made safe to echo: control characters escaped, cut to `limit`."""
-    if not isinstance(value, str):
-        return f"<{type(value).__name__}>"
-    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
-    if len(escaped) > limit:
-        return escaped[:limit] + f"... ({len(value)} characters)"
-    return escaped
-
-
 def evaluate_override(policy: Policy, component_name: str, requested: object) -> OverrideDecision:
     """Accept or refuse one requested image for a component; pure. An accepted
     decision carries `requested` verbatim (a valid reference); a refused one
     carries it escaped and shortened."""
 
     def refuse(reason: str) -> OverrideDecision:
-        return OverrideDecision(requested=describe(requested), accepted=False, reason=reason)
+        return OverrideDecision(requested=show(requested, MAX_ECHO_LENGTH), accepted=False, reason=reason)
 
     if not isinstance(requested, str):
         return refuse(f"not an image reference string ({type(requested).__name__})")
@@ -297,7 +281,7 @@ def evaluate_override(policy: Policy, component_name: str, requested: object) ->
     try:
         ref = parse_reference(requested)
     except ReferenceError as exc:
-        return refuse(f"not a valid image reference: {describe(str(exc))}")
+        return refuse(f"not a valid image reference: {one_line(exc, MAX_ECHO_LENGTH)}")
     rules = policy.components.get(component_name)
     if rules is None:
         return refuse(f"the policy allows no override for {component_name}")

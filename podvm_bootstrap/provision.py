@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Sequence
 
 from podvm_bootstrap import initdata
-from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile, show
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile
+from podvm_bootstrap.errors import UserDataError, show
 
 INITDATA_PATH = "/run/peerpod/initdata"
 DEFAULT_MODE = 0o644

@@ -29,7 +29,7 @@ from typing import NoReturn
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.gate import gate_entrypoint, gate_volumes
-from podvm_bootstrap.model import Plan, PlannedComponent
+from podvm_bootstrap.model import Plan, PlannedComponent, check_components
 from podvm_bootstrap.systemd_escape import (UnrepresentableValue, check_representable, exec_command,
                                             unit_text)
 
@@ -43,30 +43,18 @@ STOP_MARGIN = 15.0             # podman stop's own overhead beyond stop_timeout
 START_LIMIT_BURST = 5
 START_LIMIT_BASE = 60.0
 
-# podman's container name grammar; the name is also a podman command argument.
-_CONTAINER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-# systemd unit name characters (no "\\" escapes: the name is also a file name here).
-_UNIT_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-@")
-
 
 def render_units(plan: Plan, source: str = "components.yaml", gate_dir: str = GATE_DIR) -> dict[str, str]:
     """One unit per planned component, keyed by its unit file name, in plan
     order; `gate_dir` holds the components' gate FIFOs (gate.py). ConfigError
     (naming `source` and the key) for a value no unit can carry."""
-    units_by_name: dict[str, str] = {}
-    for planned in plan.components:
-        key = f"components.{planned.name}"
-        _check_names(planned, source, key)
-        if planned.unit in units_by_name.values():
-            raise ConfigError(source, f"{key}.unit", f"unit {planned.unit!r} is used by two components")
-        units_by_name[planned.name] = planned.unit
+    # Names become file names and podman arguments: a plan built by hand is
+    # held to the manifest's own rules (the model's one function for them).
+    check_components([planned.component for planned in plan.components], source)
+    units_by_name = {planned.name: planned.unit for planned in plan.components}
     units: dict[str, str] = {}
     for planned in plan.components:
-        key = f"components.{planned.name}"
-        _check_values(planned, source, key)
-        for dep in planned.component.after:
-            if dep not in units_by_name:
-                raise ConfigError(source, f"{key}.after", f"unknown component {dep!r}")
+        _check_values(planned, source, f"components.{planned.name}")
         units[planned.unit] = render_unit(planned, units_by_name, gate_dir)
     return units
 
@@ -223,15 +211,6 @@ def _check_values(planned: PlannedComponent, source: str, key: str) -> None:
                        f"{value!r} would not reach podman as one value (empty, comma, quote or blank)")
     if str(planned.image).startswith("-"):
         refuse("image", f"{str(planned.image)!r} would be read as an option")
-
-
-def _check_names(planned: PlannedComponent, source: str, key: str) -> None:
-    name, unit = planned.name, planned.unit
-    if not name or name[0] in "-_." or not set(name) <= _CONTAINER_NAME_CHARS:
-        raise ConfigError(source, key, f"invalid component name {name!r} for a container")
-    if (not unit.endswith(".service") or unit.startswith((".", "@")) or len(unit) > 255
-            or not set(unit) <= _UNIT_NAME_CHARS or unit == ".service"):
-        raise ConfigError(source, f"{key}.unit", f"invalid unit name {unit!r}")
 
 
 def _whole_seconds(seconds: float) -> int:

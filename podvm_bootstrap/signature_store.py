@@ -14,24 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from podvm_bootstrap.fsutil import read_at_most
+from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef
-from podvm_bootstrap.images import ImageError, big_data_path
+from podvm_bootstrap.images import MAX_STORE_INDEX, ImageError, big_data_path
 from podvm_bootstrap.signatures import MAX_TOTAL_SIZE, SignatureRefused, Trust, split_items, verify_signatures
 
 MAX_METADATA = 1024 * 1024
-MAX_STORE_INDEX = 64 * 1024 * 1024  # images.json, as images.py bounds it
 
 
 class SignatureError(ImageError):
     """The image in storage has no valid signature by the keys its component needs."""
-
-
-def _read_bounded(path: Path, limit: int, what: str) -> bytes | None:
-    data = read_at_most(path, limit)
-    if data is not None and len(data) > limit:
-        raise SignatureRefused(f"{what} oversized (more than {limit} bytes)")
-    return data
 
 
 def _sizes(image_record: dict[str, Any] | None, digest: str) -> list[int] | None:
@@ -49,7 +41,7 @@ def _sizes(image_record: dict[str, Any] | None, digest: str) -> list[int] | None
 
 
 def _image_record(images_json: Path, image_id: str) -> dict[str, Any] | None:
-    data = _read_bounded(images_json, MAX_STORE_INDEX, str(images_json))
+    data = read_bounded(images_json, MAX_STORE_INDEX, SignatureRefused)
     try:
         images = json.loads(data) if data else []
     except (ValueError, RecursionError):
@@ -62,8 +54,8 @@ def stored_signature_items(graph_root: Path, driver: str, image_id: str, digest:
     """The signature items stored with image `image_id` for its manifest
     `digest` ([] when there are none); SignatureRefused when oversized."""
     images_dir = graph_root / f"{driver}-images"
-    blob = _read_bounded(big_data_path(images_dir / image_id, "signature-" + digest.split(":", 1)[1]),
-                         MAX_TOTAL_SIZE, "signature data")
+    blob = read_bounded(big_data_path(images_dir / image_id, "signature-" + digest.split(":", 1)[1]),
+                        MAX_TOTAL_SIZE, SignatureRefused, what="signature data")
     if not blob:
         return []
     return split_items(blob, _sizes(_image_record(images_dir / "images.json", image_id), digest))

@@ -34,6 +34,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
+from podvm_bootstrap.errors import show
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 
 if TYPE_CHECKING:  # cryptography is imported where a key is used: no import cost without signatures
@@ -96,12 +97,6 @@ class Trust:
         return tuple(name for name, _ in self.keys)
 
 
-def _echo(value: object) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "..."
-
-
 def split_items(blob: bytes, sizes: Sequence[int] | None = None) -> list[bytes]:
     """The items of a stored `signature-<hex>` big-data blob: concatenated,
     with their lengths in the image's metadata (`sizes`) when it has them;
@@ -161,7 +156,7 @@ def _parse_item(item: bytes) -> _Item:
     if not isinstance(body, dict):
         raise SignatureRefused("malformed signature: not a JSON object")
     if body.get("mimeType") != SIGNATURE_MEDIA_TYPE:
-        raise SignatureRefused(f"malformed signature: media type {_echo(body.get('mimeType'))}, "
+        raise SignatureRefused(f"malformed signature: media type {show(body.get('mimeType'), MAX_ECHO)}, "
                                f"not {SIGNATURE_MEDIA_TYPE}")
     annotations = body.get("annotations")
     encoded_sig = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
@@ -202,7 +197,8 @@ def _critical(payload: bytes) -> Mapping[str, object]:
         raise SignatureRefused("signed payload is not a simple-signing document "
                                "(critical must hold exactly type, image and identity)")
     if critical["type"] != COSIGN_TYPE:
-        raise SignatureRefused(f"signed payload has critical.type {_echo(critical['type'])}, not {COSIGN_TYPE!r}")
+        raise SignatureRefused(f"signed payload has critical.type {show(critical['type'], MAX_ECHO)}, "
+                               f"not {COSIGN_TYPE!r}")
     return critical
 
 
@@ -212,17 +208,17 @@ def _check_claims(critical: Mapping[str, object], ref: ImageRef, identity: Signe
     if not isinstance(digest, str):
         raise SignatureRefused("signed payload has no critical.image.docker-manifest-digest")
     if digest != ref.digest:
-        raise SignatureRefused(f"signed for another digest ({_echo(digest)}), not {ref.digest}")
+        raise SignatureRefused(f"signed for another digest ({show(digest, MAX_ECHO)}), not {ref.digest}")
     reference = ident.get("docker-reference") if isinstance(ident, dict) and len(ident) == 1 else None
     if not isinstance(reference, str):
         raise SignatureRefused("signed payload has no critical.identity.docker-reference")
     try:
         signed = parse_reference(reference)
     except ReferenceError:
-        raise SignatureRefused(f"signed identity {_echo(reference)} is not an image reference") from None
+        raise SignatureRefused(f"signed identity {show(reference, MAX_ECHO)} is not an image reference") from None
     expected = identity.expected_repository(ref.repository)
     if signed.repository != expected:
-        raise SignatureRefused(f"signed for another repository ({_echo(signed.repository)}), not {expected}")
+        raise SignatureRefused(f"signed for another repository ({show(signed.repository, MAX_ECHO)}), not {expected}")
 
 
 def verify_signatures(items: Sequence[bytes], ref: ImageRef, trust: Trust) -> str:

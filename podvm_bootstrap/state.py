@@ -8,10 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from podvm_bootstrap.fsutil import atomic_write
+from podvm_bootstrap.fsutil import atomic_write, read_json
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
+MAX_STATE_JSON = 16 * 1024 * 1024  # also plan.json's bound (status reads it)
 
 
 def now_iso() -> str:
@@ -48,11 +49,7 @@ def write_state(state_dir: Path, state: dict[str, Any]) -> None:
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
     """The last state written, or None when there is none (or it is unreadable)."""
-    try:
-        with open(state_dir / STATE_FILE, "rb") as f:
-            data = json.loads(f.read(16 * 1024 * 1024))
-    except (OSError, ValueError):
-        return None
+    data = read_json(state_dir / STATE_FILE, MAX_STATE_JSON)
     if not isinstance(data, dict) or not isinstance(data.get("components"), dict):
         return None
     return data

@@ -12,15 +12,16 @@ signature where policy.yaml asks for one."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
+from podvm_bootstrap.fsutil import read_json
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.state import STATE_FILE, read_state
+from podvm_bootstrap.state import MAX_STATE_JSON, STATE_FILE, read_state
 from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
+from podvm_bootstrap.texttable import text_table
 
 LiveReader = Callable[[list[str]], dict[str, UnitState]]
 
@@ -40,11 +41,7 @@ def _pid_running(pid: object) -> bool:
 def _read_plan(state_dir: Path) -> dict[str, Any]:
     """plan.json as the daemon last wrote it ({} when absent or unreadable):
     where the boot's TEE and each component's variant are recorded."""
-    try:
-        with open(state_dir / "plan.json", "rb") as f:
-            plan = json.loads(f.read(16 * 1024 * 1024))
-    except (OSError, ValueError):
-        return {}
+    plan = read_json(state_dir / "plan.json", MAX_STATE_JSON)
     return plan if isinstance(plan, dict) else {}
 
 
@@ -124,9 +121,7 @@ def format_status(status: dict[str, Any]) -> str:
         rows.append((name, str(c.get("unit")), str(c.get("state")), str(c.get("health")), str(c.get("restarts", 0)),
                      active, str(c.get("source")) + (f" ({c['variant']})" if c.get("variant") else ""),
                      signed_by, str(c.get("image")), str(c.get("last_error") or "-")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1])
+    lines += text_table(rows)
     lines.append("* essential")
     lines.append(measurement_line(status.get("measurement")))
     lines.append(f"podvm-bootstrap {status['version']}, tee: {status.get('tee') or 'unknown'}")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from podvm_bootstrap.errors import BootstrapError, one_line
+from podvm_bootstrap.errors import BootstrapError, error_line as _one_line
 
 JobCallback = Callable[[str], None]  # called with the job result: done, failed, canceled, timeout, ...
 
@@ -31,10 +31,6 @@ class UnitState:
     n_restarts: int | None      # systemd's own restarts (Service.NRestarts)
     loaded: str = "loaded"      # LoadState
     need_reload: bool = False   # NeedDaemonReload: systemd holds an older version of the unit file
-
-
-def _one_line(exc: Exception) -> str:
-    return one_line(getattr(exc, "message", None) or exc)
 
 
 SYSTEMD = "org.freedesktop.systemd1"

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, one_line
+from podvm_bootstrap.fsutil import read_at_most, read_bounded
 from podvm_bootstrap.imageref import ImageRef
-from podvm_bootstrap.images import ImageError, MAX_MANIFEST, verify_in_storage
+from podvm_bootstrap.images import MAX_MANIFEST, MAX_STORE_INDEX, ImageError, verify_in_storage
 from podvm_bootstrap.paths import under_root
 
 STORAGE_CONF = "/etc/containers/storage.conf"
@@ -81,13 +82,9 @@ def store_layout(tree: Path, store: str | None) -> StoreLayout:
 
 
 def _read_storage_conf(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_STORAGE_CONF + 1)
-    except FileNotFoundError:
+    data = read_bounded(path, MAX_STORAGE_CONF, lambda why: ConfigError(path, "", why), what="the file")
+    if data is None:
         return {}
-    if len(data) > MAX_STORAGE_CONF:
-        raise ConfigError(path, "", f"larger than {MAX_STORAGE_CONF} bytes")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -100,9 +97,9 @@ def find_in_store(layout: StoreLayout, ref: ImageRef) -> str | None:
     what is there does not verify (a pull then replaces it)."""
     images_json = layout.host_path / f"{layout.driver}-images" / "images.json"
     try:
-        with open(images_json, "rb") as f:
-            records = json.loads(f.read(64 * 1024 * 1024))
-    except (FileNotFoundError, ValueError):
+        data = read_at_most(images_json, MAX_STORE_INDEX)
+        records = json.loads(data) if data is not None else None
+    except ValueError:
         return None
     if not isinstance(records, list):
         return None

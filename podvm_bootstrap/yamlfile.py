@@ -136,6 +136,15 @@ class Section:
             if name not in allowed:
                 raise self.error(name, f"unknown key (known: {', '.join(sorted(allowed))})")
 
+    def version(self, expected: int) -> int:
+        """The file's required `version`, which must be `expected`."""
+        version = self.data.get("version")
+        if version is None:
+            raise self.error("version", f"required (set it to {expected})")
+        if isinstance(version, bool) or version != expected:
+            raise self.error("version", f"unsupported version {version!r} (expected {expected})")
+        return expected
+
     def section(self, name: str) -> "Section":
         return Section(self.path, self.child_key(name), self.data.get(name))
 

@@ -135,3 +135,16 @@ def test_the_error_line_is_podmans_or_skopeos_own() -> None:
     assert "manifest unknown" in _last_error(skopeo)
     assert _last_error("") == "failed with no message"
 
+
+
+def test_the_tree_s_storage_conf_is_read_bounded(tmp_path: Path) -> None:
+    from podvm_bootstrap.errors import ConfigError
+    from podvm_bootstrap.treestore import DEFAULT_DRIVER, MAX_STORAGE_CONF, STORAGE_CONF, store_layout
+
+    assert store_layout(tmp_path, None).driver == DEFAULT_DRIVER          # no storage.conf: the defaults
+    conf = tmp_path / STORAGE_CONF.lstrip("/")
+    conf.parent.mkdir(parents=True)
+    conf.write_text("#" * (MAX_STORAGE_CONF + 1))
+    with pytest.raises(ConfigError) as info:
+        store_layout(tmp_path, None)
+    assert str(info.value) == f"{conf}: the file is larger than {MAX_STORAGE_CONF} bytes"

@@ -13,11 +13,10 @@ from podvm_bootstrap.cloudconfig import (
     UserData,
     WriteFile,
     decode_payload,
-    gunzip_bounded,
     parse_userdata,
-    show,
 )
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.codec import gunzip_bounded
+from podvm_bootstrap.errors import UserDataError, show
 
 DIGEST = "sha256:" + "a" * 64
 DESIGN_EXAMPLE = f"""\

@@ -291,3 +291,19 @@ def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_manifest(tmp_path / "components.yaml")
     assert "not found" in str(info.value)
+
+
+def test_manifest_digest_reads_the_baked_file_bounded(tmp_path):
+    import hashlib
+
+    from podvm_bootstrap.manifest import MAX_MANIFEST_BYTES, manifest_digest
+
+    path = tmp_path / "components.yaml"
+    path.write_bytes(b"version: 1\n")
+    assert manifest_digest(path) == "sha256:" + hashlib.sha256(b"version: 1\n").hexdigest()
+    path.write_bytes(b"#" * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(ConfigError) as info:
+        manifest_digest(path)
+    assert str(info.value) == f"{path}: the file is larger than {MAX_MANIFEST_BYTES} bytes"
+    with pytest.raises(ConfigError, match="cannot read: No such file or directory"):
+        manifest_digest(tmp_path / "absent.yaml")

@@ -368,3 +368,34 @@ def test_key_file_not_a_key_at_all(tmp_path, release_key):
     (tmp_path / "etc/podvm-bootstrap/keys/release.pub").write_bytes(b"\x00\xff" * 100)
     with pytest.raises(ConfigError, match="keys.release.path: not a PEM public key"):
         load_policy(path, tmp_path)
+
+
+def test_an_oversized_key_file_is_refused_naming_it(tmp_path, release_key):
+    from podvm_bootstrap.policy import MAX_KEY_FILE
+
+    path = signing_policy(tmp_path, release_key.public_pem)
+    key_file = tmp_path / "etc/podvm-bootstrap/keys/release.pub"
+    key_file.write_text(release_key.public_pem + "#" * MAX_KEY_FILE)
+    with pytest.raises(ConfigError) as info:
+        load_policy(path, tmp_path)
+    assert info.value.key == "keys.release.path"
+    assert info.value.message == f"key file {key_file} is larger than {MAX_KEY_FILE} bytes"
+
+
+@pytest.mark.parametrize(("version", "words"), [
+    (None, "required (set it to 1)"), (2, "unsupported version 2 (expected 1)"),
+    ("1", "unsupported version '1' (expected 1)"), (True, "unsupported version True (expected 1)"),
+])
+def test_policy_version_is_required_and_checked(tmp_path, version, words):
+    path = tmp_path / "policy.yaml"
+    data: dict = {"components": {}} if version is None else {"version": version, "components": {}}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_policy(path, tmp_path)
+    assert (info.value.key, info.value.message) == ("version", words)
+
+
+def test_the_reason_a_reference_is_invalid_is_quoted_once():
+    d = evaluate_override(policy("quay.io/org/apf"), APF, "quay.io/org/apf:-bad")
+    assert d.reason == "not a valid image reference: invalid tag '-bad' in 'quay.io/org/apf:-bad'"
+    assert d.requested == "quay.io/org/apf:-bad"

@@ -99,7 +99,7 @@ def everything_plan() -> Plan:
             volumes=("/run/a b:/a", "/run/%n$X:/b:ro", "named:/c", "/run/dup:/d", "/run/dup:/e"),
             read_only=True, user="1000:1000"))
     odd = Component(
-        name="odd.image_1", unit="odd-image.service", after=("kitchen-sink", "base"),
+        name="odd-image-1", unit="odd-image.service", after=("kitchen-sink", "base"),
         image=ImageRef("registry.example:5000", "we ird/%n", tag='t"ag\nDescription=evil %n\\', digest=None),
         container=ContainerSpec(command=("x",)))
     return plan_of(planned(base), planned(sink), planned(odd))

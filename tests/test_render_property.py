@@ -30,7 +30,9 @@ ANY_CHAR = st.one_of(
     st.sampled_from(list("%$\\\"' ;\n\r\t\0#[]=@-{}`\x7f\x85\u2028\ufffe")),
 )
 TEXT = st.text(ANY_CHAR, max_size=12)
-NAMES = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,10}", fullmatch=True)
+# Component names as the manifest allows them (model.COMPONENT_NAME), other
+# than the plan's fixed first component.
+NAMES = st.from_regex(r"[a-z0-9][a-z0-9-]{0,10}", fullmatch=True).filter(lambda name: name != "base")
 
 
 def unrepresentable(value: str) -> bool:
