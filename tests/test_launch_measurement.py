@@ -206,3 +206,42 @@ def test_a_fifo_planted_as_the_agents_log_does_not_hang_the_check(tmp_path, swtp
     os.mkfifo(fifo)
     record = bed.measure()  # bounded: would block in open() on the FIFO otherwise
     assert record["measured"] is False and "no attestation agent log continues it" in record["error"]
+
+
+def logged(caplog, fn):
+    """fn()'s log messages (handler attached directly: the CLI's setup_logging
+    may have turned propagation off)."""
+    import logging
+
+    logger = logging.getLogger("podvm_bootstrap")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="podvm_bootstrap"):
+            fn()
+    finally:
+        logger.removeHandler(caplog.handler)
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_the_step_and_the_preload_log_their_timings_as_the_benchmark_reads_them(tmp_path, swtpm, caplog):
+    from bench.measure_cost import daemon_timings
+    from podvm_bootstrap.tpm import preload_bindings
+
+    messages = logged(caplog, lambda: (preload_bindings(swtpm.tcti, tmp_path), Bed(tmp_path, swtpm.tcti).measure()))
+    timings = daemon_timings(messages)
+    assert timings["components"] == 5
+    assert timings["step_s"] is not None and timings["step_s"] > 0
+    assert timings["import_wait_s"] is not None and timings["open_s"] is not None
+    assert timings["preload_s"] is not None
+    # a daemon restarted in the same boot opens the TPM too (to check), and says so
+    caplog.clear()
+    again = daemon_timings(logged(caplog, lambda: Bed(tmp_path, swtpm.tcti).measure()))
+    assert again["components"] == 5 and again["open_s"] is not None and again["preload_s"] is None
+
+
+def test_without_a_tpm_the_step_logs_its_timing_and_no_tpm(tmp_path, caplog):
+    from bench.measure_cost import daemon_timings
+
+    timings = daemon_timings(logged(caplog, lambda: Bed(tmp_path, "none").measure()))
+    assert timings["components"] == 5 and timings["step_s"] is not None
+    assert timings["import_wait_s"] is None and timings["open_s"] is None and timings["preload_s"] is None
