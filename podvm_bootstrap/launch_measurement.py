@@ -170,7 +170,7 @@ class _Step:
             self._append(lines)
             log.warning("launch NOT measured (measure.tpm: %s): event log %s written, %d components",
                         self.describe_tpm(), self.log_path, len(self.entries))
-            return self._record(lines, measured=False)
+            return self._record(self._parsed(lines), measured=False)
         try:
             with Tpm(self.tpm) as tpm:
                 self._opened(tpm)
@@ -186,13 +186,14 @@ class _Step:
                 value = tpm.read(self.pcr)
         except TpmError as exc:
             raise MeasurementError(f"measured launch failed, nothing started: {exc}") from None
-        if value != _replay_end(lines):
+        written = self._parsed(lines)
+        if value != written.value:
             raise MeasurementError(f"measured launch: PCR {self.pcr} reads {format_value(value)} after the launch, "
-                                   f"the log gives {format_value(_replay_end(lines))} (something else extended it); "
+                                   f"the log gives {format_value(written.value)} (something else extended it); "
                                    "nothing started")
         log.info("launch measured into PCR %d of TPM %s: %d components, %s", self.pcr, self.tpm,
                  len(self.entries), format_value(value))
-        return self._record(lines, measured=True)
+        return self._record(written, measured=True)
 
     def _resume(self, tpm: Tpm, partial: ParsedLog) -> tuple[list[str], int]:
         """An earlier daemon of this boot stopped mid-measurement: go on when its
@@ -263,7 +264,7 @@ class _Step:
                 log.error("measured launch of this boot cannot be confirmed: %s", error)
             else:
                 log.info("launch of this boot already measured (%s); not measuring again", format_value(earlier.value))
-        return self._record(list(earlier.lines), measured=self.tpm is not None and error is None, error=error)
+        return self._record(earlier, measured=self.tpm is not None and error is None, error=error)
 
     def _consistency(self, tpm: Tpm, earlier: ParsedLog) -> str | None:
         states = earlier.states()
@@ -287,8 +288,12 @@ class _Step:
             return False
         return init == ours and value in states[-2:]
 
-    def _record(self, lines: list[str], *, measured: bool, error: str | None = None) -> dict[str, Any]:
-        parsed = parse_log(("\n".join(lines) + "\n").encode(), str(self.log_path))
+    def _parsed(self, lines: list[str]) -> ParsedLog:
+        """The lines just written, read back as a verifier reads the file (once
+        per measurement: a self-check, and what the record is made of)."""
+        return parse_log(("\n".join(lines) + "\n").encode(), str(self.log_path))
+
+    def _record(self, parsed: ParsedLog, *, measured: bool, error: str | None = None) -> dict[str, Any]:
         return {
             "eventlog": str(self.log_path),
             "tpm": self.describe_tpm(),
@@ -298,7 +303,3 @@ class _Step:
             "components": {e.component: e.digest for e in parsed.launched},
             "error": error,
         }
-
-
-def _replay_end(lines: list[str]) -> bytes:
-    return parse_log(("\n".join(lines) + "\n").encode()).value
