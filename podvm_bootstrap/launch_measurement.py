@@ -120,7 +120,7 @@ class _Step:
         self.tpm_times = ""   # how long opening the TPM took, for the step's timing line
 
     def _opened(self, tpm: Tpm) -> None:
-        self.tpm_times = (f"waited {1000 * tpm.import_s:.1f} ms for tpm2-pytss's import, "
+        self.tpm_times = (f"waited {1000 * tpm.import_s:.1f} ms for tpm2-pytss's bindings, "
                           f"opened the TPM in {1000 * tpm.open_s:.1f} ms")
 
     def describe_tpm(self) -> str:

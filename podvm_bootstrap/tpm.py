@@ -210,5 +210,6 @@ def preload_bindings(text: str, root: Path) -> bool:
         bindings()
     except (ValueError, ImportError):
         return False  # the measurement reports it, with the context
-    log.info("tpm2-pytss loaded ahead of the measurement in %.1f ms", 1000 * (time.perf_counter() - started))
+    log.info("tpm2-pytss's bindings loaded ahead of the measurement in %.1f ms",
+             1000 * (time.perf_counter() - started))
     return True
