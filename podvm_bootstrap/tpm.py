@@ -128,6 +128,8 @@ class Tpm:
     def read(self, pcr: int) -> bytes:
         """The sha256 bank's value of PCR `pcr`."""
         ffi, lib = self._ffi, self._lib
+        if not 0 <= pcr <= 23:
+            raise TpmError(f"TPM {self.setting}: reading PCR {pcr} failed: no such PCR")
         selection = ffi.new("TPML_PCR_SELECTION *")
         selection.count = 1
         selection.pcrSelections[0].hash = lib.TPM2_ALG_SHA256

@@ -245,3 +245,30 @@ def test_without_a_tpm_the_step_logs_its_timing_and_no_tpm(tmp_path, caplog):
     timings = daemon_timings(logged(caplog, lambda: Bed(tmp_path, "none").measure()))
     assert timings["components"] == 5 and timings["step_s"] is not None
     assert timings["import_wait_s"] is None and timings["open_s"] is None and timings["preload_s"] is None
+
+
+def test_the_bindings_load_without_tpm2_pytss_python_layer():
+    # That layer (its types import cryptography's x509) cost 50-90 ms of CPU
+    # at every daemon start, held the GIL against start-up, and is not needed.
+    import subprocess
+    import sys
+
+    code = ("import sys; from podvm_bootstrap.tpm import bindings; ffi, lib = bindings(); "
+            "print(hasattr(lib, 'Esys_PCR_Extend'), bindings()[1] is lib, "
+            "'tpm2_pytss.types' in sys.modules, 'cryptography.x509' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False", "False"]
+
+
+def test_a_pcr_out_of_range_is_a_tpm_error(swtpm):
+    from podvm_bootstrap.tpm import Tpm, TpmError, parse_tpm_setting
+
+    with Tpm(parse_tpm_setting(swtpm.tcti)) as tpm:
+        with pytest.raises(TpmError, match="PCR 24"):
+            tpm.read(24)
+        with pytest.raises(TpmError, match="PCR 24"):
+            tpm.extend(24, bytes(32))
+        with pytest.raises(TpmError, match="bad locality"):   # refused by the TPM itself, decoded
+            tpm.extend(17, bytes(32))
