@@ -10,7 +10,7 @@ the VM shares its network) alternate with boots with `measure.tpm: none`,
 PCR 23 reset before each measured boot. Every measured boot is checked
 afterwards (untimed): the VM's event log replays to the PCR that tpm2_pcrread
 reads on the machine. From each boot's journal, the daemon's own timing of the
-measurement step and of tpm2-pytss's background import.
+measurement step and of the background load of tpm2-pytss's bindings.
 
 `make bench` runs it as one section of bench/results/latest.md (a hook in
 bench/run.py); alone it boots its own VM and writes
