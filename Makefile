@@ -24,7 +24,8 @@ demo: deps
 	$(VENV)/bin/python image/demo.py
 
 # Benchmarks in the booted pod VM test bed (README "Benchmarks"): prints one
-# table and writes bench/results/latest.md and latest.json (about 15 minutes).
+# table and writes bench/results/latest.md and latest.json (about 15 minutes),
+# the cost of measured launch (bench/measure_cost.py, swtpm) as its last section.
 bench: deps
 	$(VENV)/bin/python bench/run.py
 

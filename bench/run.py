@@ -555,6 +555,11 @@ def run(args: argparse.Namespace, results: Results) -> None:
                 scale_rows.insert(0, scale_rows.pop())
                 scale_rows.insert(0, scale_rows.pop())
             scale_rows.extend(scale_plan_rows)
+            from bench import measure_cost   # what measured launch adds (issue 12): five components, swtpm
+            measure_rows = results.section(measure_cost.SECTION)
+            guarded(measure_rows, "measured launch", measure_cost.MEASURE_TARGET)(lambda: measure_rows.extend(
+                measure_cost.run_section(vm, driver, image, max(rounds, measure_cost.MIN_ROUNDS), results.raw,
+                                         workdir / "swtpm")))
             driver.reset()
         finally:
             if vm is not None:

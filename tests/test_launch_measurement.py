@@ -206,3 +206,69 @@ def test_a_fifo_planted_as_the_agents_log_does_not_hang_the_check(tmp_path, swtp
     os.mkfifo(fifo)
     record = bed.measure()  # bounded: would block in open() on the FIFO otherwise
     assert record["measured"] is False and "no attestation agent log continues it" in record["error"]
+
+
+def logged(caplog, fn):
+    """fn()'s log messages (handler attached directly: the CLI's setup_logging
+    may have turned propagation off)."""
+    import logging
+
+    logger = logging.getLogger("podvm_bootstrap")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="podvm_bootstrap"):
+            fn()
+    finally:
+        logger.removeHandler(caplog.handler)
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_the_step_and_the_preload_log_their_timings_as_the_benchmark_reads_them(tmp_path, swtpm, caplog):
+    from bench.measure_cost import daemon_timings
+    from podvm_bootstrap.tpm import preload_bindings
+
+    messages = logged(caplog, lambda: (preload_bindings(swtpm.tcti, tmp_path), Bed(tmp_path, swtpm.tcti).measure()))
+    timings = daemon_timings(messages)
+    assert timings["components"] == 5
+    assert timings["step_s"] is not None and timings["step_s"] > 0
+    assert timings["import_wait_s"] is not None and timings["open_s"] is not None
+    assert timings["preload_s"] is not None
+    # a daemon restarted in the same boot opens the TPM too (to check), and says so
+    caplog.clear()
+    again = daemon_timings(logged(caplog, lambda: Bed(tmp_path, swtpm.tcti).measure()))
+    assert again["components"] == 5 and again["open_s"] is not None and again["preload_s"] is None
+
+
+def test_without_a_tpm_the_step_logs_its_timing_and_no_tpm(tmp_path, caplog):
+    from bench.measure_cost import daemon_timings
+
+    timings = daemon_timings(logged(caplog, lambda: Bed(tmp_path, "none").measure()))
+    assert timings["components"] == 5 and timings["step_s"] is not None
+    assert timings["import_wait_s"] is None and timings["open_s"] is None and timings["preload_s"] is None
+
+
+def test_the_bindings_load_without_tpm2_pytss_python_layer():
+    # That layer (its types import cryptography's x509) cost 50-90 ms of CPU
+    # at every daemon start, held the GIL against start-up, and is not needed.
+    import subprocess
+    import sys
+
+    code = ("import sys; from podvm_bootstrap.tpm import bindings; ffi, lib = bindings(); "
+            "print(hasattr(lib, 'Esys_PCR_Extend'), bindings()[1] is lib, "
+            "'tpm2_pytss.types' in sys.modules, 'cryptography.x509' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False", "False"]
+
+
+def test_a_pcr_out_of_range_is_a_tpm_error(swtpm):
+    from podvm_bootstrap.tpm import Tpm, TpmError, parse_tpm_setting
+
+    with Tpm(parse_tpm_setting(swtpm.tcti)) as tpm:
+        with pytest.raises(TpmError, match="PCR 24"):
+            tpm.read(24)
+        with pytest.raises(TpmError, match="PCR 24"):
+            tpm.extend(24, bytes(32))
+        with pytest.raises(TpmError, match="bad locality"):   # refused by the TPM itself, decoded
+            tpm.extend(17, bytes(32))
