@@ -41,7 +41,7 @@ from podvm_bootstrap.probes import run_probe
 from podvm_bootstrap.state import now_iso, read_state, state_record, write_state
 from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
-from podvm_bootstrap.systemd_units import Systemd, SystemdError, UnitState
+from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
 from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units,
                                             start_mode)
 

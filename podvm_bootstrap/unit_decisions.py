@@ -19,7 +19,7 @@ ADOPT = "adopt"       # running this very definition: left alone, its gate relea
 
 @dataclass(frozen=True)
 class Live:
-    """What systemd says about a unit (systemd_units.UnitState's fields used here)."""
+    """What systemd says about a unit (systemd_dbus.UnitState's fields used here)."""
     active: str
     loaded: str = "loaded"
     need_reload: bool = False
