@@ -27,10 +27,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
-from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
+from podvm_bootstrap.errors import EXIT_OK, ConfigError, PolicyFailure, one_line
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.log import get_logger
@@ -38,12 +38,16 @@ from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
+from podvm_bootstrap.settings import load_settings
 from podvm_bootstrap.state import now_iso, read_state, state_record, write_state
 from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
 from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units,
-                                            start_mode)
+from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, EarlyCandidate, Live, UnitFacts, may_start_early,
+                                            needs_reload, stale_units, start_mode, to_end_early)
+
+if TYPE_CHECKING:
+    from podvm_bootstrap.stages import Baked
 
 log = get_logger("daemon")
 
@@ -88,6 +92,28 @@ def _image_step(fn: Callable[[], T], planned: PlannedComponent) -> T:
         raise ImageError(f"{planned.image}: {type(exc).__name__}: {one_line(exc)}") from None
 
 
+class EarlyStart:
+    """A unit started before the user-data: its job's result once systemd
+    reports it, handed on to whoever takes the start over."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.result: str | None = None
+        self._then: Callable[[str], None] | None = None
+
+    def finished(self, result: str) -> None:
+        self.result = result
+        if self._then is not None:
+            self._then(result)
+
+    def then(self, on_done: Callable[[str], None]) -> None:
+        """on_done(result) now if the job is over, else when it is."""
+        if self.result is not None:
+            on_done(self.result)
+        else:
+            self._then = on_done
+
+
 class Terminated(BaseException):
     """SIGTERM before the main loop runs (BaseException: no `except Exception`
     on the way may swallow it)."""
@@ -127,6 +153,8 @@ class Daemon:
         self.units_written: list[str] = []
         self.phase = "starting"
         self.supervisor: Supervisor | None = None
+        self.systemd: Systemd | None = None
+        self.early: dict[str, EarlyStart] = {}   # units started before the user-data, until taken over
         self.images: PodmanImages | None = None
         self._written_key: tuple | None = None
         self._probes: ThreadPoolExecutor | None = None
@@ -141,7 +169,11 @@ class Daemon:
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, self._terminate_early)
         try:
-            self._run()
+            try:
+                self._run()
+            except Exception:
+                self._abandon_early()
+                raise
         except Terminated:
             log.info("SIGTERM before supervision began; stopping (components left as they are)")
             self.phase = "stopped"
@@ -157,27 +189,32 @@ class Daemon:
         raise Terminated()
 
     def _run(self) -> None:
-        from podvm_bootstrap.settings import load_settings
+        from podvm_bootstrap.stages import read_baked
 
         self.previous_state = read_state(self.paths.state_dir) or {}
-        self.notifier.status("reading user-data")
+        self.notifier.status("starting the baked components")
         self.settings = load_settings(self.paths.bootstrap_yaml)
-        # The bus connection does not need the user-data: it overlaps the fetch.
+        baked = read_baked(self.paths, self.settings)
+        # The cheapest work first: the baked defaults' containers are set up
+        # while the user-data is fetched (their processes wait at their gates).
+        self._start_early(baked)
         # podman's API service is started only when something needs it (a
         # store storage.conf does not describe, a pull, an exec probe).
         self.images = self._images()
         if not self.images.reads_files:
             knock(self.settings.runtime.podman_socket)
             in_background(self._activate_podman, "podman")
-        systemd = in_background(self.systemd_factory, "systemd")
+        systemd = None if self.systemd is not None else in_background(self.systemd_factory, "systemd")
         # tpm2-pytss's imports (~65 ms) overlap the fetch instead of delaying the measurement.
         from podvm_bootstrap.tpm import preload_bindings
         in_background(lambda: preload_bindings(self.settings.measure.tpm, self.paths.root), "tpm")
-        plan = self._prepare()
+        self.notifier.status("reading user-data")
+        plan = self._prepare(baked)
         if any(p.component.ready is not None and p.component.ready.kind == "exec" for p in plan.components):
             knock(self.settings.runtime.podman_socket)   # up by the time the first exec probe runs
-        self.notifier.status("connecting to systemd")
-        self.systemd = systemd.result()
+        if systemd is not None:
+            self.notifier.status("connecting to systemd")
+            self.systemd = systemd.result()
         runtime = self.settings.runtime
         self.supervisor = Supervisor(
             [p.component for p in plan.components], self.clock,
@@ -197,6 +234,93 @@ class Daemon:
         self._write_state()
         self._supervise()
 
+    # --- stage 0: the baked defaults' units, before the user-data -------------
+
+    def _start_early(self, baked: Baked) -> None:
+        """Start the units of the baked defaults now, before the user-data
+        fetch: podman sets their containers up meanwhile. Safe behind the
+        gates: a process is released only after its files are provisioned,
+        the final plan's image verified for that start and the launch set
+        measured; a unit the final plan changes or drops is ended at its gate
+        (nothing of it ran) before the final units go in. Failures here only
+        cost the head start."""
+        from podvm_bootstrap.gate import gate_dir, prepare_fifo, unit_gate_dir
+        from podvm_bootstrap.render import render_units, volume_host_dirs
+        from podvm_bootstrap.stages import baked_plan
+
+        first_run = not self.previous_state
+        plan = baked_plan(baked) if first_run else None
+        if plan is None:
+            return
+        try:
+            units = render_units(plan, source=str(self.paths.components_yaml),
+                                 gate_dir=unit_gate_dir(self.paths.root, self.paths.state_dir))
+        except ConfigError:
+            return   # reported by the final plan's rendering
+        fresh = {p.unit: not (self.paths.unit_dir / p.unit).exists() for p in plan.components}
+        try:
+            self.systemd = self.systemd_factory()
+            held = self.systemd.unit_loads([p.unit for p in plan.components])
+        except SystemdError as exc:
+            log.info("no early start: %s", exc)
+            return
+        allowed = self.settings.provision.allowed_paths
+        early = [p for p in plan.components if may_start_early(
+            EarlyCandidate(p.name, p.unit, p.digest is not None, tuple(volume_host_dirs(p)), fresh[p.unit],
+                           *held.get(p.unit, (None, None))), allowed, first_run)]
+        if not early:
+            return
+        gates = gate_dir(self.paths.state_dir)
+        self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
+        for planned in early:
+            prepare_fifo(gates, planned.name)
+            write_if_changed(self.paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
+        for planned in early:
+            start = EarlyStart(planned.unit)
+            try:
+                self.systemd.start(planned.unit, start.finished, ignore_dependencies=True)
+            except SystemdError as exc:
+                log.info("early start of %s: %s", planned.unit, exc, **_log(planned.name))
+                start.finished("failed")
+            self.early[planned.name] = start
+        log.info("baked defaults' units started before the user-data (held at their gates): %s",
+                 ", ".join(p.name for p in early))
+
+    def _end_early(self, name: str) -> None:
+        """An early start the final plan does not keep: its container is
+        ended at its gate (an empty release: the gate exits 75, nothing of the
+        image ran) under a stop job, so that systemd's Restart= does not
+        bring it back and podman's stop does not wait for a gate that ignores
+        SIGTERM (it is PID 1 of its container)."""
+        from podvm_bootstrap.gate import fifo_path, gate_dir, open_waiting_gate
+
+        start = self.early.pop(name)
+        bound = self.settings.runtime.job_timeout
+        self.systemd.wait_jobs(lambda: start.result is None, bound)
+        stopped: list[str] = []
+        try:
+            self.systemd.stop(start.unit, stopped.append)
+        except SystemdError as exc:
+            log.error("%s", exc, **_log(name))
+            return
+        if start.result == "done":
+            fd = open_waiting_gate(Path(fifo_path(gate_dir(self.paths.state_dir), name)), time.monotonic() + bound)
+            if fd is not None:
+                os.close(fd)
+        if not self.systemd.wait_jobs(lambda: not stopped, bound):
+            log.error("stopping %s did not finish within %gs", start.unit, bound, **_log(name))
+        log.info("early start of %s ended at its gate (the final plan changed it): %s", start.unit,
+                 stopped[0] if stopped else "stop pending", **_log(name))
+
+    def _abandon_early(self) -> None:
+        """Start-up failed (configuration, policy, measurement): the early
+        starts end at their gates, as if never made."""
+        for name in list(self.early):
+            try:
+                self._end_early(name)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                log.error("cannot end the early start: %s", one_line(exc), **_log(name))
+
     def _images(self) -> PodmanImages:
         runtime = self.settings.runtime
         return PodmanImages(
@@ -215,12 +339,11 @@ class Daemon:
 
     # --- stage 1: user-data, provisioning, plan -----------------------------
 
-    def _prepare(self) -> Plan:
-        from podvm_bootstrap.provision import provision_files
-        from podvm_bootstrap.stages import resolve
+    def _prepare(self, baked: Baked) -> Plan:
+        from podvm_bootstrap.stages import plan as make_boot_plan
 
         log.info("fetching the user-data, then planning")   # (the boot's timeline: start-up done)
-        resolved = resolve(self.paths, self.source, settings=self.settings)
+        resolved = make_boot_plan(self.paths, self.source, baked=baked, provision_files=True)
         self.policy = resolved.policy
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         saved = self.paths.state_dir / "user-data"
@@ -234,10 +357,7 @@ class Daemon:
         else:
             self.boot["userdata"] = "none" if raw is None else f"{len(raw)} bytes"
         if userdata is not None:
-            results = provision_files(userdata.write_files, self.settings.provision.allowed_paths, self.paths.root)
-            for result in results:
-                (log.info if result.written else log.error)("provision: %s", result.line())
-            self.boot["provisioned"] = [r.line() for r in results]
+            self.boot["provisioned"] = [r.line() for r in resolved.provisioned]
             self.boot["userdata_problems"] = list(userdata.problems)
         plan = resolved.plan
         self.boot["plan_errors"] = list(plan.errors)
@@ -337,6 +457,8 @@ class Daemon:
                 written.add(planned.unit)
             self.unit_hashes[planned.name] = unit_hash(text)
         self.units_written = [p.unit for p in runnable]
+        for name in to_end_early(self.early, [p.name for p in runnable], {p.name for p in runnable if p.unit in written}):
+            self._end_early(name)
         leftovers = [p.unit for p in self.planned.values() if (self.paths.unit_dir / p.unit).exists()]
         stale = stale_units(self.previous_state.get("units") or [], self.units_written, leftovers)
         for unit in stale:
@@ -351,7 +473,7 @@ class Daemon:
         facts = [UnitFacts(p.name, p.unit, p.unit in written, self.unit_hashes[p.name],
                            (old_components.get(p.name) or {}).get("unit_hash"),
                            Live(live[p.name].active, live[p.name].loaded, live[p.name].need_reload)
-                           if p.name in live else None)
+                           if p.name in live else None, early=p.name in self.early)
                  for p in runnable]
         if needs_reload(facts, bool(stale)):
             self.systemd.reload()
@@ -522,6 +644,7 @@ class Daemon:
         if isinstance(action, OpenGate):
             self._open_gate(action)
             return
+        early = self.early.pop(name, None)
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
             # (the image is verified for this start at its gate)
             self.restart_on_start.discard(name)
@@ -542,6 +665,21 @@ class Daemon:
                 if result != "done":
                     log.error("job for %s: %s", unit, result, **_log(name))
                 self._kick()
+        if early is not None and not isinstance(action, RestartUnit):
+            # Started before the user-data with this very unit text: its job
+            # (or, when it failed, a fresh one) is this start's.
+            def after_early(result: str) -> None:
+                if result == "done":
+                    on_done(result)
+                else:
+                    log.info("its early start ended %s: starting it again", result, **_log(name))
+                    try:
+                        self.systemd.restart(unit, on_done)
+                    except SystemdError as exc:
+                        log.error("%s", exc, **_log(name))
+                        on_done("failed")
+            early.then(after_early)
+            return
         try:
             call(unit, on_done)
         except SystemdError as exc:

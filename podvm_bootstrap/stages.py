@@ -1,8 +1,16 @@
-"""The boot's stages as the commands share them: fetch → provision → resolve.
+"""The boot's stages as the commands share them: read the baked files →
+fetch the user-data → provision its files → plan (`run`, `provision`,
+`plan`, `render` call the same functions; the daemon then ensures images,
+measures, renders units, starts and supervises: daemon.py).
 
 Each stage is I/O at the edge around a pure core module. User-data problems
 are logged as one line each and the boot goes on with what is usable; baked
-configuration problems raise ConfigError (exit 2)."""
+configuration problems raise ConfigError (exit 2).
+
+`read_baked` and `baked_plan` need no policy and no user-data: the daemon
+starts the baked defaults' units from them before the fetch (their
+processes held at their start gates), with nothing imported that only the
+policy's keys (cryptography) or a metadata service (requests) need."""
 
 from __future__ import annotations
 
@@ -11,15 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podvm_bootstrap.cloudconfig import UserData, decode_payload, parse_userdata
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.errors import ConfigError, UserDataError
 from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.model import Manifest, Plan
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.model import Plan
 from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
 from podvm_bootstrap.untrusted_file import read_userdata_file
 
 if TYPE_CHECKING:
     from podvm_bootstrap.policy import Policy
+    from podvm_bootstrap.provision import ProvisionResult
+    from podvm_bootstrap.tee import TeeChoice
 
 log = get_logger("stages")
 
@@ -69,7 +79,7 @@ class Obtained:
     error: str | None = None
 
 
-def obtain(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained:
+def fetch(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained:
     """Fetch and parse user-data for a boot; on failure log one line and go on
     with none (the baked defaults)."""
     raw = None
@@ -89,8 +99,50 @@ def obtain(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained
     return Obtained(raw=raw, userdata=userdata)
 
 
+def provision(paths: Paths, settings: Settings, userdata: UserData) -> list[ProvisionResult]:
+    """Write the user-data's files into the allow-list (under --root): one
+    result per entry, written or refused (a refused one is skipped, the rest
+    still written)."""
+    from podvm_bootstrap.provision import provision_files
+
+    return provision_files(userdata.write_files, settings.provision.allowed_paths, paths.root)
+
+
 @dataclass(frozen=True)
-class Resolved:
+class Baked:
+    """What the image carries, apart from the policy: settings, manifest, and
+    this VM's TEE (baked `tee:` or detected)."""
+
+    settings: Settings
+    manifest: Manifest
+    tee: TeeChoice
+
+
+def read_baked(paths: Paths, settings: Settings | None = None) -> Baked:
+    from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.tee import detect_for_root
+
+    if settings is None:
+        settings = load_settings(paths.bootstrap_yaml)
+    manifest = load_manifest(paths.components_yaml)
+    return Baked(settings, manifest, detect_for_root(settings.tee, paths.root))
+
+
+def baked_plan(baked: Baked) -> Plan | None:
+    """The plan with no user-data and no override allowed: each component's
+    baked default or variant. None when it cannot be made without the policy
+    (a default not pinned by digest: only the policy can allow that)."""
+    from podvm_bootstrap.planner import make_plan
+    from podvm_bootstrap.policy import Policy
+
+    try:
+        return make_plan(baked.manifest, Policy(), {}, tee=baked.tee.tee)
+    except ConfigError:
+        return None
+
+
+@dataclass(frozen=True)
+class BootPlan:
     settings: Settings
     userdata: UserData | None
     plan: Plan
@@ -98,31 +150,40 @@ class Resolved:
     raw: bytes | None = None           # the decoded user-data, as fetched (None: there is none)
     userdata_error: str | None = None  # why the user-data is not used, when it is not
     tee_reason: str = ""               # why plan.tee is this boot's TEE
+    provisioned: tuple[ProvisionResult, ...] = ()   # with provision_files: one per write_files entry
 
 
-def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = None) -> Resolved:
-    """Baked configuration + user-data → the plan (no side effects).
-    `settings`: bootstrap.yaml when the caller has loaded it already."""
-    from podvm_bootstrap.manifest import load_manifest
+def plan(paths: Paths, source: UserDataSource, settings: Settings | None = None, *, baked: Baked | None = None,
+         provision_files: bool = False) -> BootPlan:
+    """Baked configuration + user-data → the plan: which image runs as each
+    component (default, variant or accepted override). With provision_files
+    (the daemon), the user-data's files are written first; otherwise no side
+    effects. `settings`, `baked`: what the caller has read already."""
     from podvm_bootstrap.planner import make_plan
     from podvm_bootstrap.policy import load_policy
-    from podvm_bootstrap.tee import detect_for_root, userdata_tee_notice
+    from podvm_bootstrap.tee import userdata_tee_notice
 
-    if settings is None:
-        settings = load_settings(paths.bootstrap_yaml)
-    manifest = load_manifest(paths.components_yaml)
-    policy = load_policy(paths.policy_yaml, paths.root)
-    obtained = obtain(paths, settings, source)
+    if baked is None:
+        baked = read_baked(paths, settings)
+    settings = baked.settings
+    policy = load_policy(paths.policy_yaml, paths.root)   # a baked file's error before any wait on the fetch
+    obtained = fetch(paths, settings, source)
+    provisioned: list[ProvisionResult] = []
+    if provision_files and obtained.userdata is not None:
+        provisioned = provision(paths, settings, obtained.userdata)
+        for result in provisioned:
+            (log.info if result.written else log.error)("provision: %s", result.line())
     overrides = obtained.userdata.images if obtained.userdata is not None else {}
     if obtained.userdata is not None and (notice := userdata_tee_notice(obtained.userdata)):
         log.warning("%s", notice)
-    tee = detect_for_root(settings.tee, paths.root)
-    plan = make_plan(manifest, policy, overrides, tee=tee.tee)
+    tee = baked.tee
+    boot_plan = make_plan(baked.manifest, policy, overrides, tee=tee.tee)
     log.info("TEE: %s (%s)", tee.tee, tee.reason)
-    for planned in plan.components:
+    for planned in boot_plan.components:
         if planned.variant is not None:
             log.info("%s: %s variant, image %s (%s)", planned.name, planned.variant, planned.image, planned.source)
-    for error in plan.errors:
+    for error in boot_plan.errors:
         log.error("%s", error)
-    return Resolved(settings=settings, userdata=obtained.userdata, plan=plan, policy=policy, raw=obtained.raw,
-                    userdata_error=obtained.error, tee_reason=tee.reason)
+    return BootPlan(settings=settings, userdata=obtained.userdata, plan=boot_plan, policy=policy,
+                    raw=obtained.raw, userdata_error=obtained.error, tee_reason=tee.reason,
+                    provisioned=tuple(provisioned))

@@ -3,10 +3,11 @@ through the Manager's JobRemoved signal (after Subscribe()), unit states
 through the unit objects' properties and their PropertiesChanged signals (no
 polling). Signals are delivered by the GLib main loop the caller runs.
 
-The daemon talks to systemd over pydbus's system bus connection, with plain
-Gio calls of the few methods it uses rather than pydbus proxies: no
-introspection at start-up, and only the properties used are unpacked from
-each signal (a unit's PropertiesChanged carries about a hundred).
+The daemon talks to systemd over Gio's system bus connection (the one
+pydbus wraps), with plain calls of the few methods it uses rather than pydbus
+proxies: no introspection and no pydbus import on the boot's critical path
+(its first StartUnit), and only the properties used are unpacked from each
+signal (a unit's PropertiesChanged carries about a hundred).
 `read_unit_states` (the one-shot `status` command) uses pydbus proxies."""
 
 from __future__ import annotations
@@ -46,14 +47,12 @@ MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 
 class Systemd:
     def __init__(self, con: Any = None) -> None:
-        """con: a Gio.DBusConnection (default: pydbus's system bus)."""
+        """con: a Gio.DBusConnection (default: the system bus, as pydbus's SystemBus().con)."""
         try:
             if con is None:
-                from pydbus import SystemBus
+                from gi.repository import Gio
 
-                # pydbus's bus is a Gio.DBusConnection underneath; its proxy
-                # objects are left aside here (see the module docstring).
-                con = SystemBus().con
+                con = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
             self.con = con
             self._manager("Subscribe")
         except Exception as exc:  # noqa: BLE001 - no bus, no systemd
@@ -71,6 +70,17 @@ class Systemd:
         reply = self.con.call_sync(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, method, params, None, 0, -1, None)
         values = reply.unpack() if reply is not None else ()
         return values[0] if len(values) == 1 else None
+
+    def unit_loads(self, units: list[str]) -> dict[str, tuple[str, str]]:
+        """(LoadState, ActiveState) of each unit systemd has in memory, in one
+        round trip (ListUnitsByNames); a unit it does not hold is absent or
+        "not-found": its file is read when it is started."""
+        from gi.repository import GLib
+
+        reply = self._call("list units", lambda: self.con.call_sync(
+            SYSTEMD, MANAGER_PATH, MANAGER_IFACE, "ListUnitsByNames", GLib.Variant("(as)", (units,)),
+            GLib.VariantType.new("(a(ssssssouso))"), 0, -1, None))
+        return {str(row[0]): (str(row[2]), str(row[3])) for row in reply.unpack()[0]}
 
     def _job_removed(self, con: Any, sender: str, path: str, iface: str, signal: str, params: Any) -> None:
         job = params.get_child_value(1).get_string()
