@@ -90,9 +90,12 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.early_start import head_start
+
+    head = head_start(paths)   # before the daemon's own imports: the first StartUnit as early as it can be
     from podvm_bootstrap.daemon import Daemon
 
-    return Daemon(paths, _source(args)).run()
+    return Daemon(paths, _source(args), head).run()
 
 
 def cmd_status(args: argparse.Namespace, paths: Paths) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
-from podvm_bootstrap.errors import EXIT_OK, ConfigError, PolicyFailure, one_line
+from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.log import get_logger
@@ -38,15 +38,14 @@ from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
-from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap.state import now_iso, read_state, state_record, write_state
+from podvm_bootstrap.state import now_iso, state_record, write_state
 from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
 from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, EarlyCandidate, Live, UnitFacts, may_start_early,
-                                            needs_reload, stale_units, start_mode, to_end_early)
+from podvm_bootstrap.unit_decisions import ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units, start_mode, to_end_early
 
 if TYPE_CHECKING:
+    from podvm_bootstrap.early_start import EarlyStart, HeadStart
     from podvm_bootstrap.stages import Baked
 
 log = get_logger("daemon")
@@ -92,28 +91,6 @@ def _image_step(fn: Callable[[], T], planned: PlannedComponent) -> T:
         raise ImageError(f"{planned.image}: {type(exc).__name__}: {one_line(exc)}") from None
 
 
-class EarlyStart:
-    """A unit started before the user-data: its job's result once systemd
-    reports it, handed on to whoever takes the start over."""
-
-    def __init__(self, unit: str) -> None:
-        self.unit = unit
-        self.result: str | None = None
-        self._then: Callable[[str], None] | None = None
-
-    def finished(self, result: str) -> None:
-        self.result = result
-        if self._then is not None:
-            self._then(result)
-
-    def then(self, on_done: Callable[[str], None]) -> None:
-        """on_done(result) now if the job is over, else when it is."""
-        if self.result is not None:
-            on_done(self.result)
-        else:
-            self._then = on_done
-
-
 class Terminated(BaseException):
     """SIGTERM before the main loop runs (BaseException: no `except Exception`
     on the way may swallow it)."""
@@ -136,8 +113,8 @@ def _log(name: str) -> dict[str, Any]:
 
 
 class Daemon:
-    def __init__(self, paths: Paths, source: Any, *, systemd_factory: Callable[[], Systemd] = Systemd,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(self, paths: Paths, source: Any, head: HeadStart, *,
+                 systemd_factory: Callable[[], Systemd] = Systemd, notifier: Notifier | None = None) -> None:
         self.paths = paths
         self.source = source
         self.systemd_factory = systemd_factory
@@ -153,8 +130,11 @@ class Daemon:
         self.units_written: list[str] = []
         self.phase = "starting"
         self.supervisor: Supervisor | None = None
-        self.systemd: Systemd | None = None
-        self.early: dict[str, EarlyStart] = {}   # units started before the user-data, until taken over
+        self.head = head
+        self.previous_state = head.previous_state
+        self.settings = head.settings
+        self.systemd: Systemd | None = head.systemd
+        self.early: dict[str, EarlyStart] = dict(head.started)   # units started before the user-data, until taken over
         self.images: PodmanImages | None = None
         self._written_key: tuple | None = None
         self._probes: ThreadPoolExecutor | None = None
@@ -189,15 +169,7 @@ class Daemon:
         raise Terminated()
 
     def _run(self) -> None:
-        from podvm_bootstrap.stages import read_baked
-
-        self.previous_state = read_state(self.paths.state_dir) or {}
-        self.notifier.status("starting the baked components")
-        self.settings = load_settings(self.paths.bootstrap_yaml)
-        baked = read_baked(self.paths, self.settings)
-        # The cheapest work first: the baked defaults' containers are set up
-        # while the user-data is fetched (their processes wait at their gates).
-        self._start_early(baked)
+        baked = self.head.baked
         # podman's API service is started only when something needs it (a
         # store storage.conf does not describe, a pull, an exec probe).
         self.images = self._images()
@@ -235,56 +207,6 @@ class Daemon:
         self._supervise()
 
     # --- stage 0: the baked defaults' units, before the user-data -------------
-
-    def _start_early(self, baked: Baked) -> None:
-        """Start the units of the baked defaults now, before the user-data
-        fetch: podman sets their containers up meanwhile. Safe behind the
-        gates: a process is released only after its files are provisioned,
-        the final plan's image verified for that start and the launch set
-        measured; a unit the final plan changes or drops is ended at its gate
-        (nothing of it ran) before the final units go in. Failures here only
-        cost the head start."""
-        from podvm_bootstrap.gate import gate_dir, prepare_fifo, unit_gate_dir
-        from podvm_bootstrap.render import render_units, volume_host_dirs
-        from podvm_bootstrap.stages import baked_plan
-
-        first_run = not self.previous_state
-        plan = baked_plan(baked) if first_run else None
-        if plan is None:
-            return
-        try:
-            units = render_units(plan, source=str(self.paths.components_yaml),
-                                 gate_dir=unit_gate_dir(self.paths.root, self.paths.state_dir))
-        except ConfigError:
-            return   # reported by the final plan's rendering
-        fresh = {p.unit: not (self.paths.unit_dir / p.unit).exists() for p in plan.components}
-        try:
-            self.systemd = self.systemd_factory()
-            held = self.systemd.unit_loads([p.unit for p in plan.components])
-        except SystemdError as exc:
-            log.info("no early start: %s", exc)
-            return
-        allowed = self.settings.provision.allowed_paths
-        early = [p for p in plan.components if may_start_early(
-            EarlyCandidate(p.name, p.unit, p.digest is not None, tuple(volume_host_dirs(p)), fresh[p.unit],
-                           *held.get(p.unit, (None, None))), allowed, first_run)]
-        if not early:
-            return
-        gates = gate_dir(self.paths.state_dir)
-        self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
-        for planned in early:
-            prepare_fifo(gates, planned.name)
-            write_if_changed(self.paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
-        for planned in early:
-            start = EarlyStart(planned.unit)
-            try:
-                self.systemd.start(planned.unit, start.finished, ignore_dependencies=True)
-            except SystemdError as exc:
-                log.info("early start of %s: %s", planned.unit, exc, **_log(planned.name))
-                start.finished("failed")
-            self.early[planned.name] = start
-        log.info("baked defaults' units started before the user-data (held at their gates): %s",
-                 ", ".join(p.name for p in early))
 
     def _end_early(self, name: str) -> None:
         """An early start the final plan does not keep: its container is

@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podvm_bootstrap.cloudconfig import UserData, decode_payload, parse_userdata
 from podvm_bootstrap.errors import ConfigError, UserDataError
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.model import Manifest, Plan
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
-from podvm_bootstrap.untrusted_file import read_userdata_file
 
 if TYPE_CHECKING:
+    from podvm_bootstrap.cloudconfig import UserData
     from podvm_bootstrap.policy import Policy
     from podvm_bootstrap.provision import ProvisionResult
     from podvm_bootstrap.tee import TeeChoice
@@ -48,6 +47,7 @@ class UserDataSource:
 def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserDataSource) -> bytes | None:
     """The decoded user-data, or None when this VM has none. UserDataError when
     it cannot be had (unreachable, oversize, undecodable)."""
+    from podvm_bootstrap.cloudconfig import decode_payload
     if source.file is not None:
         raw = _read_limited(Path(source.file), settings.max_size)
     else:
@@ -63,6 +63,7 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
 def _read_limited(path: Path, max_size: int) -> bytes:
     """A --user-data FILE: the operator's path (a symbolic link is followed),
     but only a regular file is read, without blocking, and bounded."""
+    from podvm_bootstrap.untrusted_file import read_userdata_file
     data = read_userdata_file(path, max_size, what="user-data file", follow_symlinks=True)
     if data is None:
         raise UserDataError(f"cannot read user-data file {path}: No such file or directory")
@@ -82,6 +83,7 @@ class Obtained:
 def fetch(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained:
     """Fetch and parse user-data for a boot; on failure log one line and go on
     with none (the baked defaults)."""
+    from podvm_bootstrap.cloudconfig import parse_userdata
     raw = None
     try:
         raw = read_raw_userdata(paths, settings.userdata, source)
