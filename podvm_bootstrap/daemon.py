@@ -265,9 +265,9 @@ class Daemon:
         from podvm_bootstrap.stages import plan as make_boot_plan
 
         log.info("fetching the user-data, then planning")   # (the boot's timeline: start-up done)
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         resolved = make_boot_plan(self.paths, self.source, baked=baked, provision_files=True)
         self.policy = resolved.policy
-        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         saved = self.paths.state_dir / "user-data"
         raw, userdata = resolved.raw, resolved.userdata
         if raw is None:

@@ -100,14 +100,10 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
         prepare_fifo(gates, planned.name)   # a container needs its FIFO to bind-mount
         write_if_changed(paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
     for planned in early:
-        start = EarlyStart(planned.unit)
-        try:
-            # ignore-dependencies: every container at once (the gates order the processes)
-            head.systemd.start(planned.unit, start.finished, ignore_dependencies=True)
-        except SystemdError as exc:
-            log.info("early start of %s: %s", planned.unit, exc, extra={"component": planned.name})
-            start.finished("failed")
-        head.started[planned.name] = start
+        head.started[planned.name] = EarlyStart(planned.unit)
+    by_unit = {start.unit: start for start in head.started.values()}
+    # ignore-dependencies: every container at once (the gates order the processes)
+    head.systemd.start_all(list(by_unit), lambda unit, result: by_unit[unit].finished(result))
     log.info("baked defaults' units started before the user-data (held at their gates): %s",
              ", ".join(p.name for p in early))
     return head

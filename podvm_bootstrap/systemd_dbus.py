@@ -58,6 +58,8 @@ class Systemd:
         except Exception as exc:  # noqa: BLE001 - no bus, no systemd
             raise SystemdError(f"cannot reach systemd on the system bus: {_one_line(exc)}") from None
         self._jobs: dict[str, JobCallback] = {}
+        self._awaiting_replies = 0                 # start_all() calls not answered yet
+        self._unclaimed: dict[str, str] = {}       # job -> result, ended before its reply was handled
         self._paths: dict[str, str] = {}
         self._watched: dict[str, tuple[UnitState, int]] = {}
         con.signal_subscribe(SYSTEMD, MANAGER_IFACE, "JobRemoved", MANAGER_PATH, None, 0, self._job_removed)
@@ -84,9 +86,15 @@ class Systemd:
 
     def _job_removed(self, con: Any, sender: str, path: str, iface: str, signal: str, params: Any) -> None:
         job = params.get_child_value(1).get_string()
+        result = params.get_child_value(3).get_string()
         callback = self._jobs.pop(job, None)
         if callback is not None:
-            callback(params.get_child_value(3).get_string())
+            callback(result)
+        elif self._awaiting_replies:
+            # A job of start_all() may end before its reply is handled: kept for it.
+            self._unclaimed[job] = result
+            while len(self._unclaimed) > 256:
+                self._unclaimed.pop(next(iter(self._unclaimed)))
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -104,6 +112,33 @@ class Systemd:
         mode = "ignore-dependencies" if ignore_dependencies else "replace"
         job = self._call(f"start {unit}", lambda: self._manager("StartUnit", unit, mode))
         self._jobs[str(job)] = on_done
+
+    def start_all(self, units: list[str], on_done: Callable[[str, str], None]) -> None:
+        """StartUnit for every unit with the job mode ignore-dependencies, all
+        sent at once (no wait for each reply: one round trip's latency for
+        the lot). on_done(unit, result) when its job is over, or with
+        "failed" when systemd refused the start; replies and job signals are
+        delivered by the GLib main context (run by the caller later)."""
+        from gi.repository import GLib
+
+        for unit in units:
+            def replied(con: Any, res: Any, unit: str = unit) -> None:
+                self._awaiting_replies -= 1
+                try:
+                    job = str(con.call_finish(res).unpack()[0])
+                except Exception:  # noqa: BLE001 - GLib.Error: the start was refused
+                    on_done(unit, "failed")
+                    return
+                if job in self._unclaimed:
+                    on_done(unit, self._unclaimed.pop(job))
+                else:
+                    self._jobs[job] = lambda result: on_done(unit, result)
+                if not self._awaiting_replies:
+                    self._unclaimed.clear()
+            self._awaiting_replies += 1
+            self.con.call(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, "StartUnit",
+                          GLib.Variant("(ss)", (unit, "ignore-dependencies")), GLib.VariantType.new("(o)"),
+                          0, -1, None, replied)
 
     def restart(self, unit: str, on_done: JobCallback) -> None:
         # A unit that hit its start limit refuses to restart until reset.
