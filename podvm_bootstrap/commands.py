@@ -92,10 +92,13 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     from podvm_bootstrap.early_start import head_start
 
+    source = _source(args)
     head = head_start(paths)   # before the daemon's own imports: the first StartUnit as early as it can be
+    # The fetch runs in a child, forked before the daemon starts any thread.
+    child = None if source.file is not None else stages.ChildFetch.start(paths, head.settings.userdata, source)
     from podvm_bootstrap.daemon import Daemon
 
-    return Daemon(paths, _source(args), head).run()
+    return Daemon(paths, source, head, child).run()
 
 
 def cmd_status(args: argparse.Namespace, paths: Paths) -> int:

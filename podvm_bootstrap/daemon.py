@@ -46,7 +46,7 @@ from podvm_bootstrap.unit_decisions import ADOPT, RESTART, Live, UnitFacts, need
 
 if TYPE_CHECKING:
     from podvm_bootstrap.early_start import EarlyStart, HeadStart
-    from podvm_bootstrap.stages import Baked
+    from podvm_bootstrap.stages import Baked, ChildFetch
 
 log = get_logger("daemon")
 
@@ -113,7 +113,7 @@ def _log(name: str) -> dict[str, Any]:
 
 
 class Daemon:
-    def __init__(self, paths: Paths, source: Any, head: HeadStart, *,
+    def __init__(self, paths: Paths, source: Any, head: HeadStart, child: ChildFetch | None = None, *,
                  systemd_factory: Callable[[], Systemd] = Systemd, notifier: Notifier | None = None) -> None:
         self.paths = paths
         self.source = source
@@ -131,6 +131,7 @@ class Daemon:
         self.phase = "starting"
         self.supervisor: Supervisor | None = None
         self.head = head
+        self.child = child   # the user-data fetch under way in a child process
         self.previous_state = head.previous_state
         self.settings = head.settings
         self.systemd: Systemd | None = head.systemd
@@ -160,6 +161,8 @@ class Daemon:
             self._write_state(force=True)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self.child is not None:
+                self.child.close()
             for pool in (self._probes, self._gates):
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -266,7 +269,7 @@ class Daemon:
 
         log.info("fetching the user-data, then planning")   # (the boot's timeline: start-up done)
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        resolved = make_boot_plan(self.paths, self.source, baked=baked, provision_files=True)
+        resolved = make_boot_plan(self.paths, self.source, baked=baked, provision_files=True, child=self.child)
         self.policy = resolved.policy
         saved = self.paths.state_dir / "user-data"
         raw, userdata = resolved.raw, resolved.userdata

@@ -14,11 +14,12 @@ policy's keys (cryptography) or a metadata service (requests) need."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podvm_bootstrap.errors import ConfigError, UserDataError
+from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, UserDataError, one_line
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.model import Manifest, Plan
 from podvm_bootstrap.paths import Paths
@@ -60,6 +61,83 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
     return decode_payload(raw, settings.max_size)
 
 
+class ChildFetch:
+    """A user-data fetch in a child process (a fork of the daemon, before it
+    starts any thread of its own): requests, urllib3 and TLS (about 8 MiB
+    resident, for a fetch done once a boot) never load in the daemon, and the
+    fetch overlaps the daemon's own start-up on another core. The child
+    hands back the decoded user-data, "none", or its one-line error."""
+
+    def __init__(self, pid: int, fd: int, limit: int) -> None:
+        self.pid, self.fd, self.limit = pid, fd, limit
+
+    @classmethod
+    def start(cls, paths: Paths, settings: UserDataSettings, source: UserDataSource) -> ChildFetch:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: fetch, answer on the pipe, exit without Python's clean-up
+            try:
+                os.close(read_end)
+                _answer(write_end, paths, settings, source)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        return cls(pid, read_end, settings.max_size + 4096)
+
+    def result(self) -> bytes | None:
+        """The child's answer (waits for it): the user-data, None when the
+        VM has none; UserDataError (UsageError) as the fetch raised it."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size <= self.limit and (chunk := os.read(self.fd, 65536)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            self.close()
+        answer = b"".join(chunks)
+        kind, body = answer[:1], answer[1:]
+        if kind == b"R" and size <= self.limit:
+            return body
+        if kind == b"N" and not body:
+            return None
+        if kind == b"U":
+            raise UsageError(body.decode(errors="replace"))
+        if kind == b"E":
+            raise UserDataError(body.decode(errors="replace"))
+        raise UserDataError("the user-data fetch ended without an answer")
+
+    def close(self) -> None:
+        """End the child if it still runs (the daemon stops) and reap it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _answer(fd: int, paths: Paths, settings: UserDataSettings, source: UserDataSource) -> None:
+    try:
+        raw = read_raw_userdata(paths, settings, source)
+        message = b"N" if raw is None else b"R" + raw
+    except UserDataError as exc:
+        message = b"E" + str(exc).encode()
+    except UsageError as exc:
+        message = b"U" + str(exc).encode()
+    except BootstrapError as exc:
+        message = b"E" + str(exc).encode()
+    except Exception as exc:  # noqa: BLE001 - whatever the fetch met is the user-data's error, never a crash
+        message = b"E" + f"cannot fetch: {type(exc).__name__}: {one_line(exc)}".encode()
+    view = memoryview(message)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _read_limited(path: Path, max_size: int) -> bytes:
     """A --user-data FILE: the operator's path (a symbolic link is followed),
     but only a regular file is read, without blocking, and bounded."""
@@ -80,13 +158,13 @@ class Obtained:
     error: str | None = None
 
 
-def fetch(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained:
+def fetch(paths: Paths, settings: Settings, source: UserDataSource, child: ChildFetch | None = None) -> Obtained:
     """Fetch and parse user-data for a boot; on failure log one line and go on
     with none (the baked defaults)."""
     from podvm_bootstrap.cloudconfig import parse_userdata
     raw = None
     try:
-        raw = read_raw_userdata(paths, settings.userdata, source)
+        raw = child.result() if child is not None else read_raw_userdata(paths, settings.userdata, source)
         if raw is None:
             log.info("no user-data for this VM; using the baked defaults")
             return Obtained()
@@ -156,11 +234,12 @@ class BootPlan:
 
 
 def plan(paths: Paths, source: UserDataSource, settings: Settings | None = None, *, baked: Baked | None = None,
-         provision_files: bool = False) -> BootPlan:
+         provision_files: bool = False, child: ChildFetch | None = None) -> BootPlan:
     """Baked configuration + user-data → the plan: which image runs as each
     component (default, variant or accepted override). With provision_files
     (the daemon), the user-data's files are written first; otherwise no side
-    effects. `settings`, `baked`: what the caller has read already."""
+    effects. `settings`, `baked`: what the caller has read already; `child`:
+    the fetch, when it runs in a child process."""
     from podvm_bootstrap.planner import make_plan
     from podvm_bootstrap.policy import load_policy
     from podvm_bootstrap.tee import userdata_tee_notice
@@ -169,7 +248,7 @@ def plan(paths: Paths, source: UserDataSource, settings: Settings | None = None,
         baked = read_baked(paths, settings)
     settings = baked.settings
     policy = load_policy(paths.policy_yaml, paths.root)   # a baked file's error before any wait on the fetch
-    obtained = fetch(paths, settings, source)
+    obtained = fetch(paths, settings, source, child)
     provisioned: list[ProvisionResult] = []
     if provision_files and obtained.userdata is not None:
         provisioned = provision(paths, settings, obtained.userdata)
