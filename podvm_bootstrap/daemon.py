@@ -211,7 +211,7 @@ class Daemon:
 
     # --- stage 0: the baked defaults' units, before the user-data -------------
 
-    def _end_early(self, name: str) -> None:
+    def _end_early(self, name: str, why: str = "the final plan changed or dropped it") -> None:
         """An early start the final plan does not keep: its container is
         ended at its gate (an empty release: the gate exits 75, nothing of the
         image ran) under a stop job, so that systemd's Restart= does not
@@ -234,7 +234,10 @@ class Daemon:
                 os.close(fd)
         if not self.systemd.wait_jobs(lambda: not stopped, bound):
             log.error("stopping %s did not finish within %gs", start.unit, bound, **_log(name))
-        log.info("early start of %s ended at its gate (the final plan changed it): %s", start.unit,
+        # The gate's exit 75 under the stop leaves the unit failed: the early
+        # start is undone, as if it had never been made.
+        self.systemd.reset_failed(start.unit)
+        log.info("early start of %s ended at its gate (%s): %s", start.unit, why,
                  stopped[0] if stopped else "stop pending", **_log(name))
 
     def _abandon_early(self) -> None:
@@ -242,7 +245,7 @@ class Daemon:
         starts end at their gates, as if never made."""
         for name in list(self.early):
             try:
-                self._end_early(name)
+                self._end_early(name, "start-up failed")
             except Exception as exc:  # noqa: BLE001 - best effort on the way out
                 log.error("cannot end the early start: %s", one_line(exc), **_log(name))
 

@@ -140,12 +140,16 @@ class Systemd:
                           GLib.Variant("(ss)", (unit, "ignore-dependencies")), GLib.VariantType.new("(o)"),
                           0, -1, None, replied)
 
-    def restart(self, unit: str, on_done: JobCallback) -> None:
-        # A unit that hit its start limit refuses to restart until reset.
+    def reset_failed(self, unit: str) -> None:
+        """Forget a failed result (and the start-limit count); nothing when
+        the unit is not failed."""
         try:
             self._manager("ResetFailedUnit", unit)
         except Exception:  # noqa: BLE001 - not failed: nothing to reset
             pass
+
+    def restart(self, unit: str, on_done: JobCallback) -> None:
+        self.reset_failed(unit)   # a unit that hit its start limit refuses to restart until reset
         job = self._call(f"restart {unit}", lambda: self._manager("RestartUnit", unit, "replace"))
         self._jobs[str(job)] = on_done
 
