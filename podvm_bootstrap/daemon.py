@@ -42,7 +42,8 @@ from podvm_bootstrap.state import now_iso, state_record, write_state
 from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
 from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
-from podvm_bootstrap.unit_decisions import ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units, start_mode, to_end_early
+from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units, start_mode,
+                                            to_end_early)
 
 if TYPE_CHECKING:
     from podvm_bootstrap.early_start import EarlyStart, HeadStart
@@ -385,7 +386,8 @@ class Daemon:
                 written.add(planned.unit)
             self.unit_hashes[planned.name] = unit_hash(text)
         self.units_written = [p.unit for p in runnable]
-        for name in to_end_early(self.early, [p.name for p in runnable], {p.name for p in runnable if p.unit in written}):
+        rewritten = {p.name for p in runnable if p.unit in written}
+        for name in to_end_early(self.early, [p.name for p in runnable], rewritten):
             self._end_early(name)
         leftovers = [p.unit for p in self.planned.values() if (self.paths.unit_dir / p.unit).exists()]
         stale = stale_units(self.previous_state.get("units") or [], self.units_written, leftovers)

@@ -45,7 +45,8 @@ def no_systemd() -> None:
 
 def test_a_restarted_daemon_starts_nothing_early_and_asks_systemd_nothing(paths: Paths) -> None:
     paths.state_dir.mkdir(parents=True)
-    (paths.state_dir / "state.json").write_text(json.dumps({"version": 1, "units": ["kata-agent.service"], "components": {}}))
+    previous = {"version": 1, "units": ["kata-agent.service"], "components": {}}
+    (paths.state_dir / "state.json").write_text(json.dumps(previous))
     head = head_start(paths, systemd_factory=no_systemd)  # type: ignore[arg-type]
     assert head.started == {} and head.systemd is None and head.previous_state["units"] == ["kata-agent.service"]
     assert not paths.unit_dir.exists()
