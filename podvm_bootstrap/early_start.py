@@ -94,6 +94,10 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
                        *held.get(p.unit, (None, None))), settings.provision.allowed_paths, first_run)]
     if not early:
         return head
+    # In start order: systemd loads and runs the first layer's jobs first, and
+    # podman begins with the containers the others wait for.
+    layer = {name: i for i, names in enumerate(plan.start_order) for name in names}
+    early.sort(key=lambda p: layer.get(p.name, len(layer)))
     gates = gate_dir(paths.state_dir)
     paths.unit_dir.mkdir(parents=True, exist_ok=True)
     for planned in early:
