@@ -501,7 +501,7 @@ print(json.dumps({"import_s": t1 - t0, "resolve_s": t2 - t1, "make_plan_s": (t4 
 def cmd_plan_times(args: dict) -> dict:
     """Wall time of `podvm-bootstrap plan --json` (a fresh process each time),
     of a bare `python3 -c pass` for scale, and in-process: import, then
-    resolve (load the three files, read the user-data, plan), then make_plan
+    plan (stages.plan: load the three files, read the user-data, plan), then make_plan
     alone."""
     config_dir, user_data, reps = args["config_dir"], args["user_data"], int(args.get("reps", 10))
     cli, bare, inproc = [], [], []
