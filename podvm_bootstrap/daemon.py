@@ -181,7 +181,7 @@ class Daemon:
             knock(self.settings.runtime.podman_socket)
             in_background(self._activate_podman, "podman")
         systemd = None if self.systemd is not None else in_background(self.systemd_factory, "systemd")
-        # tpm2-pytss's imports (~65 ms) overlap the fetch instead of delaying the measurement.
+        # tpm2-pytss's bindings load in the background, overlapping the fetch, not delaying the measurement.
         from podvm_bootstrap.tpm import preload_bindings
         in_background(lambda: preload_bindings(self.settings.measure.tpm, self.paths.root), "tpm")
         self.notifier.status("reading user-data")
