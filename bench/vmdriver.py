@@ -477,13 +477,13 @@ import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.stages import UserDataSource, resolve
+from podvm_bootstrap.stages import UserDataSource, plan
 from podvm_bootstrap.planner import make_plan
 from podvm_bootstrap.manifest import load_manifest
 from podvm_bootstrap.policy import load_policy
 t1 = time.perf_counter()
 paths = Paths.build(config_dir=sys.argv[1])
-resolved = resolve(paths, UserDataSource(file=sys.argv[2]))
+resolved = plan(paths, UserDataSource(file=sys.argv[2]))
 t2 = time.perf_counter()
 manifest, policy = load_manifest(paths.components_yaml), load_policy(paths.policy_yaml)
 overrides = resolved.userdata.images if resolved.userdata is not None else {}
@@ -501,7 +501,7 @@ print(json.dumps({"import_s": t1 - t0, "resolve_s": t2 - t1, "make_plan_s": (t4 
 def cmd_plan_times(args: dict) -> dict:
     """Wall time of `podvm-bootstrap plan --json` (a fresh process each time),
     of a bare `python3 -c pass` for scale, and in-process: import, then
-    resolve (load the three files, read the user-data, plan), then make_plan
+    plan (stages.plan: load the three files, read the user-data, plan), then make_plan
     alone."""
     config_dir, user_data, reps = args["config_dir"], args["user_data"], int(args.get("reps", 10))
     cli, bare, inproc = [], [], []

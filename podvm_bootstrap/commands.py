@@ -11,7 +11,8 @@ from podvm_bootstrap.errors import EXIT_OK, EXIT_POLICY, EXIT_RUNTIME, PolicyFai
 from podvm_bootstrap.fsutil import write_if_changed
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap.stages import UserDataSource, read_raw_userdata, resolve
+from podvm_bootstrap import stages
+from podvm_bootstrap.stages import UserDataSource, read_raw_userdata
 
 
 def _source(args: argparse.Namespace) -> UserDataSource:
@@ -39,8 +40,6 @@ def cmd_bake(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
-    from podvm_bootstrap.provision import provision_files
-
     settings = load_settings(paths.bootstrap_yaml)
     try:
         raw = read_raw_userdata(paths, settings.userdata, _source(args))
@@ -54,8 +53,7 @@ def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
     userdata = parse_userdata(raw)
     for problem in userdata.problems:
         print(f"podvm-bootstrap: error: user-data: {problem}", file=sys.stderr)
-    results = provision_files(userdata.write_files, settings.provision.allowed_paths, paths.root)
-    for result in results:
+    for result in stages.provision(paths, settings, userdata):
         print(result.line())
     # A refused entry is the user-data's fault and is reported on its line;
     # the step itself succeeded.
@@ -66,9 +64,9 @@ def cmd_plan(args: argparse.Namespace, paths: Paths) -> int:
     from podvm_bootstrap.launch_measurement import predicted_measurement
     from podvm_bootstrap.planner import format_table
 
-    resolved = resolve(paths, _source(args))
-    plan = resolved.plan
-    measurement = predicted_measurement(plan, resolved.settings.measure.pcr)
+    boot_plan = stages.plan(paths, _source(args))
+    plan = boot_plan.plan
+    measurement = predicted_measurement(plan, boot_plan.settings.measure.pcr)
     if args.json:
         print(json.dumps({**plan.to_json(), "measurement": measurement}, indent=2))
     else:
@@ -80,7 +78,7 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
     from podvm_bootstrap.gate import unit_gate_dir
     from podvm_bootstrap.render import render_units
 
-    plan = resolve(paths, _source(args)).plan
+    plan = stages.plan(paths, _source(args)).plan
     if plan.refused:
         raise PolicyFailure("an override was refused and the policy says fail; no units written")
     output = Path(args.output)
@@ -92,9 +90,15 @@ def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.early_start import head_start
+
+    source = _source(args)
+    head = head_start(paths)   # before the daemon's own imports: the first StartUnit as early as it can be
+    # The fetch runs in a child, forked before the daemon starts any thread.
+    child = None if source.file is not None else stages.ChildFetch.start(paths, head.settings.userdata, source)
     from podvm_bootstrap.daemon import Daemon
 
-    return Daemon(paths, _source(args)).run()
+    return Daemon(paths, source, head, child).run()
 
 
 def cmd_status(args: argparse.Namespace, paths: Paths) -> int:

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
@@ -38,12 +38,16 @@ from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
-from podvm_bootstrap.state import now_iso, read_state, state_record, write_state
+from podvm_bootstrap.state import now_iso, state_record, write_state
 from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
                                         SupervisorConfig)
-from podvm_bootstrap.systemd_units import Systemd, SystemdError, UnitState
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units,
-                                            start_mode)
+from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
+from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units, start_mode,
+                                            to_end_early)
+
+if TYPE_CHECKING:
+    from podvm_bootstrap.early_start import EarlyStart, HeadStart
+    from podvm_bootstrap.stages import Baked, ChildFetch
 
 log = get_logger("daemon")
 
@@ -110,8 +114,8 @@ def _log(name: str) -> dict[str, Any]:
 
 
 class Daemon:
-    def __init__(self, paths: Paths, source: Any, *, systemd_factory: Callable[[], Systemd] = Systemd,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(self, paths: Paths, source: Any, head: HeadStart, child: ChildFetch | None = None, *,
+                 systemd_factory: Callable[[], Systemd] = Systemd, notifier: Notifier | None = None) -> None:
         self.paths = paths
         self.source = source
         self.systemd_factory = systemd_factory
@@ -127,6 +131,12 @@ class Daemon:
         self.units_written: list[str] = []
         self.phase = "starting"
         self.supervisor: Supervisor | None = None
+        self.head = head
+        self.child = child   # the user-data fetch under way in a child process
+        self.previous_state = head.previous_state
+        self.settings = head.settings
+        self.systemd: Systemd | None = head.systemd
+        self.early: dict[str, EarlyStart] = dict(head.started)   # units started before the user-data, until taken over
         self.images: PodmanImages | None = None
         self._written_key: tuple | None = None
         self._probes: ThreadPoolExecutor | None = None
@@ -141,13 +151,19 @@ class Daemon:
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, self._terminate_early)
         try:
-            self._run()
+            try:
+                self._run()
+            except Exception:
+                self._abandon_early()
+                raise
         except Terminated:
             log.info("SIGTERM before supervision began; stopping (components left as they are)")
             self.phase = "stopped"
             self._write_state(force=True)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self.child is not None:
+                self.child.close()
             for pool in (self._probes, self._gates):
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -157,27 +173,24 @@ class Daemon:
         raise Terminated()
 
     def _run(self) -> None:
-        from podvm_bootstrap.settings import load_settings
-
-        self.previous_state = read_state(self.paths.state_dir) or {}
-        self.notifier.status("reading user-data")
-        self.settings = load_settings(self.paths.bootstrap_yaml)
-        # The bus connection does not need the user-data: it overlaps the fetch.
+        baked = self.head.baked
         # podman's API service is started only when something needs it (a
         # store storage.conf does not describe, a pull, an exec probe).
         self.images = self._images()
         if not self.images.reads_files:
             knock(self.settings.runtime.podman_socket)
             in_background(self._activate_podman, "podman")
-        systemd = in_background(self.systemd_factory, "systemd")
-        # tpm2-pytss's imports (~65 ms) overlap the fetch instead of delaying the measurement.
+        systemd = None if self.systemd is not None else in_background(self.systemd_factory, "systemd")
+        # tpm2-pytss's bindings load in the background, overlapping the fetch, not delaying the measurement.
         from podvm_bootstrap.tpm import preload_bindings
         in_background(lambda: preload_bindings(self.settings.measure.tpm, self.paths.root), "tpm")
-        plan = self._prepare()
+        self.notifier.status("reading user-data")
+        plan = self._prepare(baked)
         if any(p.component.ready is not None and p.component.ready.kind == "exec" for p in plan.components):
             knock(self.settings.runtime.podman_socket)   # up by the time the first exec probe runs
-        self.notifier.status("connecting to systemd")
-        self.systemd = systemd.result()
+        if systemd is not None:
+            self.notifier.status("connecting to systemd")
+            self.systemd = systemd.result()
         runtime = self.settings.runtime
         self.supervisor = Supervisor(
             [p.component for p in plan.components], self.clock,
@@ -197,6 +210,46 @@ class Daemon:
         self._write_state()
         self._supervise()
 
+    # --- stage 0: the baked defaults' units, before the user-data -------------
+
+    def _end_early(self, name: str, why: str = "the final plan changed or dropped it") -> None:
+        """An early start the final plan does not keep: its container is
+        ended at its gate (an empty release: the gate exits 75, nothing of the
+        image ran) under a stop job, so that systemd's Restart= does not
+        bring it back and podman's stop does not wait for a gate that ignores
+        SIGTERM (it is PID 1 of its container)."""
+        from podvm_bootstrap.gate import fifo_path, gate_dir, open_waiting_gate
+
+        start = self.early.pop(name)
+        bound = self.settings.runtime.job_timeout
+        self.systemd.wait_jobs(lambda: start.result is None, bound)
+        stopped: list[str] = []
+        try:
+            self.systemd.stop(start.unit, stopped.append)
+        except SystemdError as exc:
+            log.error("%s", exc, **_log(name))
+            return
+        if start.result == "done":
+            fd = open_waiting_gate(Path(fifo_path(gate_dir(self.paths.state_dir), name)), time.monotonic() + bound)
+            if fd is not None:
+                os.close(fd)
+        if not self.systemd.wait_jobs(lambda: not stopped, bound):
+            log.error("stopping %s did not finish within %gs", start.unit, bound, **_log(name))
+        # The gate's exit 75 under the stop leaves the unit failed: the early
+        # start is undone, as if it had never been made.
+        self.systemd.reset_failed(start.unit)
+        log.info("early start of %s ended at its gate (%s): %s", start.unit, why,
+                 stopped[0] if stopped else "stop pending", **_log(name))
+
+    def _abandon_early(self) -> None:
+        """Start-up failed (configuration, policy, measurement): the early
+        starts end at their gates, as if never made."""
+        for name in list(self.early):
+            try:
+                self._end_early(name, "start-up failed")
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                log.error("cannot end the early start: %s", one_line(exc), **_log(name))
+
     def _images(self) -> PodmanImages:
         runtime = self.settings.runtime
         return PodmanImages(
@@ -215,14 +268,13 @@ class Daemon:
 
     # --- stage 1: user-data, provisioning, plan -----------------------------
 
-    def _prepare(self) -> Plan:
-        from podvm_bootstrap.provision import provision_files
-        from podvm_bootstrap.stages import resolve
+    def _prepare(self, baked: Baked) -> Plan:
+        from podvm_bootstrap.stages import plan as make_boot_plan
 
         log.info("fetching the user-data, then planning")   # (the boot's timeline: start-up done)
-        resolved = resolve(self.paths, self.source, settings=self.settings)
-        self.policy = resolved.policy
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        resolved = make_boot_plan(self.paths, self.source, baked=baked, provision_files=True, child=self.child)
+        self.policy = resolved.policy
         saved = self.paths.state_dir / "user-data"
         raw, userdata = resolved.raw, resolved.userdata
         if raw is None:
@@ -234,10 +286,7 @@ class Daemon:
         else:
             self.boot["userdata"] = "none" if raw is None else f"{len(raw)} bytes"
         if userdata is not None:
-            results = provision_files(userdata.write_files, self.settings.provision.allowed_paths, self.paths.root)
-            for result in results:
-                (log.info if result.written else log.error)("provision: %s", result.line())
-            self.boot["provisioned"] = [r.line() for r in results]
+            self.boot["provisioned"] = [r.line() for r in resolved.provisioned]
             self.boot["userdata_problems"] = list(userdata.problems)
         plan = resolved.plan
         self.boot["plan_errors"] = list(plan.errors)
@@ -337,6 +386,9 @@ class Daemon:
                 written.add(planned.unit)
             self.unit_hashes[planned.name] = unit_hash(text)
         self.units_written = [p.unit for p in runnable]
+        rewritten = {p.name for p in runnable if p.unit in written}
+        for name in to_end_early(self.early, [p.name for p in runnable], rewritten):
+            self._end_early(name)
         leftovers = [p.unit for p in self.planned.values() if (self.paths.unit_dir / p.unit).exists()]
         stale = stale_units(self.previous_state.get("units") or [], self.units_written, leftovers)
         for unit in stale:
@@ -351,7 +403,7 @@ class Daemon:
         facts = [UnitFacts(p.name, p.unit, p.unit in written, self.unit_hashes[p.name],
                            (old_components.get(p.name) or {}).get("unit_hash"),
                            Live(live[p.name].active, live[p.name].loaded, live[p.name].need_reload)
-                           if p.name in live else None)
+                           if p.name in live else None, early=p.name in self.early)
                  for p in runnable]
         if needs_reload(facts, bool(stale)):
             self.systemd.reload()
@@ -522,6 +574,7 @@ class Daemon:
         if isinstance(action, OpenGate):
             self._open_gate(action)
             return
+        early = self.early.pop(name, None)
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
             # (the image is verified for this start at its gate)
             self.restart_on_start.discard(name)
@@ -542,6 +595,21 @@ class Daemon:
                 if result != "done":
                     log.error("job for %s: %s", unit, result, **_log(name))
                 self._kick()
+        if early is not None and not isinstance(action, RestartUnit):
+            # Started before the user-data with this very unit text: its job
+            # (or, when it failed, a fresh one) is this start's.
+            def after_early(result: str) -> None:
+                if result == "done":
+                    on_done(result)
+                else:
+                    log.info("its early start ended %s: starting it again", result, **_log(name))
+                    try:
+                        self.systemd.restart(unit, on_done)
+                    except SystemdError as exc:
+                        log.error("%s", exc, **_log(name))
+                        on_done("failed")
+            early.then(after_early)
+            return
         try:
             call(unit, on_done)
         except SystemdError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     a symlink at `path` itself rather than writing through it."""
     directory = path.parent
     # A random part: a temp file left by a killed earlier run never blocks this one.
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     # O_EXCL|O_NOFOLLOW: never reuse or follow something planted at the temp name.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:

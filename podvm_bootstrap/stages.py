@@ -1,25 +1,35 @@
-"""The boot's stages as the commands share them: fetch → provision → resolve.
+"""The boot's stages as the commands share them: read the baked files →
+fetch the user-data → provision its files → plan (`run`, `provision`,
+`plan`, `render` call the same functions; the daemon then ensures images,
+measures, renders units, starts and supervises: daemon.py).
 
 Each stage is I/O at the edge around a pure core module. User-data problems
 are logged as one line each and the boot goes on with what is usable; baked
-configuration problems raise ConfigError (exit 2)."""
+configuration problems raise ConfigError (exit 2).
+
+`read_baked` and `baked_plan` need no policy and no user-data: the daemon
+starts the baked defaults' units from them before the fetch (their
+processes held at their start gates), with nothing imported that only the
+policy's keys (cryptography) or a metadata service (requests) need."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podvm_bootstrap.cloudconfig import UserData, decode_payload, parse_userdata
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, UserDataError, one_line
 from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.model import Manifest, Plan
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.model import Plan
 from podvm_bootstrap.settings import Settings, UserDataSettings, load_settings
-from podvm_bootstrap.untrusted_file import read_userdata_file
 
 if TYPE_CHECKING:
+    from podvm_bootstrap.cloudconfig import UserData
     from podvm_bootstrap.policy import Policy
+    from podvm_bootstrap.provision import ProvisionResult
+    from podvm_bootstrap.tee import TeeChoice
 
 log = get_logger("stages")
 
@@ -38,6 +48,7 @@ class UserDataSource:
 def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserDataSource) -> bytes | None:
     """The decoded user-data, or None when this VM has none. UserDataError when
     it cannot be had (unreachable, oversize, undecodable)."""
+    from podvm_bootstrap.cloudconfig import decode_payload
     if source.file is not None:
         raw = _read_limited(Path(source.file), settings.max_size)
     else:
@@ -50,9 +61,87 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
     return decode_payload(raw, settings.max_size)
 
 
+class ChildFetch:
+    """A user-data fetch in a child process (a fork of the daemon, before it
+    starts any thread of its own): requests, urllib3 and TLS (about 8 MiB
+    resident, for a fetch done once a boot) never load in the daemon, and the
+    fetch overlaps the daemon's own start-up on another core. The child
+    hands back the decoded user-data, "none", or its one-line error."""
+
+    def __init__(self, pid: int, fd: int, limit: int) -> None:
+        self.pid, self.fd, self.limit = pid, fd, limit
+
+    @classmethod
+    def start(cls, paths: Paths, settings: UserDataSettings, source: UserDataSource) -> ChildFetch:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: fetch, answer on the pipe, exit without Python's clean-up
+            try:
+                os.close(read_end)
+                _answer(write_end, paths, settings, source)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        return cls(pid, read_end, settings.max_size + 4096)
+
+    def result(self) -> bytes | None:
+        """The child's answer (waits for it): the user-data, None when the
+        VM has none; UserDataError (UsageError) as the fetch raised it."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size <= self.limit and (chunk := os.read(self.fd, 65536)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            self.close()
+        answer = b"".join(chunks)
+        kind, body = answer[:1], answer[1:]
+        if kind == b"R" and size <= self.limit:
+            return body
+        if kind == b"N" and not body:
+            return None
+        if kind == b"U":
+            raise UsageError(body.decode(errors="replace"))
+        if kind == b"E":
+            raise UserDataError(body.decode(errors="replace"))
+        raise UserDataError("the user-data fetch ended without an answer")
+
+    def close(self) -> None:
+        """End the child if it still runs (the daemon stops) and reap it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _answer(fd: int, paths: Paths, settings: UserDataSettings, source: UserDataSource) -> None:
+    try:
+        raw = read_raw_userdata(paths, settings, source)
+        message = b"N" if raw is None else b"R" + raw
+    except UserDataError as exc:
+        message = b"E" + str(exc).encode()
+    except UsageError as exc:
+        message = b"U" + str(exc).encode()
+    except BootstrapError as exc:
+        message = b"E" + str(exc).encode()
+    except Exception as exc:  # noqa: BLE001 - whatever the fetch met is the user-data's error, never a crash
+        message = b"E" + f"cannot fetch: {type(exc).__name__}: {one_line(exc)}".encode()
+    view = memoryview(message)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _read_limited(path: Path, max_size: int) -> bytes:
     """A --user-data FILE: the operator's path (a symbolic link is followed),
     but only a regular file is read, without blocking, and bounded."""
+    from podvm_bootstrap.untrusted_file import read_userdata_file
     data = read_userdata_file(path, max_size, what="user-data file", follow_symlinks=True)
     if data is None:
         raise UserDataError(f"cannot read user-data file {path}: No such file or directory")
@@ -69,12 +158,13 @@ class Obtained:
     error: str | None = None
 
 
-def obtain(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained:
+def fetch(paths: Paths, settings: Settings, source: UserDataSource, child: ChildFetch | None = None) -> Obtained:
     """Fetch and parse user-data for a boot; on failure log one line and go on
     with none (the baked defaults)."""
+    from podvm_bootstrap.cloudconfig import parse_userdata
     raw = None
     try:
-        raw = read_raw_userdata(paths, settings.userdata, source)
+        raw = child.result() if child is not None else read_raw_userdata(paths, settings.userdata, source)
         if raw is None:
             log.info("no user-data for this VM; using the baked defaults")
             return Obtained()
@@ -89,8 +179,50 @@ def obtain(paths: Paths, settings: Settings, source: UserDataSource) -> Obtained
     return Obtained(raw=raw, userdata=userdata)
 
 
+def provision(paths: Paths, settings: Settings, userdata: UserData) -> list[ProvisionResult]:
+    """Write the user-data's files into the allow-list (under --root): one
+    result per entry, written or refused (a refused one is skipped, the rest
+    still written)."""
+    from podvm_bootstrap.provision import provision_files
+
+    return provision_files(userdata.write_files, settings.provision.allowed_paths, paths.root)
+
+
 @dataclass(frozen=True)
-class Resolved:
+class Baked:
+    """What the image carries, apart from the policy: settings, manifest, and
+    this VM's TEE (baked `tee:` or detected)."""
+
+    settings: Settings
+    manifest: Manifest
+    tee: TeeChoice
+
+
+def read_baked(paths: Paths, settings: Settings | None = None) -> Baked:
+    from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.tee import detect_for_root
+
+    if settings is None:
+        settings = load_settings(paths.bootstrap_yaml)
+    manifest = load_manifest(paths.components_yaml)
+    return Baked(settings, manifest, detect_for_root(settings.tee, paths.root))
+
+
+def baked_plan(baked: Baked) -> Plan | None:
+    """The plan with no user-data and no override allowed: each component's
+    baked default or variant. None when it cannot be made without the policy
+    (a default not pinned by digest: only the policy can allow that)."""
+    from podvm_bootstrap.planner import make_plan
+    from podvm_bootstrap.policy import Policy
+
+    try:
+        return make_plan(baked.manifest, Policy(), {}, tee=baked.tee.tee)
+    except ConfigError:
+        return None
+
+
+@dataclass(frozen=True)
+class BootPlan:
     settings: Settings
     userdata: UserData | None
     plan: Plan
@@ -98,31 +230,41 @@ class Resolved:
     raw: bytes | None = None           # the decoded user-data, as fetched (None: there is none)
     userdata_error: str | None = None  # why the user-data is not used, when it is not
     tee_reason: str = ""               # why plan.tee is this boot's TEE
+    provisioned: tuple[ProvisionResult, ...] = ()   # with provision_files: one per write_files entry
 
 
-def resolve(paths: Paths, source: UserDataSource, settings: Settings | None = None) -> Resolved:
-    """Baked configuration + user-data → the plan (no side effects).
-    `settings`: bootstrap.yaml when the caller has loaded it already."""
-    from podvm_bootstrap.manifest import load_manifest
+def plan(paths: Paths, source: UserDataSource, settings: Settings | None = None, *, baked: Baked | None = None,
+         provision_files: bool = False, child: ChildFetch | None = None) -> BootPlan:
+    """Baked configuration + user-data → the plan: which image runs as each
+    component (default, variant or accepted override). With provision_files
+    (the daemon), the user-data's files are written first; otherwise no side
+    effects. `settings`, `baked`: what the caller has read already; `child`:
+    the fetch, when it runs in a child process."""
     from podvm_bootstrap.planner import make_plan
     from podvm_bootstrap.policy import load_policy
-    from podvm_bootstrap.tee import detect_for_root, userdata_tee_notice
+    from podvm_bootstrap.tee import userdata_tee_notice
 
-    if settings is None:
-        settings = load_settings(paths.bootstrap_yaml)
-    manifest = load_manifest(paths.components_yaml)
-    policy = load_policy(paths.policy_yaml, paths.root)
-    obtained = obtain(paths, settings, source)
+    if baked is None:
+        baked = read_baked(paths, settings)
+    settings = baked.settings
+    policy = load_policy(paths.policy_yaml, paths.root)   # a baked file's error before any wait on the fetch
+    obtained = fetch(paths, settings, source, child)
+    provisioned: list[ProvisionResult] = []
+    if provision_files and obtained.userdata is not None:
+        provisioned = provision(paths, settings, obtained.userdata)
+        for result in provisioned:
+            (log.info if result.written else log.error)("provision: %s", result.line())
     overrides = obtained.userdata.images if obtained.userdata is not None else {}
     if obtained.userdata is not None and (notice := userdata_tee_notice(obtained.userdata)):
         log.warning("%s", notice)
-    tee = detect_for_root(settings.tee, paths.root)
-    plan = make_plan(manifest, policy, overrides, tee=tee.tee)
+    tee = baked.tee
+    boot_plan = make_plan(baked.manifest, policy, overrides, tee=tee.tee)
     log.info("TEE: %s (%s)", tee.tee, tee.reason)
-    for planned in plan.components:
+    for planned in boot_plan.components:
         if planned.variant is not None:
             log.info("%s: %s variant, image %s (%s)", planned.name, planned.variant, planned.image, planned.source)
-    for error in plan.errors:
+    for error in boot_plan.errors:
         log.error("%s", error)
-    return Resolved(settings=settings, userdata=obtained.userdata, plan=plan, policy=policy, raw=obtained.raw,
-                    userdata_error=obtained.error, tee_reason=tee.reason)
+    return BootPlan(settings=settings, userdata=obtained.userdata, plan=boot_plan, policy=policy,
+                    raw=obtained.raw, userdata_error=obtained.error, tee_reason=tee.reason,
+                    provisioned=tuple(provisioned))

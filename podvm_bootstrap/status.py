@@ -20,7 +20,7 @@ from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
 from podvm_bootstrap.fsutil import read_json
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.state import MAX_STATE_JSON, STATE_FILE, read_state
-from podvm_bootstrap.systemd_units import SystemdError, UnitState, read_unit_states
+from podvm_bootstrap.systemd_dbus import SystemdError, UnitState, read_unit_states
 from podvm_bootstrap.texttable import text_table
 
 LiveReader = Callable[[list[str]], dict[str, UnitState]]

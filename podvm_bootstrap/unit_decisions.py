@@ -1,5 +1,7 @@
-"""The daemon's pure decisions about its units, once they are rendered and
-written: which units are stale (to stop and delete), whether systemd needs a
+"""The daemon's pure decisions about its units: which baked defaults' units
+may start before the user-data is fetched, and, once the final plan's units
+are rendered and written, which units are stale (to stop and delete), which
+early starts must be ended at their gates, whether systemd needs a
 daemon-reload, and what to do with each planned unit (start it, restart it,
 adopt it as it runs). No I/O: the daemon gathers the facts (what it wrote,
 what the previous daemon recorded, what systemd says) and carries these out.
@@ -19,7 +21,7 @@ ADOPT = "adopt"       # running this very definition: left alone, its gate relea
 
 @dataclass(frozen=True)
 class Live:
-    """What systemd says about a unit (systemd_units.UnitState's fields used here)."""
+    """What systemd says about a unit (systemd_dbus.UnitState's fields used here)."""
     active: str
     loaded: str = "loaded"
     need_reload: bool = False
@@ -33,12 +35,54 @@ class UnitFacts:
     hash_now: str                # of the text just rendered
     hash_before: str | None      # recorded by the previous daemon (None: no record)
     live: Live | None            # None: systemd could not be asked about it
+    early: bool = False          # this daemon started it before the user-data, with this very text
 
     @property
     def changed(self) -> bool:
         """Its definition differs from what runs: rewritten now, or rewritten
         by a previous daemon that died before it restarted the unit."""
         return self.written or (self.hash_before is not None and self.hash_before != self.hash_now)
+
+
+@dataclass(frozen=True)
+class EarlyCandidate:
+    """A baked default's unit, rendered before the user-data is fetched."""
+    name: str
+    unit: str
+    pinned: bool                  # its image is pinned by digest
+    host_paths: tuple[str, ...]   # host paths of its bind mounts
+    fresh_file: bool              # its unit file did not exist before this daemon wrote it
+    loaded: str | None            # LoadState systemd holds for it (None: not in memory)
+    active: str | None            # ActiveState (None: not in memory)
+
+
+def under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def may_start_early(c: EarlyCandidate, provisioned: Iterable[str], first_run: bool) -> bool:
+    """Start this unit before the user-data is fetched (its container set up
+    now, its process held at its gate until the final plan is verified and
+    measured)? Only on the boot's first daemon run (a restarted daemon adopts
+    what runs), for a digest-pinned image, a unit file new to systemd (so it
+    cannot start an older text systemd holds), and no bind mount of a path
+    the user-data may provision: a missing host path is made a directory at
+    start, and a file could then not be provisioned there."""
+    if not first_run or not c.pinned or not c.fresh_file:
+        return False
+    if c.loaded not in (None, "not-found") and not (c.loaded == "loaded" and c.active in ("inactive", None)):
+        return False
+    if c.active not in (None, "inactive"):
+        return False
+    return not any(under(host, p) for host in c.host_paths for p in provisioned)
+
+
+def to_end_early(early: Iterable[str], runnable: Iterable[str], written: Iterable[str]) -> list[str]:
+    """Early starts to end at their gates (nothing of them ran) before the
+    final units go in: a component that will not run, or whose unit the
+    final plan rewrote (an override changed its image)."""
+    keep = set(runnable) - set(written)
+    return sorted(set(early) - keep)
 
 
 def stale_units(previous_units: Iterable[str], runnable_units: Iterable[str],
@@ -64,6 +108,8 @@ def start_mode(fact: UnitFacts) -> str | None:
     unit is left to the supervisor's job timeout and the next event)."""
     if fact.live is None:
         return None
+    if fact.early and not fact.changed:
+        return START   # this daemon's own start, its job under way: its gate opens as a start's
     if fact.live.active not in UP_STATES:
         return START
     return RESTART if fact.changed else ADOPT

@@ -51,12 +51,12 @@ def test_plan_predicts_the_log_and_the_pcr_from_zero(tmp_path):
 def test_plan_prediction_equals_the_log_run_writes(tmp_path):
     from podvm_bootstrap.launch_measurement import measure_launch
     from podvm_bootstrap.paths import Paths
-    from podvm_bootstrap.stages import UserDataSource, resolve
+    from podvm_bootstrap.stages import UserDataSource, plan
 
     result = run_plan(tmp_path, CONFIG, USERDATA_OVERRIDES, "--json")
     predicted = json.loads(result.stdout)["measurement"]
     paths = Paths.build(root=str(tmp_path / "root"), config_dir=str(CONFIG))
-    resolved = resolve(paths, UserDataSource(file=str(tmp_path / "user-data")))
+    resolved = plan(paths, UserDataSource(file=str(tmp_path / "user-data")))
     record = measure_launch(paths, resolved.settings, resolved.plan.start_order, resolved.plan.components,
                             lambda *a: None)  # measure.tpm auto, no TPM under the root: the log only
     assert (paths.state_dir / "eventlog").read_text().splitlines() == predicted["events"]

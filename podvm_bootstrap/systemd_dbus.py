@@ -3,10 +3,11 @@ through the Manager's JobRemoved signal (after Subscribe()), unit states
 through the unit objects' properties and their PropertiesChanged signals (no
 polling). Signals are delivered by the GLib main loop the caller runs.
 
-The daemon talks to systemd over pydbus's system bus connection, with plain
-Gio calls of the few methods it uses rather than pydbus proxies: no
-introspection at start-up, and only the properties used are unpacked from
-each signal (a unit's PropertiesChanged carries about a hundred).
+The daemon talks to systemd over Gio's system bus connection (the one
+pydbus wraps), with plain calls of the few methods it uses rather than pydbus
+proxies: no introspection and no pydbus import on the boot's critical path
+(its first StartUnit), and only the properties used are unpacked from each
+signal (a unit's PropertiesChanged carries about a hundred).
 `read_unit_states` (the one-shot `status` command) uses pydbus proxies."""
 
 from __future__ import annotations
@@ -46,19 +47,19 @@ MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 
 class Systemd:
     def __init__(self, con: Any = None) -> None:
-        """con: a Gio.DBusConnection (default: pydbus's system bus)."""
+        """con: a Gio.DBusConnection (default: the system bus, as pydbus's SystemBus().con)."""
         try:
             if con is None:
-                from pydbus import SystemBus
+                from gi.repository import Gio
 
-                # pydbus's bus is a Gio.DBusConnection underneath; its proxy
-                # objects are left aside here (see the module docstring).
-                con = SystemBus().con
+                con = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
             self.con = con
             self._manager("Subscribe")
         except Exception as exc:  # noqa: BLE001 - no bus, no systemd
             raise SystemdError(f"cannot reach systemd on the system bus: {_one_line(exc)}") from None
         self._jobs: dict[str, JobCallback] = {}
+        self._awaiting_replies = 0                 # start_all() calls not answered yet
+        self._unclaimed: dict[str, str] = {}       # job -> result, ended before its reply was handled
         self._paths: dict[str, str] = {}
         self._watched: dict[str, tuple[UnitState, int]] = {}
         con.signal_subscribe(SYSTEMD, MANAGER_IFACE, "JobRemoved", MANAGER_PATH, None, 0, self._job_removed)
@@ -72,11 +73,28 @@ class Systemd:
         values = reply.unpack() if reply is not None else ()
         return values[0] if len(values) == 1 else None
 
+    def unit_loads(self, units: list[str]) -> dict[str, tuple[str, str]]:
+        """(LoadState, ActiveState) of each unit systemd has in memory, in one
+        round trip (ListUnitsByNames); a unit it does not hold is absent or
+        "not-found": its file is read when it is started."""
+        from gi.repository import GLib
+
+        reply = self._call("list units", lambda: self.con.call_sync(
+            SYSTEMD, MANAGER_PATH, MANAGER_IFACE, "ListUnitsByNames", GLib.Variant("(as)", (units,)),
+            GLib.VariantType.new("(a(ssssssouso))"), 0, -1, None))
+        return {str(row[0]): (str(row[2]), str(row[3])) for row in reply.unpack()[0]}
+
     def _job_removed(self, con: Any, sender: str, path: str, iface: str, signal: str, params: Any) -> None:
         job = params.get_child_value(1).get_string()
+        result = params.get_child_value(3).get_string()
         callback = self._jobs.pop(job, None)
         if callback is not None:
-            callback(params.get_child_value(3).get_string())
+            callback(result)
+        elif self._awaiting_replies:
+            # A job of start_all() may end before its reply is handled: kept for it.
+            self._unclaimed[job] = result
+            while len(self._unclaimed) > 256:
+                self._unclaimed.pop(next(iter(self._unclaimed)))
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -95,12 +113,43 @@ class Systemd:
         job = self._call(f"start {unit}", lambda: self._manager("StartUnit", unit, mode))
         self._jobs[str(job)] = on_done
 
-    def restart(self, unit: str, on_done: JobCallback) -> None:
-        # A unit that hit its start limit refuses to restart until reset.
+    def start_all(self, units: list[str], on_done: Callable[[str, str], None]) -> None:
+        """StartUnit for every unit with the job mode ignore-dependencies, all
+        sent at once (no wait for each reply: one round trip's latency for
+        the lot). on_done(unit, result) when its job is over, or with
+        "failed" when systemd refused the start; replies and job signals are
+        delivered by the GLib main context (run by the caller later)."""
+        from gi.repository import GLib
+
+        for unit in units:
+            def replied(con: Any, res: Any, unit: str = unit) -> None:
+                self._awaiting_replies -= 1
+                try:
+                    job = str(con.call_finish(res).unpack()[0])
+                except Exception:  # noqa: BLE001 - GLib.Error: the start was refused
+                    on_done(unit, "failed")
+                    return
+                if job in self._unclaimed:
+                    on_done(unit, self._unclaimed.pop(job))
+                else:
+                    self._jobs[job] = lambda result: on_done(unit, result)
+                if not self._awaiting_replies:
+                    self._unclaimed.clear()
+            self._awaiting_replies += 1
+            self.con.call(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, "StartUnit",
+                          GLib.Variant("(ss)", (unit, "ignore-dependencies")), GLib.VariantType.new("(o)"),
+                          0, -1, None, replied)
+
+    def reset_failed(self, unit: str) -> None:
+        """Forget a failed result (and the start-limit count); nothing when
+        the unit is not failed."""
         try:
             self._manager("ResetFailedUnit", unit)
         except Exception:  # noqa: BLE001 - not failed: nothing to reset
             pass
+
+    def restart(self, unit: str, on_done: JobCallback) -> None:
+        self.reset_failed(unit)   # a unit that hit its start limit refuses to restart until reset
         job = self._call(f"restart {unit}", lambda: self._manager("RestartUnit", unit, "replace"))
         self._jobs[str(job)] = on_done
 

@@ -1,0 +1,113 @@
+"""The boot's head start, before the daemon proper: the baked defaults'
+units started before the user-data is fetched, so that podman sets their
+containers up meanwhile (their processes wait at their start gates).
+
+Imports here are only what this step needs (the baked files, the planner,
+render, systemd over Gio): the podman client, the supervisor, the HTTP
+clients, the TPM bindings and cryptography load after the first StartUnit.
+
+Safe behind the gates: a process is released only after its files are
+provisioned, the final plan's image verified for that start and the launch
+set measured; a unit the final plan changes or drops is ended at its gate
+(nothing of it ran) before the final units go in (daemon.py). A failure
+here only costs the head start; the daemon then starts every unit itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.fsutil import write_if_changed
+from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.paths import Paths
+from podvm_bootstrap.settings import Settings, load_settings
+from podvm_bootstrap.stages import Baked, baked_plan, read_baked
+from podvm_bootstrap.state import read_state
+from podvm_bootstrap.systemd_dbus import Systemd, SystemdError
+from podvm_bootstrap.unit_decisions import EarlyCandidate, may_start_early
+
+log = get_logger("daemon")
+
+
+class EarlyStart:
+    """A unit started before the user-data: its job's result once systemd
+    reports it, handed on to whoever takes the start over."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.result: str | None = None
+        self._then: Callable[[str], None] | None = None
+
+    def finished(self, result: str) -> None:
+        self.result = result
+        if self._then is not None:
+            self._then(result)
+
+    def then(self, on_done: Callable[[str], None]) -> None:
+        """on_done(result) now if the job is over, else when it is."""
+        if self.result is not None:
+            on_done(self.result)
+        else:
+            self._then = on_done
+
+
+@dataclass
+class HeadStart:
+    """What the boot's first step read and did, handed to the daemon."""
+
+    previous_state: dict[str, Any]
+    settings: Settings
+    baked: Baked
+    systemd: Systemd | None = None
+    started: dict[str, EarlyStart] = field(default_factory=dict)   # component -> its early start
+
+
+def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -> HeadStart:
+    """Read the baked files and, on the boot's first daemon run, start the
+    baked defaults' units. ConfigError for a baked file that does not load
+    (nothing started then)."""
+    from podvm_bootstrap.gate import gate_dir, prepare_fifo, unit_gate_dir
+    from podvm_bootstrap.render import render_units, volume_host_dirs
+
+    previous = read_state(paths.state_dir) or {}
+    settings = load_settings(paths.bootstrap_yaml)
+    head = HeadStart(previous, settings, read_baked(paths, settings))
+    first_run = not previous
+    plan = baked_plan(head.baked) if first_run else None
+    if plan is None:
+        return head
+    try:
+        units = render_units(plan, source=str(paths.components_yaml),
+                             gate_dir=unit_gate_dir(paths.root, paths.state_dir))
+    except ConfigError:
+        return head   # reported when the final plan's units are rendered
+    fresh = {p.unit: not (paths.unit_dir / p.unit).exists() for p in plan.components}
+    try:
+        head.systemd = systemd_factory()
+        held = head.systemd.unit_loads([p.unit for p in plan.components])
+    except SystemdError as exc:
+        log.info("no early start: %s", exc)
+        return head
+    early = [p for p in plan.components if may_start_early(
+        EarlyCandidate(p.name, p.unit, p.digest is not None, tuple(volume_host_dirs(p)), fresh[p.unit],
+                       *held.get(p.unit, (None, None))), settings.provision.allowed_paths, first_run)]
+    if not early:
+        return head
+    # In start order: systemd loads and runs the first layer's jobs first, and
+    # podman begins with the containers the others wait for.
+    layer = {name: i for i, names in enumerate(plan.start_order) for name in names}
+    early.sort(key=lambda p: layer.get(p.name, len(layer)))
+    gates = gate_dir(paths.state_dir)
+    paths.unit_dir.mkdir(parents=True, exist_ok=True)
+    for planned in early:
+        prepare_fifo(gates, planned.name)   # a container needs its FIFO to bind-mount
+        write_if_changed(paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
+    for planned in early:
+        head.started[planned.name] = EarlyStart(planned.unit)
+    by_unit = {start.unit: start for start in head.started.values()}
+    # ignore-dependencies: every container at once (the gates order the processes)
+    head.systemd.start_all(list(by_unit), lambda unit, result: by_unit[unit].finished(result))
+    log.info("baked defaults' units started before the user-data (held at their gates): %s",
+             ", ".join(p.name for p in early))
+    return head
