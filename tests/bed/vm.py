@@ -150,6 +150,8 @@ class PodVM:
     def destroy(self) -> None:
         """SIGKILL the VM's PID 1 and the nspawn PID started here, then unmount
         and remove its throw-away layer. Safe to call twice."""
+        if self.pid1 is None and self.nspawn is not None:  # destroyed while booting
+            self.pid1 = _container_init(self.nspawn.pid)
         if self.pid1 is not None:
             _kill(self.pid1)
             self.pid1 = None
@@ -256,14 +258,36 @@ def _refuse_orphan(recorded: list[str]) -> None:
                        f"(its PID 1 is {pid1}); end it with `kill -9 {pid1}` and unmount its overlay")
 
 
-def _child_of(pid: int) -> int | None:
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            children = (task / "children").read_text().split()
-        except OSError:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
             continue
-        if children:
-            return int(children[0])
+    return found
+
+
+def _is_namespace_init(pid: int) -> bool:
+    """PID 1 of its own PID namespace (its NSpid line ends in 1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+    return len(nspid) > 1 and nspid[-1] == "1"
+
+
+def _container_init(nspawn_pid: int) -> int | None:
+    """The VM's PID 1 under systemd-nspawn: not nspawn's first child (for a
+    moment that is its intermediate process, which exits), but the
+    descendant that is PID 1 of the new PID namespace."""
+    generation = [nspawn_pid]
+    for _ in range(3):  # nspawn -> (outer child) -> init
+        generation = [child for pid in generation for child in _children(pid)]
+        for pid in generation:
+            if _is_namespace_init(pid):
+                return pid
     return None
 
 
@@ -350,11 +374,11 @@ def boot(image: BuiltImage, workdir: Path, *, name: str | None = None, userdata:
         vm.nspawn = Service(f"systemd-nspawn {name}", [
             "systemd-nspawn", "-D", str(vm.merged), "-M", name, "--register=no", "--keep-unit",
             "--capability=all", "--console=read-only", "--boot"], workdir / "console.log")
-        wait_until(lambda: _child_of(vm.nspawn.pid) is not None or not vm.nspawn.alive(), 30,
+        wait_until(lambda: _container_init(vm.nspawn.pid) is not None or not vm.nspawn.alive(), 30,
                    f"the PID 1 of {name}", interval=0.05)
         if not vm.nspawn.alive():
             raise BedError(f"systemd-nspawn exited with {vm.nspawn.popen.returncode}: {vm.nspawn.log_tail()}")
-        vm.pid1 = _child_of(vm.nspawn.pid)
+        vm.pid1 = _container_init(vm.nspawn.pid)
         _record(vm.lock, os.getpid(), vm.pid1)
         if wait:
             states = WAIT_STATES[wait]
