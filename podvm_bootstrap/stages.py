@@ -15,6 +15,8 @@ policy's keys (cryptography) or a metadata service (requests) need."""
 from __future__ import annotations
 
 import os
+import select
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,12 +70,18 @@ class ChildFetch:
     fetch overlaps the daemon's own start-up on another core. The child
     hands back the decoded user-data, "none", or its one-line error."""
 
-    def __init__(self, pid: int, fd: int, limit: int) -> None:
-        self.pid, self.fd, self.limit = pid, fd, limit
+    # The fetch ends at its own deadline; past it and this grace, the child is
+    # ended: what its deadline cannot cut (a DNS lookup in the C library, a
+    # TLS handshake stalled in OpenSSL) never holds the boot.
+    GRACE = 5.0
+
+    def __init__(self, pid: int, fd: int, limit: int, deadline: float) -> None:
+        self.pid, self.fd, self.limit, self.deadline = pid, fd, limit, deadline
 
     @classmethod
     def start(cls, paths: Paths, settings: UserDataSettings, source: UserDataSource) -> ChildFetch:
         read_end, write_end = os.pipe()
+        deadline = time.monotonic() + (source.timeout or settings.timeout) + cls.GRACE
         pid = os.fork()
         if pid == 0:   # the child: fetch, answer on the pipe, exit without Python's clean-up
             try:
@@ -82,7 +90,7 @@ class ChildFetch:
             finally:
                 os._exit(0)
         os.close(write_end)
-        return cls(pid, read_end, settings.max_size + 4096)
+        return cls(pid, read_end, settings.max_size + 4096, deadline)
 
     def result(self) -> bytes | None:
         """The child's answer (waits for it): the user-data, None when the
@@ -90,7 +98,14 @@ class ChildFetch:
         chunks: list[bytes] = []
         size = 0
         try:
-            while size <= self.limit and (chunk := os.read(self.fd, 65536)):
+            while size <= self.limit:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                    raise UserDataError(f"cannot fetch user-data: the fetch was still running {self.GRACE:g}s "
+                                        f"after its timeout, and was ended")
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
                 chunks.append(chunk)
                 size += len(chunk)
         finally:

@@ -88,3 +88,23 @@ def test_the_daemon_never_loads_the_http_library(tmp_path: Path) -> None:
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "b'hi' [] []"
+
+
+def test_a_fetch_that_outlives_its_deadline_is_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the fetch's own deadline cannot cut (a stalled DNS lookup in the C
+    library) stands in here as a fetch that sleeps: the daemon's wait ends at
+    the fetch timeout plus the grace, and the child is ended and reaped."""
+    import time
+
+    from podvm_bootstrap import stages
+
+    monkeypatch.setattr(stages, "read_raw_userdata", lambda *args: time.sleep(120))
+    monkeypatch.setattr(ChildFetch, "GRACE", 0.2)
+    child = ChildFetch.start(Paths.build(root=str(tmp_path)), settings_for("http://127.0.0.1:9", "aws"),
+                             UserDataSource(timeout=0.1))
+    pid = child.pid
+    with pytest.raises(UserDataError, match=r"^cannot fetch user-data: the fetch was still running 0.2s after its "
+                                            r"timeout, and was ended$"):
+        child.result()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no such child any more
