@@ -148,3 +148,63 @@ def test_the_tree_s_storage_conf_is_read_bounded(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         store_layout(tmp_path, None)
     assert str(info.value) == f"{conf}: the file is larger than {MAX_STORAGE_CONF} bytes"
+
+
+PREBAKE_MANIFEST = f"""\
+version: 1
+components:
+  attestation-agent:
+    image: quay.io/cc/attestation-agent@{D1}
+    variants:
+      tdx: {{image: quay.io/cc/attestation-agent-tdx@{D2}}}
+  kata-agent:
+    image: quay.io/cc/kata-agent@{D3}
+    after: [attestation-agent]
+    container: {{volumes: ["/run/peerpod/aa.toml:/etc/aa.toml:ro"]}}
+  api-server-rest:
+    image: quay.io/cc/api-server-rest@{D3}
+    after: [attestation-agent]
+"""
+
+
+def prebaked_for(tmp_path: Path, text: str) -> dict[str, str]:
+    from podvm_bootstrap.bake import prebaked_units
+    from podvm_bootstrap.manifest import load_manifest
+
+    path = tmp_path / "components.yaml"
+    path.write_text(text)
+    return prebaked_units(load_manifest(path), ("/run/peerpod/aa.toml",))
+
+
+def test_prebaked_units_are_the_defaults_that_may_start_with_the_daemon(tmp_path: Path) -> None:
+    files = prebaked_for(tmp_path, PREBAKE_MANIFEST)
+    # kata-agent bind-mounts a file user-data provisions: not prebaked. The
+    # attestation agent has TEE variants: its TEE-less default is.
+    assert sorted(files) == ["usr/lib/systemd/system/api-server-rest.service",
+                             "usr/lib/systemd/system/attestation-agent.service",
+                             "usr/lib/systemd/system/podvm-bootstrap.service.d/prebaked-components.conf",
+                             "usr/lib/tmpfiles.d/podvm-bootstrap-gates.conf"]
+    assert f"attestation-agent@{D1}" in files["usr/lib/systemd/system/attestation-agent.service"]
+    assert "\nWants=attestation-agent.service api-server-rest.service\n" in \
+        files["usr/lib/systemd/system/podvm-bootstrap.service.d/prebaked-components.conf"]
+
+
+def test_writing_prebaked_files_again_changes_nothing_and_a_dropped_unit_goes(tmp_path: Path) -> None:
+    import os
+
+    from podvm_bootstrap.bake import write_prebaked
+
+    tree = tmp_path / "tree"
+    files = prebaked_for(tmp_path, PREBAKE_MANIFEST)
+    assert write_prebaked(tree, files) is True
+    stamps = {p: os.stat(p).st_mtime_ns for p in tree.rglob("*") if p.is_file()}
+    assert write_prebaked(tree, files) is False
+    assert {p: os.stat(p).st_mtime_ns for p in tree.rglob("*") if p.is_file()} == stamps
+    units = tree / "usr/lib/systemd/system"
+    (units / "operator.service").write_text("[Service]\nExecStart=/bin/true\n")   # not bake's: kept
+    fewer = prebaked_for(tmp_path, PREBAKE_MANIFEST.replace("  api-server-rest:", "  api-server-rest-gone:"))
+    assert write_prebaked(tree, fewer) is True
+    assert not (units / "api-server-rest.service").exists() and (units / "api-server-rest-gone.service").exists()
+    assert (units / "operator.service").exists()
+    assert write_prebaked(tree, {}) is True   # nothing to prebake: bake's files go
+    assert sorted(p.name for p in tree.rglob("*") if p.is_file()) == ["operator.service"]

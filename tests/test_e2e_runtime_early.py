@@ -81,3 +81,64 @@ def test_an_early_unit_the_user_data_changes_is_ended_at_its_gate_and_replaced(
         if name != APF:
             assert component(st, name)["source"] == "default"
             assert not any(re.match(rf"^{name}: early start of ", text) for _, text in lines)
+
+
+# --- prebaked units (bake): started by systemd with the daemon's own start ---
+
+UNITS = [f"{name}.service" for name in NAMES]
+TMPFILES = "/usr/lib/tmpfiles.d/podvm-bootstrap-gates.conf"
+TEST_DROPIN = "/run/systemd/system/podvm-bootstrap.service.d/zz-test.conf"
+
+
+def fresh_boot_state(vm: PodVM) -> None:
+    """As just booted: no daemon, no component, no generated unit or state;
+    the gates' FIFOs from tmpfiles.d, as systemd-tmpfiles-setup makes them."""
+    vm.systemctl("stop", "podvm-bootstrap.service", *UNITS, check=False)
+    vm.run("rm -f /run/systemd/system/*.service && rm -rf /run/podvm-bootstrap")
+    vm.systemctl("daemon-reload")
+    vm.systemctl("reset-failed", check=False)
+    vm.run(["systemd-tmpfiles", "--create", TMPFILES])
+
+
+def states(vm: PodVM) -> dict[str, str]:
+    out = vm.run(["systemctl", "show", "-p", "Id,ActiveState", *UNITS]).stdout
+    return {m.group(1): m.group(2) for m in re.finditer(r"Id=(\S+)\nActiveState=(\S+)", out)}
+
+
+def test_the_daemons_start_pulls_in_the_prebaked_units_held_at_their_gates_without_it(
+        vm: PodVM, request: pytest.FixtureRequest) -> None:
+    request.node._podvm_vms = [vm]
+    wants = vm.run(["systemctl", "show", "-P", "Wants", "podvm-bootstrap.service"]).stdout.split()
+    assert set(UNITS) <= set(wants)
+    fresh_boot_state(vm)
+    for name in NAMES:   # made at boot by tmpfiles.d, before any service
+        assert vm.run(["test", "-p", f"/run/podvm-bootstrap/gates/{name}.fifo"], check=False).returncode == 0
+    # No daemon at all behind the start: only systemd and the prebaked units.
+    vm.write_file(TEST_DROPIN, "[Service]\nType=simple\nExecStart=\nExecStart=/bin/sleep infinity\n")
+    vm.systemctl("daemon-reload")
+    try:
+        vm.systemctl("start", "podvm-bootstrap.service")
+        vm.wait_until(["sh", "-c", "! systemctl show -P ActiveState " + " ".join(UNITS) + " | grep -vx active"],
+                      60, "every prebaked unit up")
+        for name in NAMES:   # each container up, its PID 1 still the gate (a release execs the component)
+            pid = vm.podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
+            argv = vm.read_file(f"/proc/{pid}/cmdline").split(b"\0")
+            assert argv[:2] == [b"/.podvm-gate/busybox", b"sh"] and b"podvm-gate" in argv, (name, argv)
+    finally:
+        vm.run(["rm", "-f", TEST_DROPIN])
+        vm.systemctl("daemon-reload")
+
+
+def test_a_daemon_that_cannot_load_its_baked_files_leaves_no_prebaked_unit_waiting(
+        vm: PodVM, request: pytest.FixtureRequest) -> None:
+    request.node._podvm_vms = [vm]
+    fresh_boot_state(vm)
+    vm.write_file("/etc/podvm-bootstrap/bootstrap.yaml", "userdata: {provider: nowhere}\n")
+    started = vm.systemctl("start", "podvm-bootstrap.service", check=False)
+    assert started.returncode != 0
+    assert "ExecMainStatus=2" in vm.run(["systemctl", "show", "-p", "ExecMainStatus", "podvm-bootstrap.service"]).stdout
+    lines = [text for _, text in daemon_journal(vm)]
+    assert any("userdata.provider" in text for text in lines)
+    vm.wait_until(["sh", "-c", "! systemctl show -P ActiveState " + " ".join(UNITS) + " | grep -Evx 'inactive|failed'"],
+                  90, "every prebaked unit stopped")
+    assert vm.podman("ps", "--quiet").stdout.strip() == ""
