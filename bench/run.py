@@ -137,7 +137,6 @@ class Driver:
 def install_manifest(vm: PodVM, text: str) -> scenarios.Manifest:
     manifest = scenarios.load_text(text)   # the product's loader: a bad variant fails here, not in the VM
     vm.write_file(BAKED_MANIFEST, text)
-    Driver(vm)("prebake", timeout=120)   # bake's prebaked units for this manifest, as an image build writes them
     return manifest
 
 
@@ -195,15 +194,7 @@ def boot_rows(rows: list[Row], n: int, data: dict) -> None:
                         value_unit="ms", target=FIRST_START,
                         note="systemd's own clocks: the daemon unit's ExecMainStartTimestamp to the first component "
                              "unit's InactiveExitTimestamp (systemd began the start job); the value is the worst "
-                             "boot; at or below 0 when the prebaked units' jobs (queued with the daemon's own start) "
-                             "began before the daemon's exec"))
-    taken = [r["head_start_after_exec_s"] for r in data["daemon"] if r.get("head_start_after_exec_s") is not None]
-    if taken:
-        rows.append(Row(f"  the daemon's head start done after its exec ({n} components; its journal line)", "ms",
-                        summarize(taken),
-                        note="the daemon's own StartUnit calls sent (prebaked units taken over, joining the jobs "
-                             "systemd began with the daemon's start): what the first StartUnit measured before "
-                             "the units were prebaked"))
+                             "boot"))
 
 
 # --- sections ---------------------------------------------------------------

@@ -6,10 +6,7 @@ pulled by digest into the tree's container storage, verified there, its
 signature checked when the policy asks for one; then the tree's
 components.yaml is rewritten with repo@digest references (comments and layout
 kept: only the image scalars change) and components.lock.json records what
-was baked. The baked defaults' units are written into the tree's /usr too
-(prebaked units: render.prebaked_files), pulled in by the daemon's own unit,
-so that systemd starts them, held at their gates, as the daemon starts.
-Nothing is written unless every image succeeded, and a second run
+was baked. Nothing is written unless every image succeeded, and a second run
 with the same inputs writes nothing.
 
 The pure part (finding the image scalars, rewriting them, the lock's bytes)
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +29,6 @@ from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.manifest import load_manifest
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.policy import Policy, load_policy
-from podvm_bootstrap.settings import load_settings
 from podvm_bootstrap.treestore import (BakeError, StoreLayout, TreePodman, find_in_store, resolve_digest,
                                        store_layout)
 
@@ -167,49 +162,6 @@ def original_reference(slot: ImageSlot, ref: ImageRef,
     return slot.reference
 
 
-def prebaked_units(manifest: Any, allowed_paths: tuple[str, ...]) -> dict[str, str]:
-    """The prebaked files for a pinned manifest (paths relative to the tree):
-    the units of the defaults that may start with the daemon (may_prebake)."""
-    from podvm_bootstrap.planner import make_plan
-    from podvm_bootstrap.render import prebaked_files, volume_host_dirs
-    from podvm_bootstrap.unit_decisions import may_prebake
-
-    plan = make_plan(manifest, Policy(), {}, tee="none")
-    names = [p.name for p in plan.components
-             if may_prebake(p.digest is not None, volume_host_dirs(p), allowed_paths)]
-    return prebaked_files(plan, names)
-
-
-def write_prebaked(tree: Path, files: dict[str, str]) -> bool:
-    """Write the prebaked files into the tree, and remove those of an earlier
-    bake it no longer writes; True when anything changed."""
-    from podvm_bootstrap.render import HEADER, PREBAKED_DROPIN, PREBAKED_TMPFILES, PREBAKED_UNIT_DIR, prebaked_wants
-
-    changed = False
-    dropin = tree / PREBAKED_DROPIN
-    before = dropin.read_text(encoding="utf-8") if dropin.is_file() else ""
-    stale = [f"{PREBAKED_UNIT_DIR}/{unit}" for unit in prebaked_wants(before)]
-    for rel in [*stale, PREBAKED_DROPIN, PREBAKED_TMPFILES]:
-        path = tree / rel
-        if rel not in files and path.is_file() and (rel in (PREBAKED_DROPIN, PREBAKED_TMPFILES)
-                                                     or path.read_text(errors="replace").startswith(HEADER)):
-            path.unlink()
-            changed = True
-    for rel, text in files.items():
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        changed |= write_if_changed(tree / rel, text.encode(), 0o644)
-    return changed
-
-
-def prebake(paths: Paths) -> bool:
-    """Write the prebaked units for the tree's (pinned) components.yaml; True
-    when anything changed. bake does this itself; a test bed that swaps the
-    manifest of a built tree calls it to keep them in step."""
-    files = prebaked_units(load_manifest(paths.components_yaml),
-                           load_settings(paths.bootstrap_yaml).provision.allowed_paths)
-    return write_prebaked(paths.root, files)
-
-
 # --- the signature hook ---------------------------------------------------
 
 
@@ -285,17 +237,11 @@ def bake(paths: Paths, *, components_file: Path | None = None, store: str | None
             podman.close()
 
     new_text = rewrite_manifest(text, source, pinned)
-    allowed = load_settings(paths.bootstrap_yaml).provision.allowed_paths
-    with tempfile.TemporaryDirectory(prefix="podvm-bake-") as tmp:   # the pinned manifest, by the one loader
-        pinned_yaml = Path(tmp) / "components.yaml"
-        pinned_yaml.write_text(new_text, encoding="utf-8")
-        prebaked = prebaked_units(load_manifest(pinned_yaml), allowed)
     target_yaml = paths.components_yaml
     mode = os.stat(target_yaml).st_mode & 0o7777 if target_yaml.exists() else 0o644
     target_yaml.parent.mkdir(parents=True, exist_ok=True)
     changed = write_if_changed(target_yaml, new_text.encode(), mode)
     changed |= write_if_changed(lock_path, lock_bytes(baked), 0o644)
-    changed |= write_prebaked(tree, prebaked)
     progress(f"baked {len(baked)} images into {layout.graph_root}; "
-             + ("wrote components.yaml, components.lock.json and the prebaked units" if changed else "nothing changed"))
+             + ("wrote components.yaml and components.lock.json" if changed else "nothing changed"))
     return baked

@@ -389,11 +389,7 @@ class Daemon:
         rewritten = {p.name for p in runnable if p.unit in written}
         for name in to_end_early(self.early, [p.name for p in runnable], rewritten):
             self._end_early(name)
-        from podvm_bootstrap.early_start import prebaked_text
-        # A prebaked unit (the daemon's own start pulled it in) of a component
-        # that does not run now, left waiting at its gate, is stopped too.
-        leftovers = [p.unit for p in self.planned.values()
-                     if (self.paths.unit_dir / p.unit).exists() or prebaked_text(self.paths, p.unit) is not None]
+        leftovers = [p.unit for p in self.planned.values() if (self.paths.unit_dir / p.unit).exists()]
         stale = stale_units(self.previous_state.get("units") or [], self.units_written, leftovers)
         for unit in stale:
             self._remove_unit(unit)
@@ -404,12 +400,10 @@ class Daemon:
                 live[name] = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
             except SystemdError as exc:
                 log.error("%s", exc, **_log(name))
-        shadowed = {p.unit for p in runnable if p.unit in written
-                    and prebaked_text(self.paths, p.unit) not in (None, units[p.unit])}
         facts = [UnitFacts(p.name, p.unit, p.unit in written, self.unit_hashes[p.name],
                            (old_components.get(p.name) or {}).get("unit_hash"),
                            Live(live[p.name].active, live[p.name].loaded, live[p.name].need_reload)
-                           if p.name in live else None, early=p.name in self.early, shadows=p.unit in shadowed)
+                           if p.name in live else None, early=p.name in self.early)
                  for p in runnable]
         if needs_reload(facts, bool(stale)):
             self.systemd.reload()

@@ -63,54 +63,18 @@ class HeadStart:
     started: dict[str, EarlyStart] = field(default_factory=dict)   # component -> its early start
 
 
-def prebaked_text(paths: Paths, unit: str) -> str | None:
-    """The image's prebaked unit file (bake: render.prebaked_files), or None."""
-    from podvm_bootstrap.render import PREBAKED_UNIT_DIR
-
-    try:
-        return (paths.root / PREBAKED_UNIT_DIR / unit).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def stop_prebaked(paths: Paths, systemd_factory: Callable[[], Systemd]) -> list[str]:
-    """The daemon cannot start (a baked file does not load): the prebaked
-    units its own start pulled in and no daemon took over (no file in /run)
-    are stopped, not left set up at their gates. Returns them."""
-    from podvm_bootstrap.render import PREBAKED_DROPIN, prebaked_wants
-
-    try:
-        wanted = prebaked_wants((paths.root / PREBAKED_DROPIN).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return []
-    units = [unit for unit in wanted if not (paths.unit_dir / unit).exists()]
-    try:
-        systemd = systemd_factory() if units else None
-        for unit in units:
-            systemd.stop(unit, lambda result: None)   # type: ignore[union-attr]
-    except SystemdError as exc:
-        log.error("cannot stop the prebaked units: %s", exc)
-    return units
-
-
 def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -> HeadStart:
     """Read the baked files and, on the boot's first daemon run, start the
-    baked defaults' units; take over (on any run) the prebaked ones that the
-    daemon's own start pulled in (bake's drop-in), which systemd is already
-    starting. ConfigError for a baked file that does not load (nothing
-    started then)."""
+    baked defaults' units. ConfigError for a baked file that does not load
+    (nothing started then)."""
     from podvm_bootstrap.gate import gate_dir, prepare_fifo, unit_gate_dir
     from podvm_bootstrap.render import render_units, volume_host_dirs
 
     previous = read_state(paths.state_dir) or {}
-    try:
-        settings = load_settings(paths.bootstrap_yaml)
-        head = HeadStart(previous, settings, read_baked(paths, settings))
-    except ConfigError:
-        stop_prebaked(paths, systemd_factory)   # the daemon exits 2: nothing is left waiting for it
-        raise
+    settings = load_settings(paths.bootstrap_yaml)
+    head = HeadStart(previous, settings, read_baked(paths, settings))
     first_run = not previous
-    plan = baked_plan(head.baked)
+    plan = baked_plan(head.baked) if first_run else None
     if plan is None:
         return head
     try:
@@ -119,10 +83,6 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
     except ConfigError:
         return head   # reported when the final plan's units are rendered
     fresh = {p.unit: not (paths.unit_dir / p.unit).exists() for p in plan.components}
-    prebaked = {p.unit: (None if (text := prebaked_text(paths, p.unit)) is None else text == units[p.unit])
-                for p in plan.components}
-    if not first_run and not any(prebaked[u] is not None and fresh[u] for u in prebaked):
-        return head
     try:
         head.systemd = systemd_factory()
         held = head.systemd.unit_loads([p.unit for p in plan.components])
@@ -131,8 +91,7 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
         return head
     early = [p for p in plan.components if may_start_early(
         EarlyCandidate(p.name, p.unit, p.digest is not None, tuple(volume_host_dirs(p)), fresh[p.unit],
-                       *held.get(p.unit, (None, None)), prebaked=prebaked[p.unit]),
-        settings.provision.allowed_paths, first_run)]
+                       *held.get(p.unit, (None, None))), settings.provision.allowed_paths, first_run)]
     if not early:
         return head
     # In start order: systemd loads and runs the first layer's jobs first, and
@@ -143,19 +102,12 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
     paths.unit_dir.mkdir(parents=True, exist_ok=True)
     for planned in early:
         prepare_fifo(gates, planned.name)   # a container needs its FIFO to bind-mount
-        if prebaked[planned.unit] is not False:   # (another text: left without a file, the final units end it)
-            write_if_changed(paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
+        write_if_changed(paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
     for planned in early:
         head.started[planned.name] = EarlyStart(planned.unit)
     by_unit = {start.unit: start for start in head.started.values()}
-    # ignore-dependencies: every container at once (the gates order the processes).
-    # A prebaked unit's start job, queued with the daemon's own, is joined (the
-    # same job; no longer waiting on its After= order).
+    # ignore-dependencies: every container at once (the gates order the processes)
     head.systemd.start_all(list(by_unit), lambda unit, result: by_unit[unit].finished(result))
-    taken = [p.name for p in early if prebaked[p.unit] and held.get(p.unit, (None, None))[1] in ("activating", "active")]
     log.info("baked defaults' units started before the user-data (held at their gates): %s",
              ", ".join(p.name for p in early))
-    if taken:
-        log.info("of which prebaked, started by systemd with the daemon's own start and taken over: %s",
-                 ", ".join(taken))
     return head

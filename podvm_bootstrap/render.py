@@ -18,10 +18,7 @@ Choices (see DESIGN.md "Generated units"; README explains them to operators):
 - Wants= + After= from `after`, never Requires=/BindsTo=: restarting one
   component never restarts another. `--pull=never`: only the daemon pulls.
 - No [Install]: the units live in /run/systemd/system for one boot and are
-  started by the daemon in dependency order, never enabled. `bake` also
-  writes the baked defaults' units, this very text, under /usr (prebaked_files):
-  the daemon's own unit pulls them in, held at their gates (README "The
-  daemon at run time", step 0).
+  started by the daemon in dependency order, never enabled.
 - Every value from the manifest or user-data goes through systemd_escape.
 """
 
@@ -226,47 +223,3 @@ def _duration(seconds: float) -> str:
     if float(seconds).is_integer():
         return f"{int(seconds)}s"
     return f"{round(seconds * 1000)}ms"
-
-
-# --- prebaked units: the baked defaults' units in the image (bake) ----------
-
-PREBAKED_UNIT_DIR = "usr/lib/systemd/system"   # under the tree; /run/systemd/system overrides it
-DAEMON_UNIT = "podvm-bootstrap.service"
-PREBAKED_DROPIN = f"{PREBAKED_UNIT_DIR}/{DAEMON_UNIT}.d/prebaked-components.conf"
-PREBAKED_TMPFILES = "usr/lib/tmpfiles.d/podvm-bootstrap-gates.conf"
-PREBAKED_HEADER = "# Written by podvm-bootstrap bake from the baked components.yaml; do not edit."
-
-
-def prebaked_files(plan: Plan, names: list[str], gate_dir: str = GATE_DIR) -> dict[str, str]:
-    """The files `bake` writes into the image (paths relative to the tree) so
-    that systemd starts the named components' units in the same transaction
-    as the daemon's own start: each unit exactly as the daemon renders it at
-    boot (gated), a drop-in of podvm-bootstrap.service that Wants= them, and
-    a tmpfiles.d entry that makes their gates' FIFOs at boot, before any
-    service starts (a container needs its FIFO to bind-mount; no fork on the
-    start's path). Empty when no component is named."""
-    if not names:
-        return {}
-    units = render_units(plan, gate_dir=gate_dir)
-    chosen = [p for p in plan.components if p.name in names]
-    files = {f"{PREBAKED_UNIT_DIR}/{p.unit}": units[p.unit] for p in chosen}
-    files[PREBAKED_DROPIN] = "\n".join([
-        PREBAKED_HEADER,
-        "# The baked defaults' units start with the daemon: podman sets their containers up while",
-        "# the daemon loads; each process waits at its start gate until the daemon releases it.",
-        "[Unit]",
-        "Wants=" + " ".join(p.unit for p in chosen),
-        ""])
-    gates = gate_dir.rstrip("/")
-    lines = [PREBAKED_HEADER, "# The start gates of the prebaked units, made at boot before any service starts.",
-             f"d {gates.rsplit('/', 1)[0]} 0755 root root -", f"d {gates} 0755 root root -"]
-    lines += [f"p {gates}/{p.name}.fifo 0644 root root -" for p in chosen]
-    files[PREBAKED_TMPFILES] = "\n".join(lines) + "\n"
-    return files
-
-
-def prebaked_wants(dropin_text: str) -> list[str]:
-    """The units an earlier bake's drop-in pulled in (to remove those a new
-    bake no longer writes)."""
-    return [unit for line in dropin_text.splitlines() if line.startswith("Wants=")
-            for unit in line[len("Wants="):].split()]

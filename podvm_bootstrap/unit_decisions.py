@@ -36,7 +36,6 @@ class UnitFacts:
     hash_before: str | None      # recorded by the previous daemon (None: no record)
     live: Live | None            # None: systemd could not be asked about it
     early: bool = False          # this daemon started it before the user-data, with this very text
-    shadows: bool = False        # its file overrides a unit file of the image (bake's) of another text
 
     @property
     def changed(self) -> bool:
@@ -55,7 +54,6 @@ class EarlyCandidate:
     fresh_file: bool              # its unit file did not exist before this daemon wrote it
     loaded: str | None            # LoadState systemd holds for it (None: not in memory)
     active: str | None            # ActiveState (None: not in memory)
-    prebaked: bool | None = None  # the image has a prebaked unit (bake) for it: this very text? (None: none)
 
 
 def under(path: str, top: str) -> bool:
@@ -69,40 +67,14 @@ def may_start_early(c: EarlyCandidate, provisioned: Iterable[str], first_run: bo
     what runs), for a digest-pinned image, a unit file new to systemd (so it
     cannot start an older text systemd holds), and no bind mount of a path
     the user-data may provision: a missing host path is made a directory at
-    start, and a file could then not be provisioned there.
-
-    A prebaked unit (bake wrote it under /usr and the daemon's own start
-    pulled it in) that systemd is starting or has up is taken over on any
-    run: without a file in /run no daemon ever released its gate (the daemon
-    writes its file before it starts or releases anything). One of another
-    text than this render (a TEE variant) is taken over only to be ended at
-    its gate, never started early: systemd may hold that text until a
-    daemon-reload."""
-    if any(under(host, p) for host in c.host_paths for p in provisioned):
-        return False
-    if c.prebaked is not None and c.pinned and c.fresh_file and c.loaded == "loaded":
-        if c.active in ("activating", "active"):
-            return True
-        if c.prebaked and c.active == "inactive":
-            return True   # its start job may still wait on its After= order: joined (at once), on any run
-    if c.prebaked is False:
-        return False
+    start, and a file could then not be provisioned there."""
     if not first_run or not c.pinned or not c.fresh_file:
         return False
     if c.loaded not in (None, "not-found") and not (c.loaded == "loaded" and c.active in ("inactive", None)):
         return False
-    return c.active in (None, "inactive")
-
-
-def may_prebake(pinned: bool, host_paths: Iterable[str], provisioned: Iterable[str]) -> bool:
-    """Does `bake` write this baked default's unit into the image, to start
-    with the daemon? Only a digest-pinned image and no bind mount of a path
-    user-data may provision (see may_start_early). A component with TEE
-    variants is prebaked with its TEE-less default: on a VM whose TEE picks
-    a variant, the daemon ends that start at its gate and starts the
-    variant's unit instead."""
-    provisioned = list(provisioned)
-    return pinned and not any(under(host, p) for host in host_paths for p in provisioned)
+    if c.active not in (None, "inactive"):
+        return False
+    return not any(under(host, p) for host in c.host_paths for p in provisioned)
 
 
 def to_end_early(early: Iterable[str], runnable: Iterable[str], written: Iterable[str]) -> list[str]:
@@ -125,11 +97,9 @@ def stale_units(previous_units: Iterable[str], runnable_units: Iterable[str],
 def needs_reload(facts: Iterable[UnitFacts], removed_any: bool) -> bool:
     """A daemon-reload only when systemd may hold an older version: a unit was
     removed, or one written now is unknown to it, not loaded, or flagged
-    NeedDaemonReload, or one that overrides an image's unit file of another
-    text (systemd 252 does not flag a new file in /run over a loaded one in
-    /usr). A file systemd has not loaded yet is read as it is looked up: no
-    reload for a first boot."""
-    return removed_any or any(f.live is None or f.live.need_reload or f.live.loaded != "loaded" or f.shadows
+    NeedDaemonReload. A file systemd has not loaded yet is read as it is
+    looked up: no reload for a first boot."""
+    return removed_any or any(f.live is None or f.live.need_reload or f.live.loaded != "loaded"
                               for f in facts if f.written)
 
 

@@ -113,27 +113,6 @@ def test_bake_resolves_tags_pulls_into_the_tree_and_writes_the_lock(
     for entry in lock["images"]:  # each image verifies where the VM will read it
         verify_in_storage(graph, "vfs", entry["image_id"], entry["digest"])
     assert "pulling" in done.stdout and "Copying blob" in done.stdout  # progress of the pulls
-    assert_prebaked_as_rendered(tree, tmp_path, COMPONENTS)
-
-
-def assert_prebaked_as_rendered(tree: Path, tmp_path: Path, components: list[str]) -> None:
-    """The prebaked units are byte for byte what `render` (and so `run`) writes
-    for the baked plan; the daemon's drop-in wants them; tmpfiles.d makes
-    their gates' FIFOs."""
-    out = tmp_path / "rendered"
-    done = subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(tree), "render",
-                           "--user-data", "/dev/null", "--output", str(out)], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    units = tree / "usr/lib/systemd/system"
-    assert sorted(p.name for p in units.glob("*.service")) == sorted(f"{c}.service" for c in components)
-    for c in components:
-        assert (units / f"{c}.service").read_text() == (out / f"{c}.service").read_text()
-    dropin = (units / "podvm-bootstrap.service.d/prebaked-components.conf").read_text()
-    assert "[Unit]\nWants=" + " ".join(f"{c}.service" for c in components) + "\n" in dropin
-    tmpfiles = (tree / "usr/lib/tmpfiles.d/podvm-bootstrap-gates.conf").read_text().splitlines()
-    assert [line for line in tmpfiles if line.startswith("p ")] == [
-        f"p /run/podvm-bootstrap/gates/{c}.fifo 0644 root root -" for c in components]
 
 
 def test_second_bake_with_the_same_inputs_changes_no_file(
@@ -164,8 +143,6 @@ def test_a_changed_tag_is_baked_anew(tmp_path: Path, env: dict[str, str], bed_re
     assert apf["reference"].endswith("agent-protocol-forwarder:v2")
     assert apf["digest"] == standin_images[("agent-protocol-forwarder", "v2")].digest
     assert apf["digest"] in (tree / "etc/podvm-bootstrap/components.yaml").read_text()
-    assert apf["digest"] in (tree / "usr/lib/systemd/system/agent-protocol-forwarder.service").read_text()
-    assert_prebaked_as_rendered(tree, tmp_path, COMPONENTS)
 
 
 @pytest.mark.parametrize("broken", ["tag", "digest"])
@@ -183,7 +160,6 @@ def test_a_missing_image_fails_with_one_line_and_writes_nothing(
     assert lines[0].startswith("podvm-bootstrap: error: cannot ") and "kata-agent" in lines[0]
     assert (tree / "etc/podvm-bootstrap/components.yaml").read_text() == text
     assert not (tree / "etc/podvm-bootstrap/components.lock.json").exists()
-    assert not (tree / "usr/lib/systemd/system").exists() and not (tree / "usr/lib/tmpfiles.d").exists()
 
 
 def test_a_config_error_exits_2_naming_file_and_key(tmp_path: Path, env: dict[str, str],

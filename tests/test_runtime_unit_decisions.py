@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, START, EarlyCandidate, Live, UnitFacts, may_prebake,
-                                            may_start_early, needs_reload, stale_units, start_mode, to_end_early)
+from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, START, EarlyCandidate, Live, UnitFacts, may_start_early,
+                                            needs_reload, stale_units, start_mode, to_end_early)
 
 
 def fact(written: bool = False, now: str = "h1", before: str | None = "h1", live: Live | None = Live("active"),
@@ -43,10 +43,6 @@ def test_start_mode(case: str, f: UnitFacts, expected: str | None) -> None:
     ("nothing written", [fact(live=Live("active", need_reload=True))], False, False),
     ("a unit was removed", [fact()], True, True),
     ("written, systemd could not be asked", [fact(written=True, live=None)], False, True),
-    ("written over the image's prebaked unit of another text (not flagged by systemd)",
-     [UnitFacts("kata-agent", "kata-agent.service", True, "h2", None, Live("inactive"), shadows=True)], False, True),
-    ("not written, over a prebaked unit of another text", [UnitFacts("kata-agent", "kata-agent.service", False, "h2",
-                                                                    None, Live("active"), shadows=True)], False, False),
 ])
 def test_needs_reload(case: str, facts: list[UnitFacts], removed: bool, expected: bool) -> None:
     assert needs_reload(facts, removed) is expected, case
@@ -68,8 +64,8 @@ PROVISIONED = ("/run/peerpod/aa.toml", "/run/peerpod/apf.json")
 
 
 def early(pinned: bool = True, host_paths: tuple[str, ...] = ("/run/kata-containers",), fresh: bool = True,
-          loaded: str | None = None, active: str | None = None, prebaked: bool | None = None) -> EarlyCandidate:
-    return EarlyCandidate("kata-agent", "kata-agent.service", pinned, host_paths, fresh, loaded, active, prebaked)
+          loaded: str | None = None, active: str | None = None) -> EarlyCandidate:
+    return EarlyCandidate("kata-agent", "kata-agent.service", pinned, host_paths, fresh, loaded, active)
 
 
 @pytest.mark.parametrize("case, c, first_run, expected", [
@@ -88,28 +84,6 @@ def early(pinned: bool = True, host_paths: tuple[str, ...] = ("/run/kata-contain
      early(host_paths=("/run/peerpod/aa.toml",)), True, False),
     ("mounts a path under a provisioned file", early(host_paths=("/run/peerpod/apf.json/x",)), True, False),
     ("a sibling with a common prefix is not under it", early(host_paths=("/run/peerpod/aa.toml.d",)), True, True),
-    # prebaked units (bake): started by systemd with the daemon's own start, no file in /run yet
-    ("prebaked, this text, starting with the daemon: taken over",
-     early(loaded="loaded", active="activating", prebaked=True), True, True),
-    ("prebaked, this text, up at its gate: taken over", early(loaded="loaded", active="active", prebaked=True),
-     True, True),
-    ("prebaked, a restarted daemon's start pulled it in again (no /run file: never released)",
-     early(loaded="loaded", active="activating", prebaked=True), False, True),
-    ("prebaked, another text (a TEE variant): taken over, to be ended at its gate",
-     early(loaded="loaded", active="active", prebaked=False), True, True),
-    ("prebaked, another text, not started: systemd holds that text, never started early",
-     early(loaded="loaded", active="inactive", prebaked=False), True, False),
-    ("prebaked, another text, systemd holds nothing yet", early(prebaked=False), True, False),
-    ("prebaked, this text, not started (the drop-in missing): started early as any",
-     early(loaded="loaded", active="inactive", prebaked=True), True, True),
-    ("prebaked, this text, not started yet (its job waits on After=), a restarted daemon: joined",
-     early(loaded="loaded", active="inactive", prebaked=True), False, True),
-    ("prebaked and a /run file: a daemon wrote it (and may have released it): adopted, not taken over",
-     early(loaded="loaded", active="active", prebaked=True, fresh=False), False, False),
-    ("prebaked, failed", early(loaded="loaded", active="failed", prebaked=True), True, False),
-    ("prebaked, by tag", early(loaded="loaded", active="active", prebaked=True, pinned=False), True, False),
-    ("prebaked, mounts a provisioned file", early(loaded="loaded", active="active", prebaked=True,
-                                                  host_paths=("/run/peerpod/aa.toml",)), True, False),
 ])
 def test_may_start_early(case: str, c: EarlyCandidate, first_run: bool, expected: bool) -> None:
     assert may_start_early(c, PROVISIONED, first_run) is expected, case
@@ -124,13 +98,3 @@ def test_may_start_early(case: str, c: EarlyCandidate, first_run: bool, expected
 def test_to_end_early(case: str, started: list[str], runnable: list[str], written: list[str],
                       expected: list[str]) -> None:
     assert to_end_early(started, runnable, written) == expected, case
-
-
-@pytest.mark.parametrize("case, pinned, host_paths, expected", [
-    ("pinned, mounts a directory", True, ("/run/kata-containers",), True),
-    ("by tag", False, ("/run/kata-containers",), False),
-    ("mounts a file the user-data provisions", True, ("/run/peerpod/apf.json",), False),
-    ("mounts the directory the provisioned files live in", True, ("/run/peerpod",), True),
-])
-def test_may_prebake(case: str, pinned: bool, host_paths: tuple[str, ...], expected: bool) -> None:
-    assert may_prebake(pinned, host_paths, PROVISIONED) is expected, case
