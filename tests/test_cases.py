@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 from podvm_bootstrap import __version__
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
@@ -36,7 +37,8 @@ SERVICE_KEYS = {"Type", "NotifyAccess", "ExecStartPre", "ExecStart", "ExecStop",
 
 
 def case_names() -> list[str]:
-    return sorted(p.name for p in CASES.iterdir() if p.is_dir() and (p / "components.yaml").exists())
+    """Every directory is a case (one without components.yaml fails, it is not skipped)."""
+    return sorted(p.name for p in CASES.iterdir() if p.is_dir())
 
 
 @dataclass
@@ -55,6 +57,7 @@ class CaseBed:
     files), root/ (the --root tree) and the user-data file."""
 
     def __init__(self, case: Path, tmp: Path) -> None:
+        assert (case / "components.yaml").is_file(), f"{case}: a case needs its components.yaml"
         self.case = case
         self.config = tmp / "config"
         self.config.mkdir()
@@ -172,7 +175,9 @@ def test_case(name: str, tmp_path: Path) -> None:
     assert render.stdout == ""
 
     if render.units:
-        check_units_against_plan(render.units, json.loads((expect / "plan.json").read_text()))
+        plan = json.loads((expect / "plan.json").read_text())
+        check_units_against_plan(render.units, plan)
+        check_container_values_reach_podman(render.units, plan, bed.config / "components.yaml")
     check_assertions(case, render.units)
 
 
@@ -220,6 +225,28 @@ def check_units_against_plan(units: dict[str, bytes], plan: dict) -> None:
         [stop_timeout] = [a.split("=", 1)[1] for a in start if a.startswith("--stop-timeout=")]
         assert argv_of(values, "ExecStop") == ["/usr/bin/podman", "stop", "--ignore", f"--time={stop_timeout}", name]
         assert argv_of(values, "ExecStopPost") == ["/usr/bin/podman", "rm", "--force", "--ignore", "--time=0", name]
+
+
+def check_container_values_reach_podman(units: dict[str, bytes], plan: dict, components_yaml: Path) -> None:
+    """Each env, volume, device and capability of the manifest (with the
+    planned variant's container keys) reaches podman as one argument, exactly
+    as written in components.yaml, whatever quoting the unit needed. The
+    manifest is read here with plain YAML, independently of the code under test."""
+    manifest = yaml.safe_load(components_yaml.read_text(encoding="utf-8"))["components"]
+    for component in plan["components"]:
+        declared = manifest[component["name"]]
+        container = dict(declared.get("container") or {})
+        if component["variant"]:
+            container.update(declared["variants"][component["variant"]].get("container") or {})
+        start = argv_of(values_of(units[component["unit"]]), "ExecStart")
+        for option, values in (("--env=", [f"{k}={v}" for k, v in (container.get("env") or {}).items()]),
+                               ("--volume=", container.get("volumes") or []),
+                               ("--device=", container.get("devices") or []),
+                               ("--cap-add=", container.get("capabilities") or [])):
+            given = [a[len(option):] for a in start if a.startswith(option)]
+            if option == "--volume=":   # beside the gate's own two volumes
+                given = [v for v in given if ":/.podvm-gate/" not in v]
+            assert given == list(values), (component["name"], option)
 
 
 def launched_images(plan: dict) -> dict[str, str]:
