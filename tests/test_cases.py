@@ -10,6 +10,7 @@ on purpose."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -228,25 +229,50 @@ def check_units_against_plan(units: dict[str, bytes], plan: dict) -> None:
 
 
 def check_container_values_reach_podman(units: dict[str, bytes], plan: dict, components_yaml: Path) -> None:
-    """Each env, volume, device and capability of the manifest (with the
-    planned variant's container keys) reaches podman as one argument, exactly
-    as written in components.yaml, whatever quoting the unit needed. The
-    manifest is read here with plain YAML, independently of the code under test."""
+    """What the manifest says of each container (with the planned variant's
+    container keys) reaches podman as written in components.yaml, one value
+    one argument, whatever quoting the unit needed: env, volumes (their host
+    directories made first), devices, capabilities, network, pid, user, the
+    flags, and the stop timeout in whole seconds. The manifest is read here with
+    plain YAML, independently of the code under test."""
     manifest = yaml.safe_load(components_yaml.read_text(encoding="utf-8"))["components"]
     for component in plan["components"]:
         declared = manifest[component["name"]]
         container = dict(declared.get("container") or {})
         if component["variant"]:
             container.update(declared["variants"][component["variant"]].get("container") or {})
-        start = argv_of(values_of(units[component["unit"]]), "ExecStart")
-        for option, values in (("--env=", [f"{k}={v}" for k, v in (container.get("env") or {}).items()]),
-                               ("--volume=", container.get("volumes") or []),
-                               ("--device=", container.get("devices") or []),
-                               ("--cap-add=", container.get("capabilities") or [])):
+        values = values_of(units[component["unit"]])
+        start = argv_of(values, "ExecStart")
+        volumes = list(container.get("volumes") or [])
+        for option, expected in (("--env=", [f"{k}={v}" for k, v in (container.get("env") or {}).items()]),
+                                 ("--volume=", volumes),
+                                 ("--device=", container.get("devices") or []),
+                                 ("--cap-add=", container.get("capabilities") or []),
+                                 ("--network=", [container["network"]] if "network" in container else []),
+                                 ("--pid=", [container["pid"]] if "pid" in container else []),
+                                 ("--user=", [container["user"]] if "user" in container else []),
+                                 ("--stop-timeout=", [str(whole_seconds(declared.get("stop_timeout", "10s")))])):
             given = [a[len(option):] for a in start if a.startswith(option)]
             if option == "--volume=":   # beside the gate's own two volumes
                 given = [v for v in given if ":/.podvm-gate/" not in v]
-            assert given == list(values), (component["name"], option)
+            assert given == list(expected), (component["name"], option)
+        for flag, key in (("--privileged", "privileged"), ("--read-only", "read_only")):
+            assert (flag in start) == bool(container.get(key)), (component["name"], flag)
+        host_dirs = list(dict.fromkeys(v.split(":", 1)[0] for v in volumes if v.startswith("/")))
+        if host_dirs:
+            assert argv_of(values, "ExecStartPre") == ["/usr/bin/mkdir", "-p", "--", *host_dirs]
+        else:
+            assert "ExecStartPre" not in values
+
+
+def whole_seconds(duration: object) -> int:
+    """A manifest duration ("2.5s", "500ms", or a number of seconds) rounded up
+    to podman's whole seconds, at least 1."""
+    text = str(duration)
+    match = re.fullmatch(r"([0-9.]+)(ms|s)?", text)
+    assert match, f"a duration this runner does not read: {text!r}"
+    seconds = float(match[1]) / (1000 if match[2] == "ms" else 1)
+    return max(1, math.ceil(seconds))
 
 
 def launched_images(plan: dict) -> dict[str, str]:
