@@ -55,7 +55,8 @@ class Run:
 
 class CaseBed:
     """A case's inputs laid out in a temporary directory: config/ (the baked
-    files), root/ (the --root tree) and the user-data file."""
+    files), root/ (the --root tree) and the user-data file; the case's
+    options file, one word a line, adds global options (e.g. --log-level)."""
 
     def __init__(self, case: Path, tmp: Path) -> None:
         assert (case / "components.yaml").is_file(), f"{case}: a case needs its components.yaml"
@@ -76,6 +77,8 @@ class CaseBed:
         else:   # a VM without user-data
             self.user_data.write_bytes(b"")
         self.output = tmp / "units"
+        options = case / "options"
+        self.options = options.read_text(encoding="utf-8").splitlines() if options.exists() else []
 
     def normalize(self, text: str) -> str:
         for path, name in ((self.output, "{output}"), (self.user_data, "{user-data}"), (self.config, "{config}"),
@@ -90,7 +93,7 @@ class CaseBed:
         before = tree(self.root)
         proc = subprocess.run(
             [sys.executable, "-m", "podvm_bootstrap", "--root", str(self.root), "--config-dir", str(self.config),
-             *command, "--user-data", str(self.user_data)],
+             *self.options, *command, "--user-data", str(self.user_data)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         # plan and render have no side effects on the pod VM: render writes its --output only
         assert tree(self.root) == before, f"{command[0]} changed files under --root"
