@@ -55,9 +55,9 @@ NASTY_COMMAND = ("/bin/agent", "--flag=%n", "$HOME", "${PATH}", "a b", 'say "hi"
 def everything_plan() -> Plan:
     """Every container option, odd unit names, a tag-only image, and strings
     that try every way into a unit file, some of which the manifest refuses
-    (a volume with a space or a named one, a component name with "." and "_",
-    an image reference no parser returns): what render does with them on its
-    own. tests/cases/everything is the part a components.yaml can hold."""
+    (a volume with a space or a named one, an image reference no parser
+    returns): what render does with them on its own. tests/cases/everything
+    is the part a components.yaml can hold."""
     base = Component(name="base", image=parse_reference("registry.example:5000/tools/base:1.2"),
                      unit="base.service")
     sink = Component(
