@@ -14,7 +14,7 @@ import pytest
 
 from podvm_bootstrap.early_start import EarlyStart, head_start
 from podvm_bootstrap.paths import Paths
-from tests.test_runtime_cli import COMPONENTS, POLICY
+from tests.test_cli_runtime import COMPONENTS, POLICY
 
 
 def test_an_early_result_reaches_the_taker_whether_it_came_before_or_after() -> None:
