@@ -2,7 +2,7 @@
 (podvm_bootstrap.tomlbounds), one per shape that makes tomllib work hardest,
 and one with every bound reached at once.
 
-tests/test_initdata_bounds.py checks that each is inside the bounds and that
+tests/test_tomlbounds.py checks that each is inside the bounds and that
 its parse stays within a memory bound. As a script, it measures each one's
 pre-scan + tomllib parse in a fresh interpreter (CPU time, peak RSS) and
 prints the README's table:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from podvm_bootstrap.eventlog import ZERO, LaunchEntry, launch_lines, replay
-from tests.test_cli_plan import APF, CONFIG, LOOPBACK_APF, USERDATA_OVERRIDES, copy_config, run_plan
+from tests.plan_command import APF, CONFIG, LOOPBACK_APF, USERDATA_OVERRIDES, copy_config, run_plan
 
 REPO = Path(__file__).resolve().parent.parent
 D = {c: "sha256:" + hashlib.sha256(c.encode()).hexdigest() for c in ("aa", "ka")}

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from tests.bed.cosign import SigningKey
-from tests.test_cli_plan import APF, USERDATA_NO_OVERRIDES, assert_one_error_line, copy_config, run_plan
+from tests.plan_command import APF, USERDATA_NO_OVERRIDES, assert_one_error_line, copy_config, run_plan
 
 
 def component_names(config: Path) -> list[str]:

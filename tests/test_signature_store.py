@@ -1,6 +1,6 @@
 """Reading signature items from a containers-storage layout (files only):
 the layout podman 4.3 writes (checked against real podman in
-test_runtime_signatures.py), built here by hand for the edge cases."""
+test_signatures_registry.py), built here by hand for the edge cases."""
 
 from __future__ import annotations
 
