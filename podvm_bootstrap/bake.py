@@ -29,8 +29,7 @@ from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.manifest import load_manifest
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.policy import Policy, load_policy
-from podvm_bootstrap.treestore import (BakeError, StoreLayout, TreePodman, find_in_store, resolve_digest,
-                                       store_layout)
+from podvm_bootstrap.treestore import BakeError, StoreLayout, TreePodman, find_in_store, resolve_digest, store_layout
 
 LOCK_NAME = "components.lock.json"
 MAX_LOCK = 4 * 1024 * 1024

@@ -39,11 +39,18 @@ from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
 from podvm_bootstrap.state import now_iso, state_record, write_state
-from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
-                                        SupervisorConfig)
+from podvm_bootstrap.supervisor import FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig
 from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units, start_mode,
-                                            to_end_early)
+from podvm_bootstrap.unit_decisions import (
+    ADOPT,
+    RESTART,
+    Live,
+    UnitFacts,
+    needs_reload,
+    stale_units,
+    start_mode,
+    to_end_early,
+)
 
 if TYPE_CHECKING:
     from podvm_bootstrap.early_start import EarlyStart, HeadStart
@@ -200,7 +207,8 @@ class Daemon:
         self._write_state()
         self.notifier.status("checking images")
         self._ensure_images()
-        from podvm_bootstrap.launch_measurement import measure_launch  # before any unit starts (README "Measured launch")
+        # Before any unit starts (README "Measured launch").
+        from podvm_bootstrap.launch_measurement import measure_launch
         self.boot["measurement"] = measure_launch(
             self.paths, self.settings, self.plan.start_order,
             [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED], self.supervisor.image_failed)

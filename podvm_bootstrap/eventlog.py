@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from podvm_bootstrap.errors import BootstrapError, EXIT_CONFIG, one_line
+from podvm_bootstrap.errors import EXIT_CONFIG, BootstrapError, one_line
 from podvm_bootstrap.jcs import canonical_json
 
 ALGORITHM = "sha256"

@@ -15,8 +15,17 @@ from pathlib import Path
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
-from podvm_bootstrap.model import (PROBE_KINDS, Component, ContainerSpec, Health, Manifest, Probe,
-                                   Restart, Variant, check_components)
+from podvm_bootstrap.model import (
+    PROBE_KINDS,
+    Component,
+    ContainerSpec,
+    Health,
+    Manifest,
+    Probe,
+    Restart,
+    Variant,
+    check_components,
+)
 from podvm_bootstrap.tee import TEES
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
 

@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, UsageError
+from podvm_bootstrap.eventlog import (
+    MAX_LOG_BYTES,
+    MalformedLog,
+    ParsedLog,
+    format_value,
+    line_digest,
+    parse_log,
+    parse_value,
+)
 from podvm_bootstrap.fsutil import read_regular_file
-from podvm_bootstrap.eventlog import (MAX_LOG_BYTES, MalformedLog, ParsedLog, format_value, line_digest,
-                                      parse_log, parse_value)
 
 DEFAULT_LOG = "eventlog"
 

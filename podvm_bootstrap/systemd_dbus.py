@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from podvm_bootstrap.errors import BootstrapError, error_line as _one_line
+from podvm_bootstrap.errors import BootstrapError
+from podvm_bootstrap.errors import error_line as _one_line
 
 JobCallback = Callable[[str], None]  # called with the job result: done, failed, canceled, timeout, ...
 

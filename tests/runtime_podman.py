@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from podvm_bootstrap.images import PodmanImages, PullPacing
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.images import PodmanImages, PullPacing
 from tests.bed.cosign import REGISTRIES_D
 from tests.bed.proc import Service
 

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.bake import (BakedImage, image_slots, lock_bytes, original_reference, previous_references,
-                                  rewrite_manifest)
+from podvm_bootstrap.bake import (
+    BakedImage,
+    image_slots,
+    lock_bytes,
+    original_reference,
+    previous_references,
+    rewrite_manifest,
+)
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import parse_reference
 

@@ -17,8 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from podvm_bootstrap.images import ImageError, PodmanImages, big_data_path
 from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.images import ImageError, PodmanImages, big_data_path
 from tests.bed.proc import Service
 from tests.bed.registry import Registry
 from tests.runtime_podman import CONTAINERS_CONF

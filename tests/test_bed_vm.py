@@ -8,7 +8,6 @@ import json
 import pytest
 import yaml
 
-
 pytestmark = pytest.mark.vm
 
 

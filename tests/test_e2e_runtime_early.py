@@ -16,8 +16,18 @@ import pytest
 import yaml
 
 from tests.bed.vm import PodVM, booted
-from tests.test_e2e_runtime import (NAMES, all_ready, answer, bed_components, bootstrap_yaml, component,
-                                    daemon_journal, first, userdata, wait_status)
+from tests.test_e2e_runtime import (
+    NAMES,
+    all_ready,
+    answer,
+    bed_components,
+    bootstrap_yaml,
+    component,
+    daemon_journal,
+    first,
+    userdata,
+    wait_status,
+)
 
 pytestmark = pytest.mark.vm
 

@@ -12,8 +12,18 @@ import yaml
 
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
-from tests.test_e2e_runtime import (all_ready, bed_components, bootstrap_yaml, component, daemon_journal, daemon_pid,
-                                    daemon_status_text, first, userdata, wait_status)
+from tests.test_e2e_runtime import (
+    all_ready,
+    bed_components,
+    bootstrap_yaml,
+    component,
+    daemon_journal,
+    daemon_pid,
+    daemon_status_text,
+    first,
+    userdata,
+    wait_status,
+)
 
 pytestmark = pytest.mark.vm
 

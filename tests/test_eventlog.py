@@ -7,8 +7,21 @@ import hashlib
 
 import pytest
 
-from podvm_bootstrap.eventlog import (ZERO, LaunchEntry, MalformedLog, aael_states, event_line, extend, init_line,
-                                      launch_lines, launch_order, parse_log, parse_value, predict, replay)
+from podvm_bootstrap.eventlog import (
+    ZERO,
+    LaunchEntry,
+    MalformedLog,
+    aael_states,
+    event_line,
+    extend,
+    init_line,
+    launch_lines,
+    launch_order,
+    parse_log,
+    parse_value,
+    predict,
+    replay,
+)
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 ENTRIES = [

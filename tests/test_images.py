@@ -11,10 +11,19 @@ from typing import Iterator
 
 import pytest
 
-from podvm_bootstrap.images import (ImageError, PodmanImages, PullPacing, Store, big_data_path, find_in_store,
-                                    registry_auth, store_from_conf, verify_in_storage)
-from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.images import (
+    ImageError,
+    PodmanImages,
+    PullPacing,
+    Store,
+    big_data_path,
+    find_in_store,
+    registry_auth,
+    store_from_conf,
+    verify_in_storage,
+)
 from tests.bed.proc import free_port
 from tests.bed.registry import Registry, running_registry
 from tests.runtime_podman import Podman

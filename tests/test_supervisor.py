@@ -6,8 +6,21 @@ import pytest
 
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.model import Component, Health, Probe, Restart
-from podvm_bootstrap.supervisor import (CRASH_LOOP, FAILED, PENDING, READY, RESTARTING, STARTING, UNHEALTHY,
-                                        OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig)
+from podvm_bootstrap.supervisor import (
+    CRASH_LOOP,
+    FAILED,
+    PENDING,
+    READY,
+    RESTARTING,
+    STARTING,
+    UNHEALTHY,
+    OpenGate,
+    RestartUnit,
+    RunProbe,
+    StartUnit,
+    Supervisor,
+    SupervisorConfig,
+)
 
 IMAGE = parse_reference("quay.io/x/y@sha256:" + "a" * 64)
 

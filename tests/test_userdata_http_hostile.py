@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.metadata import (drip, endless_continue, head, running_raw_server, send_then_close)
+from tests.fakes.metadata import drip, endless_continue, head, running_raw_server, send_then_close
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's interpreter: python3-requests, urllib3 1.26

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from podvm_bootstrap.backoff import Deadline
 from podvm_bootstrap.errors import UsageError
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.settings import PROVIDERS, UserDataSettings, endpoint_ok
 from podvm_bootstrap.userdata import alibaba, aws, azure, detect, file, gcp
-from podvm_bootstrap.backoff import Deadline
 from podvm_bootstrap.userdata.http import MetadataClient, RetryPolicy
 
 __all__ = ["fetch_userdata", "RetryPolicy"]
