@@ -9,7 +9,6 @@ from podvm_bootstrap.model import Component, Health, Probe, Restart
 from podvm_bootstrap.supervisor import (
     CRASH_LOOP,
     FAILED,
-    PENDING,
     READY,
     RESTARTING,
     STARTING,
@@ -262,7 +261,7 @@ def test_crash_loop_reported_and_retried() -> None:
     sup, clock = make(comp("kata", essential=True, delay=1.0, max_delay=1.0),
                       crash_loop_restarts=3, crash_loop_window=60.0)
     tick(sup)
-    for i in range(3):
+    for _i in range(3):
         sup.job_finished("kata", False, "failed")
         clock.advance(1.0)
         assert RestartUnit("kata") in tick(sup)

@@ -54,7 +54,7 @@ def standin_bin(tmp_path_factory) -> Callable[[str, str], Path]:
 
 
 def _with_standins(registry: Registry, images: dict) -> Registry:
-    for (component, variant), image in images.items():
+    for (_component, variant), image in images.items():
         if variant != "padded":
             registry.push_standin(image)
     return registry
