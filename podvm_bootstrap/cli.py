@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import EXIT_RUNTIME, BootstrapError

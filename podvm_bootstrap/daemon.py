@@ -23,11 +23,12 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
@@ -73,7 +74,7 @@ def knock(socket_path: str) -> None:
         pass
 
 
-def in_background(fn: Callable[[], T], name: str) -> "Future[T]":
+def in_background(fn: Callable[[], T], name: str) -> Future[T]:
     """Run fn in a daemon thread (never keeps the process alive); its result
     or exception in the returned future."""
     future: Future[T] = Future()

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from podvm_bootstrap.errors import EXIT_CONFIG, BootstrapError, one_line
 from podvm_bootstrap.jcs import canonical_json

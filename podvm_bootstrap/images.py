@@ -26,9 +26,10 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import BootstrapError, one_line

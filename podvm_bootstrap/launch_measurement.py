@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from podvm_bootstrap.errors import BootstrapError
 from podvm_bootstrap.eventlog import (

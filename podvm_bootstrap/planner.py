@@ -11,7 +11,7 @@ accepted override replaces it like it replaces a default."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.imageref import parse_reference

@@ -33,9 +33,9 @@ import os
 import posixpath
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from podvm_bootstrap import initdata
 from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterable, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.model import Component, Probe
@@ -209,7 +210,7 @@ class Supervisor:
     def _stamp(self, mono: float | None) -> dict | None:
         if mono is None:
             return None
-        wall = datetime.fromtimestamp(mono + self._wall_offset, timezone.utc)
+        wall = datetime.fromtimestamp(mono + self._wall_offset, UTC)
         return {"wall": wall.isoformat(timespec="milliseconds"), "monotonic": round(mono, 3)}
 
     # --- events ----------------------------------------------------------

@@ -13,8 +13,9 @@ signal (a unit's PropertiesChanged carries about a hundred).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from podvm_bootstrap.errors import BootstrapError
 from podvm_bootstrap.errors import error_line as _one_line

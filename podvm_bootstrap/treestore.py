@@ -23,9 +23,9 @@ import subprocess
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, one_line
 from podvm_bootstrap.fsutil import read_at_most, read_bounded

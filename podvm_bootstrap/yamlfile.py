@@ -5,8 +5,9 @@ file and the dotted key, so that an image builder sees exactly what to fix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -157,7 +158,7 @@ class Section:
             raise self.error("version", f"unsupported version {version!r} (expected {expected})")
         return expected
 
-    def section(self, name: str) -> "Section":
+    def section(self, name: str) -> Section:
         return Section(self.path, self.child_key(name), self.data.get(name))
 
     def convert(self, name: str, default: T, fn: Callable[[Any], T]) -> T:

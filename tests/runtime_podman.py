@@ -8,9 +8,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.images import PodmanImages, PullPacing
@@ -111,7 +111,7 @@ class Podman:
 
     @classmethod
     @contextmanager
-    def running(cls, insecure: list[str] = [], sigstore_attachments: bool = False) -> Iterator["Podman"]:
+    def running(cls, insecure: list[str] = [], sigstore_attachments: bool = False) -> Iterator[Podman]:
         # podman wants a short runroot (< 50 characters): not under pytest's tmp_path.
         base = Path(tempfile.mkdtemp(prefix="pvb-", dir="/tmp"))
         p = cls(base, insecure, sigstore_attachments)

@@ -10,7 +10,8 @@ after the step it reports, so their order is the order of the steps."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml

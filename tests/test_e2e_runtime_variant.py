@@ -5,7 +5,8 @@ daemon stays up). Helpers are shared with test_e2e_runtime.py."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml

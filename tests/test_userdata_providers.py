@@ -6,8 +6,9 @@ import base64
 import re
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pytest
 import requests

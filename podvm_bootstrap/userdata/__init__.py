@@ -8,8 +8,8 @@ than max_size, or does not decode."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from podvm_bootstrap.backoff import Deadline
 from podvm_bootstrap.errors import UsageError

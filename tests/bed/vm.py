@@ -21,10 +21,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import yaml
 
@@ -193,7 +193,7 @@ def _unmount(path: Path) -> None:
 
 
 _running_here: list[str] = []  # the VM this process has booted, if any
-_live: list["PodVM"] = []
+_live: list[PodVM] = []
 
 
 def _destroy_on_sigterm() -> None:

@@ -18,10 +18,10 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 CLOUDS = ("azure", "aws", "gcp", "alibaba")
@@ -247,7 +247,7 @@ class RawServer:
         while not self.stop_event.is_set():
             try:
                 conn, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -271,7 +271,7 @@ class RawServer:
             with self.lock:
                 self.cut.append(cut)
 
-    def start(self) -> "RawServer":
+    def start(self) -> RawServer:
         self.acceptor.start()
         return self
 
