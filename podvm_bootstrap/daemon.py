@@ -212,7 +212,8 @@ class Daemon:
         from podvm_bootstrap.launch_measurement import measure_launch
         self.boot["measurement"] = measure_launch(
             self.paths, self.settings, self.plan.start_order,
-            [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED], self.supervisor.image_failed)
+            [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED],
+            self.supervisor.image_failed)
         self._write_plan()
         self.notifier.status("starting components")
         self._install_units()

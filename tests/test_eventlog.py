@@ -108,7 +108,8 @@ def good() -> list[str]:
     (lambda ls: [ls[0], ls[1], ls[1], *ls[2:]], 3, "twice"),
     (lambda ls: [*ls, ls[1]], 6, "after LaunchComplete"),
     (lambda ls: [*ls[:-1], ls[-1].replace("3", "2")], 5, '{"components":3}'),
-    (lambda ls: [ls[0], ls[1].replace("image\":\"quay.io", "image\":\"evil.io").replace(D1 + '","source', "x\",\"source"), *ls[2:]], 2, "digest"),
+    (lambda ls: [ls[0], ls[1].replace("image\":\"quay.io", "image\":\"evil.io")
+                             .replace(D1 + '","source', "x\",\"source"), *ls[2:]], 2, "digest"),
 ])
 def test_malformed_logs_name_the_line(mutate, line, words):
     with pytest.raises(MalformedLog) as info:

@@ -150,7 +150,7 @@ def signature_manifest(registry_host: str, repository: str, layers: Sequence[Sig
         "config": {"mediaType": OCI_CONFIG, "size": len(config), "digest": config_digest},
         "layers": [{"mediaType": SIGNATURE_MEDIA_TYPE, "size": len(layer.payload), "digest": digest,
                     "annotations": {SIGNATURE_ANNOTATION: layer.signature, **layer.extra_annotations}}
-                   for layer, digest in zip(layers, payload_digests)],
+                   for layer, digest in zip(layers, payload_digests, strict=True)],
     }
     return json.dumps(manifest).encode()
 

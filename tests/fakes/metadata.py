@@ -114,9 +114,8 @@ class MetadataHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         b = self.server.behaviour
         number = self.server.record(RecordedRequest(self.command, self.path, dict(self.headers.items())))
-        if b.delay and (b.delayed is None or number <= b.delayed):
-            if self.server.stopping.wait(b.delay):
-                return
+        if b.delay and (b.delayed is None or number <= b.delayed) and self.server.stopping.wait(b.delay):
+            return
         try:
             if number <= b.failures:
                 self._send(b.failure_status, b"internal error\n")
