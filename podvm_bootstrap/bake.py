@@ -71,11 +71,11 @@ class BakedImage:
 # --- the pure part --------------------------------------------------------
 
 
-def _mapping_items(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+def _mapping_items(node: yaml.Node | None) -> list[tuple[yaml.Node, yaml.Node]]:
     return list(node.value) if isinstance(node, yaml.MappingNode) else []
 
 
-def _get(node: yaml.Node, key: str) -> yaml.Node | None:
+def _get(node: yaml.Node | None, key: str) -> yaml.Node | None:
     for k, v in _mapping_items(node):
         if isinstance(k, yaml.ScalarNode) and k.value == key:
             return v

@@ -362,9 +362,10 @@ class Daemon:
             return self._stored(fallback, allow_tag)
 
     def _stored(self, planned: PlannedComponent, allow_tag: bool) -> PlannedComponent:
-        assert self.images is not None
+        images = self.images
+        assert images is not None
         trust = self.policy.trust_for(planned.name)
-        stored = _image_step(lambda: self.images.ensure(planned.image, allow_tag=allow_tag, trust=trust), planned)
+        stored = _image_step(lambda: images.ensure(planned.image, allow_tag=allow_tag, trust=trust), planned)
         if stored.from_tag is not None:
             self.resolved_from[planned.name] = str(planned.image)
         return replace(planned, image=stored.ref, signature=stored.signature)
@@ -407,7 +408,7 @@ class Daemon:
         for planned in runnable:
             name = planned.name
             try:
-                live[name] = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
+                live[name] = self.systemd.watch(planned.unit, partial(self._on_unit, name))
             except SystemdError as exc:
                 log.error("%s", exc, **_log(name))
         facts = [UnitFacts(p.name, p.unit, p.unit in written, self.unit_hashes[p.name],
@@ -573,7 +574,7 @@ class Daemon:
                     self.images.close()
                     self.images = None
 
-    def _execute(self, action: StartUnit | RestartUnit | RunProbe) -> None:
+    def _execute(self, action: StartUnit | RestartUnit | OpenGate | RunProbe) -> None:
         sup = self.supervisor
         assert sup is not None
         name = action.name

@@ -246,7 +246,8 @@ def store_from_conf(path: Path | None) -> Store | None:
     if not isinstance(storage, dict):
         return None
     driver, graph_root = storage.get("driver"), storage.get("graphroot")
-    options = storage.get("options") if isinstance(storage.get("options"), dict) else {}
+    raw_options = storage.get("options")
+    options = raw_options if isinstance(raw_options, dict) else {}
     extra = options.get("additionalimagestores") or []
     if not (isinstance(driver, str) and driver and isinstance(graph_root, str) and graph_root.startswith("/")
             and isinstance(extra, list) and all(isinstance(e, str) and e.startswith("/") for e in extra)):

@@ -131,7 +131,7 @@ def _probe(sec: Section) -> Probe:
                                              f"got {', '.join(kinds) if kinds else 'none'}")
     kind = kinds[0]
     value = sec.data[kind]
-    timeout = sec.duration("timeout", Probe.__dataclass_fields__["timeout"].default)
+    timeout = sec.duration("timeout", Probe.timeout)  # the dataclass default
     if timeout <= 0:
         raise sec.error("timeout", "must be greater than zero")
     target: str | tuple[str, ...]

@@ -72,7 +72,7 @@ class Systemd:
 
         params = GLib.Variant("(" + "s" * len(args) + ")", args) if args else None
         reply = self.con.call_sync(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, method, params, None, 0, -1, None)
-        values = reply.unpack() if reply is not None else ()
+        values: tuple[Any, ...] = reply.unpack() if reply is not None else ()
         return values[0] if len(values) == 1 else None
 
     def unit_loads(self, units: list[str]) -> dict[str, tuple[str, str]]:

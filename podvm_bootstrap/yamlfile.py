@@ -31,11 +31,11 @@ class _SafeLoader(yaml.SafeLoader):
 
     allow_aliases = True
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if not self.allow_aliases and self.check_event(yaml.AliasEvent):
             # A few hundred bytes of nested aliases ("billion laughs") would
             # otherwise expand into gigabytes of objects.
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in PyYAML's stubs
             raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed", event.start_mark)
         return super().compose_node(parent, index)
 
