@@ -17,6 +17,7 @@ from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.model import (
     PROBE_KINDS,
+    TEES,
     Component,
     ContainerSpec,
     Health,
@@ -26,7 +27,6 @@ from podvm_bootstrap.model import (
     Variant,
     check_components,
 )
-from podvm_bootstrap.tee import TEES
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
 
 MANIFEST_VERSION = 1
