@@ -230,6 +230,7 @@ class Daemon:
         SIGTERM (it is PID 1 of its container)."""
         from podvm_bootstrap.gate import fifo_path, gate_dir, open_waiting_gate
 
+        assert self.systemd is not None
         start = self.early.pop(name)
         bound = self.settings.runtime.job_timeout
         self.systemd.wait_jobs(lambda: start.result is None, bound)
@@ -376,7 +377,7 @@ class Daemon:
         from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo, unit_gate_dir
         from podvm_bootstrap.render import render_units
 
-        assert self.supervisor is not None
+        assert self.supervisor is not None and self.systemd is not None
         runnable = [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED]
         gates = gate_dir(self.paths.state_dir)
         # Rendered for the whole plan (a dependent's After= may name a failed
@@ -433,6 +434,7 @@ class Daemon:
 
     def _remove_unit(self, unit: str) -> None:
         """Stop a unit no longer planned (bounded wait) and delete its file."""
+        assert self.systemd is not None
         done: list[str] = []
         try:
             if self.systemd.state(unit).active not in ("inactive", "failed"):
@@ -585,19 +587,21 @@ class Daemon:
         if isinstance(action, OpenGate):
             self._open_gate(action)
             return
+        systemd = self.systemd
+        assert systemd is not None
         early = self.early.pop(name, None)
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
             # (the image is verified for this start at its gate)
             self.restart_on_start.discard(name)
             log.info("restarting %s (restart %d): %s", unit, sup.get(name).restarts,
                      sup.get(name).last_error or "changed", **_log(name))
-            call = self.systemd.restart
+            call = systemd.restart
         else:
             log.info("starting %s", unit, **_log(name))
             # Every container at once: with After= (and the jobs Wants= pulls
             # in) systemd would set them up one after another; the gates keep
             # each process behind its dependencies.
-            call = partial(self.systemd.start, ignore_dependencies=True)
+            call = partial(systemd.start, ignore_dependencies=True)
         generation = sup.get(name).generation
 
         def on_done(result: str) -> None:
@@ -615,7 +619,7 @@ class Daemon:
                 else:
                     log.info("its early start ended %s: starting it again", result, **_log(name))
                     try:
-                        self.systemd.restart(unit, on_done)
+                        systemd.restart(unit, on_done)
                     except SystemdError as exc:
                         log.error("%s", exc, **_log(name))
                         on_done("failed")
@@ -674,7 +678,7 @@ class Daemon:
 
     def _gate_done(self, action: OpenGate, ok: bool, detail: str, image_error: bool) -> bool:
         sup = self.supervisor
-        assert sup is not None
+        assert sup is not None and self.systemd is not None
         name = action.name
         if image_error:
             if sup.get(name).generation == action.generation:
