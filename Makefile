@@ -2,12 +2,18 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: deps test test-unit image demo bench deb clean
+.PHONY: deps lint test test-unit image demo bench deb clean
 
 deps:
 	./scripts/host-deps.sh
 
-test: deps
+# ruff (lint, import order) on the package and the tests, then mypy on the
+# package (strict on the pure core); configured in pyproject.toml.
+lint: deps
+	$(VENV)/bin/ruff check podvm_bootstrap tests
+	$(VENV)/bin/mypy
+
+test: deps lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-unit: deps
@@ -35,4 +41,4 @@ deb: deps
 	./scripts/build-deb.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 class Deadline:
@@ -35,5 +35,5 @@ class Backoff:
     cap: float = 5.0
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        base = min(self.cap, self.initial * (2 ** min(max(attempt - 1, 0), 32)))
+        base: float = min(self.cap, self.initial * (2 ** min(max(attempt - 1, 0), 32)))
         return base / 2 + rng() * base / 2

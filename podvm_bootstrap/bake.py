@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -29,8 +30,7 @@ from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.manifest import load_manifest
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.policy import Policy, load_policy
-from podvm_bootstrap.treestore import (BakeError, StoreLayout, TreePodman, find_in_store, resolve_digest,
-                                       store_layout)
+from podvm_bootstrap.treestore import BakeError, StoreLayout, TreePodman, find_in_store, resolve_digest, store_layout
 
 LOCK_NAME = "components.lock.json"
 MAX_LOCK = 4 * 1024 * 1024
@@ -71,11 +71,11 @@ class BakedImage:
 # --- the pure part --------------------------------------------------------
 
 
-def _mapping_items(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+def _mapping_items(node: yaml.Node | None) -> list[tuple[yaml.Node, yaml.Node]]:
     return list(node.value) if isinstance(node, yaml.MappingNode) else []
 
 
-def _get(node: yaml.Node, key: str) -> yaml.Node | None:
+def _get(node: yaml.Node | None, key: str) -> yaml.Node | None:
     for k, v in _mapping_items(node):
         if isinstance(k, yaml.ScalarNode) and k.value == key:
             return v

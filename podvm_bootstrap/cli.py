@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import EXIT_RUNTIME, BootstrapError
@@ -30,7 +31,8 @@ def _source_options(parser: argparse.ArgumentParser, *, provider: bool = True) -
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--user-data", metavar="FILE", help="read user-data from FILE instead of a provider")
     if provider:
-        group.add_argument("--provider", choices=PROVIDER_CHOICES, help="user-data provider (bootstrap.yaml's by default)")
+        group.add_argument("--provider", choices=PROVIDER_CHOICES,
+                           help="user-data provider (bootstrap.yaml's by default)")
         parser.add_argument("--endpoint", metavar="URL", type=_endpoint_url,
                             help="metadata service URL for the provider")
 

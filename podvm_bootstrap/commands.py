@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from podvm_bootstrap import stages
 from podvm_bootstrap.errors import EXIT_OK, EXIT_POLICY, EXIT_RUNTIME, PolicyFailure, UserDataError
 from podvm_bootstrap.fsutil import write_if_changed
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap import stages
 from podvm_bootstrap.stages import UserDataSource, read_raw_userdata
 
 

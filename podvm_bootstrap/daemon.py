@@ -23,11 +23,12 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
@@ -39,11 +40,18 @@ from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
 from podvm_bootstrap.state import now_iso, state_record, write_state
-from podvm_bootstrap.supervisor import (FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor,
-                                        SupervisorConfig)
+from podvm_bootstrap.supervisor import FAILED, OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig
 from podvm_bootstrap.systemd_dbus import Systemd, SystemdError, UnitState
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, Live, UnitFacts, needs_reload, stale_units, start_mode,
-                                            to_end_early)
+from podvm_bootstrap.unit_decisions import (
+    ADOPT,
+    RESTART,
+    Live,
+    UnitFacts,
+    needs_reload,
+    stale_units,
+    start_mode,
+    to_end_early,
+)
 
 if TYPE_CHECKING:
     from podvm_bootstrap.early_start import EarlyStart, HeadStart
@@ -66,7 +74,7 @@ def knock(socket_path: str) -> None:
         pass
 
 
-def in_background(fn: Callable[[], T], name: str) -> "Future[T]":
+def in_background(fn: Callable[[], T], name: str) -> Future[T]:
     """Run fn in a daemon thread (never keeps the process alive); its result
     or exception in the returned future."""
     future: Future[T] = Future()
@@ -200,10 +208,12 @@ class Daemon:
         self._write_state()
         self.notifier.status("checking images")
         self._ensure_images()
-        from podvm_bootstrap.launch_measurement import measure_launch  # before any unit starts (README "Measured launch")
+        # Before any unit starts (README "Measured launch").
+        from podvm_bootstrap.launch_measurement import measure_launch
         self.boot["measurement"] = measure_launch(
             self.paths, self.settings, self.plan.start_order,
-            [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED], self.supervisor.image_failed)
+            [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED],
+            self.supervisor.image_failed)
         self._write_plan()
         self.notifier.status("starting components")
         self._install_units()
@@ -220,6 +230,7 @@ class Daemon:
         SIGTERM (it is PID 1 of its container)."""
         from podvm_bootstrap.gate import fifo_path, gate_dir, open_waiting_gate
 
+        assert self.systemd is not None
         start = self.early.pop(name)
         bound = self.settings.runtime.job_timeout
         self.systemd.wait_jobs(lambda: start.result is None, bound)
@@ -352,9 +363,10 @@ class Daemon:
             return self._stored(fallback, allow_tag)
 
     def _stored(self, planned: PlannedComponent, allow_tag: bool) -> PlannedComponent:
-        assert self.images is not None
+        images = self.images
+        assert images is not None
         trust = self.policy.trust_for(planned.name)
-        stored = _image_step(lambda: self.images.ensure(planned.image, allow_tag=allow_tag, trust=trust), planned)
+        stored = _image_step(lambda: images.ensure(planned.image, allow_tag=allow_tag, trust=trust), planned)
         if stored.from_tag is not None:
             self.resolved_from[planned.name] = str(planned.image)
         return replace(planned, image=stored.ref, signature=stored.signature)
@@ -365,7 +377,7 @@ class Daemon:
         from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo, unit_gate_dir
         from podvm_bootstrap.render import render_units
 
-        assert self.supervisor is not None
+        assert self.supervisor is not None and self.systemd is not None
         runnable = [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED]
         gates = gate_dir(self.paths.state_dir)
         # Rendered for the whole plan (a dependent's After= may name a failed
@@ -397,7 +409,7 @@ class Daemon:
         for planned in runnable:
             name = planned.name
             try:
-                live[name] = self.systemd.watch(planned.unit, lambda state, name=name: self._on_unit(name, state))
+                live[name] = self.systemd.watch(planned.unit, partial(self._on_unit, name))
             except SystemdError as exc:
                 log.error("%s", exc, **_log(name))
         facts = [UnitFacts(p.name, p.unit, p.unit in written, self.unit_hashes[p.name],
@@ -422,6 +434,7 @@ class Daemon:
 
     def _remove_unit(self, unit: str) -> None:
         """Stop a unit no longer planned (bounded wait) and delete its file."""
+        assert self.systemd is not None
         done: list[str] = []
         try:
             if self.systemd.state(unit).active not in ("inactive", "failed"):
@@ -563,7 +576,7 @@ class Daemon:
                     self.images.close()
                     self.images = None
 
-    def _execute(self, action: StartUnit | RestartUnit | RunProbe) -> None:
+    def _execute(self, action: StartUnit | RestartUnit | OpenGate | RunProbe) -> None:
         sup = self.supervisor
         assert sup is not None
         name = action.name
@@ -574,19 +587,21 @@ class Daemon:
         if isinstance(action, OpenGate):
             self._open_gate(action)
             return
+        systemd = self.systemd
+        assert systemd is not None
         early = self.early.pop(name, None)
         if isinstance(action, RestartUnit) or name in self.restart_on_start:
             # (the image is verified for this start at its gate)
             self.restart_on_start.discard(name)
             log.info("restarting %s (restart %d): %s", unit, sup.get(name).restarts,
                      sup.get(name).last_error or "changed", **_log(name))
-            call = self.systemd.restart
+            call = systemd.restart
         else:
             log.info("starting %s", unit, **_log(name))
             # Every container at once: with After= (and the jobs Wants= pulls
             # in) systemd would set them up one after another; the gates keep
             # each process behind its dependencies.
-            call = partial(self.systemd.start, ignore_dependencies=True)
+            call = partial(systemd.start, ignore_dependencies=True)
         generation = sup.get(name).generation
 
         def on_done(result: str) -> None:
@@ -604,7 +619,7 @@ class Daemon:
                 else:
                     log.info("its early start ended %s: starting it again", result, **_log(name))
                     try:
-                        self.systemd.restart(unit, on_done)
+                        systemd.restart(unit, on_done)
                     except SystemdError as exc:
                         log.error("%s", exc, **_log(name))
                         on_done("failed")
@@ -663,7 +678,7 @@ class Daemon:
 
     def _gate_done(self, action: OpenGate, ok: bool, detail: str, image_error: bool) -> bool:
         sup = self.supervisor
-        assert sup is not None
+        assert sup is not None and self.systemd is not None
         name = action.name
         if image_error:
             if sup.get(name).generation == action.generation:

@@ -14,8 +14,9 @@ here only costs the head start; the daemon then starts every unit itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.fsutil import write_if_changed

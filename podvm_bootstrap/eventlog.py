@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any
 
-from podvm_bootstrap.errors import BootstrapError, EXIT_CONFIG, one_line
+from podvm_bootstrap.errors import EXIT_CONFIG, BootstrapError, one_line
 from podvm_bootstrap.jcs import canonical_json
 
 ALGORITHM = "sha256"
@@ -225,7 +226,7 @@ def _parse_event(line: str, number: int, source: str) -> Event:
     return Event(number, line, domain, operation, content)
 
 
-def _canonical_object(event: Event, source: str) -> dict:
+def _canonical_object(event: Event, source: str) -> dict[str, Any]:
     try:
         value = json.loads(event.content)
     except (ValueError, RecursionError):

@@ -28,8 +28,9 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from podvm_bootstrap.errors import BootstrapError
 

@@ -55,7 +55,7 @@ class ImageRef:
             raise ValueError(f"{self} has no digest")
         return f"{self.repository}@{self.digest}"
 
-    def with_digest(self, digest: str) -> "ImageRef":
+    def with_digest(self, digest: str) -> ImageRef:
         if not _DIGEST.fullmatch(digest):
             raise ReferenceError(f"invalid digest {digest!r}")
         return ImageRef(self.registry, self.path, None, digest)

@@ -26,9 +26,10 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import BootstrapError, one_line
@@ -245,7 +246,8 @@ def store_from_conf(path: Path | None) -> Store | None:
     if not isinstance(storage, dict):
         return None
     driver, graph_root = storage.get("driver"), storage.get("graphroot")
-    options = storage.get("options") if isinstance(storage.get("options"), dict) else {}
+    raw_options = storage.get("options")
+    options = raw_options if isinstance(raw_options, dict) else {}
     extra = options.get("additionalimagestores") or []
     if not (isinstance(driver, str) and driver and isinstance(graph_root, str) and graph_root.startswith("/")
             and isinstance(extra, list) and all(isinstance(e, str) and e.startswith("/") for e in extra)):

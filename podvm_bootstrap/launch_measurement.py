@@ -18,12 +18,25 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from podvm_bootstrap.errors import BootstrapError
-from podvm_bootstrap.eventlog import (MAX_LOG_BYTES, ZERO, LaunchEntry, MalformedLog, ParsedLog, aael_states,
-                                      format_value, launch_lines, launch_order, line_digest, parse_log, predict)
+from podvm_bootstrap.eventlog import (
+    MAX_LOG_BYTES,
+    ZERO,
+    LaunchEntry,
+    MalformedLog,
+    ParsedLog,
+    aael_states,
+    format_value,
+    launch_lines,
+    launch_order,
+    line_digest,
+    parse_log,
+    predict,
+)
 from podvm_bootstrap.fsutil import atomic_write, read_regular_file
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.model import Plan, PlannedComponent

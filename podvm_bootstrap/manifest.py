@@ -15,9 +15,18 @@ from pathlib import Path
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
-from podvm_bootstrap.model import (PROBE_KINDS, Component, ContainerSpec, Health, Manifest, Probe,
-                                   Restart, Variant, check_components)
-from podvm_bootstrap.tee import TEES
+from podvm_bootstrap.model import (
+    PROBE_KINDS,
+    TEES,
+    Component,
+    ContainerSpec,
+    Health,
+    Manifest,
+    Probe,
+    Restart,
+    Variant,
+    check_components,
+)
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
 
 MANIFEST_VERSION = 1
@@ -122,7 +131,7 @@ def _probe(sec: Section) -> Probe:
                                              f"got {', '.join(kinds) if kinds else 'none'}")
     kind = kinds[0]
     value = sec.data[kind]
-    timeout = sec.duration("timeout", Probe.__dataclass_fields__["timeout"].default)
+    timeout = sec.duration("timeout", Probe.timeout)  # the dataclass default
     if timeout <= 0:
         raise sec.error("timeout", "must be greater than zero")
     target: str | tuple[str, ...]

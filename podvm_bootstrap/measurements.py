@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, UsageError
+from podvm_bootstrap.eventlog import (
+    MAX_LOG_BYTES,
+    MalformedLog,
+    ParsedLog,
+    format_value,
+    line_digest,
+    parse_log,
+    parse_value,
+)
 from podvm_bootstrap.fsutil import read_regular_file
-from podvm_bootstrap.eventlog import (MAX_LOG_BYTES, MalformedLog, ParsedLog, format_value, line_digest,
-                                      parse_log, parse_value)
 
 DEFAULT_LOG = "eventlog"
 
@@ -68,7 +75,7 @@ def _report(path: Path, parsed: ParsedLog, expected: bytes | None) -> dict[str, 
         "init": format_value(parsed.init),
         "events": [{"line": number, "text": text, "digest": format_value(line_digest(text)),
                     "pcr": format_value(state)}
-                   for number, (text, state) in enumerate(zip(parsed.lines, states), 1)],
+                   for number, (text, state) in enumerate(zip(parsed.lines, states, strict=True), 1)],
         "components": [e.content() for e in parsed.launched],
         "complete": parsed.complete,
         "pcr": format_value(value),

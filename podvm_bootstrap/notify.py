@@ -5,7 +5,7 @@ every call is a no-op."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 
 class Notifier:

@@ -27,7 +27,7 @@ class Paths:
 
     @classmethod
     def build(cls, root: str | None = None, config_dir: str | None = None,
-              state_dir: str | None = None, unit_dir: str | None = None) -> "Paths":
+              state_dir: str | None = None, unit_dir: str | None = None) -> Paths:
         r = Path(root) if root else Path("/")
         return cls(
             root=r,

@@ -11,7 +11,8 @@ accepted override replaces it like it replaces a default."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.imageref import parse_reference
@@ -21,7 +22,7 @@ from podvm_bootstrap.texttable import text_table
 from podvm_bootstrap.variants import resolve_variants
 
 
-def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[object, object], tee: str = "none") -> Plan:
+def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[Any, object], tee: str = "none") -> Plan:
     _check_defaults_pinned(manifest, policy)
     planned: list[PlannedComponent] = []
     errors: list[str] = []

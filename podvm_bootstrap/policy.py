@@ -26,10 +26,11 @@ Decisions taken where DESIGN.md is silent:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from podvm_bootstrap.errors import ConfigError, one_line, show
 from podvm_bootstrap.fsutil import read_bounded
@@ -93,7 +94,7 @@ class Policy:
     mutable_tags: bool = False
     on_rejected_override: str = "use-default"
     components: Mapping[str, ComponentPolicy] = field(default_factory=lambda: MappingProxyType({}))
-    keys: Mapping[str, "ec.EllipticCurvePublicKey"] = field(default_factory=lambda: MappingProxyType({}))
+    keys: Mapping[str, ec.EllipticCurvePublicKey] = field(default_factory=lambda: MappingProxyType({}))
 
     def signed_by(self, component: str) -> tuple[str, ...]:
         rules = self.components.get(component)
@@ -156,7 +157,7 @@ def load_policy(path: Path, root: Path = Path("/")) -> Policy:
     )
 
 
-def _keys(sec: Section, root: Path) -> dict[str, "ec.EllipticCurvePublicKey"]:
+def _keys(sec: Section, root: Path) -> dict[str, ec.EllipticCurvePublicKey]:
     keys: dict[str, ec.EllipticCurvePublicKey] = {}
     for name in sec.data:
         if not isinstance(name, str) or not COMPONENT_NAME.fullmatch(name):
@@ -188,7 +189,7 @@ def _read_key_file(entry: Section, file: Path) -> bytes:
         raise entry.error("path", f"cannot read key file {file}: {exc.strerror or exc}") from None
 
 
-def _public_key(entry: Section, where: str, pem: bytes) -> "ec.EllipticCurvePublicKey":
+def _public_key(entry: Section, where: str, pem: bytes) -> ec.EllipticCurvePublicKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -246,7 +247,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
     raise ConfigError(sec.path, key, f"unknown form {show(kind)}; expected {forms}")
 
 
-def _component_policy(sec: Section, keys: Mapping[str, "ec.EllipticCurvePublicKey"]) -> ComponentPolicy:
+def _component_policy(sec: Section, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> ComponentPolicy:
     sec.only(("repositories", "digests", "signed_by", "signed_identity"))
     patterns = []
     for index, text in enumerate(sec.string_list("repositories")):

@@ -37,7 +37,7 @@ def _unix(path: Path, timeout: float) -> tuple[bool, str]:
         s.settimeout(timeout)
         try:
             s.connect(str(path))
-        except socket.timeout:
+        except TimeoutError:
             return False, f"connect to {path} timed out"
     return True, ""
 
@@ -47,7 +47,7 @@ def _tcp(target: str, timeout: float) -> tuple[bool, str]:
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
-    except socket.timeout:
+    except TimeoutError:
         return False, f"connect to {target} timed out"
     return True, ""
 

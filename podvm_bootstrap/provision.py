@@ -33,9 +33,9 @@ import os
 import posixpath
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from podvm_bootstrap import initdata
 from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile
@@ -110,8 +110,8 @@ def provision_files(files: Sequence[WriteFile], allowed_paths: Sequence[str], ro
             results[i] = ProvisionResult(
                 wf.path, False, f"superseded by write_files[{files[last].index}] (the last entry for a path wins)")
             continue
-        results[i] = _write_one(root, target, wf.path, wf.content, file_mode(wf.permissions))
-        if target == INITDATA_PATH and results[i].written:
+        result = results[i] = _write_one(root, target, wf.path, wf.content, file_mode(wf.permissions))
+        if target == INITDATA_PATH and result.written:
             initdata_blob = wf.content
 
     out = [r for r in results if r is not None]

@@ -30,8 +30,7 @@ from typing import NoReturn
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.gate import gate_entrypoint, gate_volumes
 from podvm_bootstrap.model import Plan, PlannedComponent, check_components
-from podvm_bootstrap.systemd_escape import (UnrepresentableValue, check_representable, exec_command,
-                                            unit_text)
+from podvm_bootstrap.systemd_escape import UnrepresentableValue, check_representable, exec_command, unit_text
 
 PODMAN = "/usr/bin/podman"
 MKDIR = "/usr/bin/mkdir"

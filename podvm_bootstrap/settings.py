@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from podvm_bootstrap.tee import TEE_CHOICES
@@ -153,9 +153,9 @@ def _runtime(sec: Section) -> RuntimeSettings:
     if durations["pull_backoff_max"] < durations["pull_backoff"]:
         raise sec.error("pull_backoff_max", "must not be less than pull_backoff")
     for key in ("podman_socket", "auth_file"):
-        value = sec.string(key, getattr(d, key))
-        if not value.startswith("/"):
-            raise sec.error(key, f"must be an absolute path, got {value!r}")
+        path = sec.string(key, getattr(d, key))
+        if not path.startswith("/"):
+            raise sec.error(key, f"must be an absolute path, got {path!r}")
     return RuntimeSettings(
         podman_socket=sec.string("podman_socket", d.podman_socket),
         pull_retries=sec.integer("pull_retries", d.pull_retries),

@@ -31,8 +31,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from podvm_bootstrap.errors import show
 from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
@@ -89,7 +90,7 @@ class Trust:
     """What a component's images must be signed with: the `signed_by` keys
     (name, public key), in policy order, and the identity rule."""
 
-    keys: tuple[tuple[str, "ec.EllipticCurvePublicKey"], ...]
+    keys: tuple[tuple[str, ec.EllipticCurvePublicKey], ...]
     identity: SignedIdentity = SignedIdentity()
 
     @property

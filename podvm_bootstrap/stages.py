@@ -51,6 +51,7 @@ def read_raw_userdata(paths: Paths, settings: UserDataSettings, source: UserData
     """The decoded user-data, or None when this VM has none. UserDataError when
     it cannot be had (unreachable, oversize, undecodable)."""
     from podvm_bootstrap.cloudconfig import decode_payload
+    raw: bytes | None
     if source.file is not None:
         raw = _read_limited(Path(source.file), settings.max_size)
     else:

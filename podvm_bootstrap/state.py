@@ -4,9 +4,10 @@ next daemon (adoption after a restart). Written atomically, 0644."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from podvm_bootstrap.fsutil import atomic_write, read_json
 
@@ -16,7 +17,7 @@ MAX_STATE_JSON = 16 * 1024 * 1024  # also plan.json's bound (status reads it)
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def state_record(*, daemon: dict[str, Any], boot: dict[str, Any], units: list[str], planned: Mapping[str, Any],

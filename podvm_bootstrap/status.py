@@ -13,8 +13,9 @@ signature where policy.yaml asks for one."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
 from podvm_bootstrap.fsutil import read_json

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterable, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.model import Component, Probe
@@ -191,10 +192,10 @@ class Supervisor:
         line = "; ".join(parts)
         return line if len(line) <= 400 else line[:397] + "..."
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, dict[str, Any]]:
         return {cs.name: self._snapshot_one(cs) for cs in self.components.values()}
 
-    def _snapshot_one(self, cs: ComponentState) -> dict:
+    def _snapshot_one(self, cs: ComponentState) -> dict[str, Any]:
         return {
             "state": self.reported_state(cs),
             "health": cs.health,
@@ -206,10 +207,10 @@ class Supervisor:
             "ready": self._stamp(cs.ready_mono),
         }
 
-    def _stamp(self, mono: float | None) -> dict | None:
+    def _stamp(self, mono: float | None) -> dict[str, Any] | None:
         if mono is None:
             return None
-        wall = datetime.fromtimestamp(mono + self._wall_offset, timezone.utc)
+        wall = datetime.fromtimestamp(mono + self._wall_offset, UTC)
         return {"wall": wall.isoformat(timespec="milliseconds"), "monotonic": round(mono, 3)}
 
     # --- events ----------------------------------------------------------

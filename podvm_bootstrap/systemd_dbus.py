@@ -13,10 +13,12 @@ signal (a unit's PropertiesChanged carries about a hundred).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
-from podvm_bootstrap.errors import BootstrapError, error_line as _one_line
+from podvm_bootstrap.errors import BootstrapError
+from podvm_bootstrap.errors import error_line as _one_line
 
 JobCallback = Callable[[str], None]  # called with the job result: done, failed, canceled, timeout, ...
 
@@ -70,7 +72,7 @@ class Systemd:
 
         params = GLib.Variant("(" + "s" * len(args) + ")", args) if args else None
         reply = self.con.call_sync(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, method, params, None, 0, -1, None)
-        values = reply.unpack() if reply is not None else ()
+        values: tuple[Any, ...] = reply.unpack() if reply is not None else ()
         return values[0] if len(values) == 1 else None
 
     def unit_loads(self, units: list[str]) -> dict[str, tuple[str, str]]:

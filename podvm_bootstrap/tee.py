@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from podvm_bootstrap.errors import one_line
 from podvm_bootstrap.log import get_logger
+from podvm_bootstrap.model import TEES
 from podvm_bootstrap.paths import under_root
 
 if TYPE_CHECKING:
@@ -28,8 +30,7 @@ if TYPE_CHECKING:
 
 log = get_logger("tee")
 
-# Every TEE name a manifest variant may be keyed by, and bootstrap.yaml's choices.
-TEES = ("tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm", "se", "cca")
+# bootstrap.yaml's choices (TEES: every TEE name a manifest variant may be keyed by).
 TEE_CHOICES = ("auto", "none", *TEES)
 
 TDX_DEVICES = ("/dev/tdx_guest", "/dev/tdx-guest", "/dev/tdx-attest")

@@ -91,7 +91,7 @@ class Tpm:
         self.import_s = 0.0
         self.open_s = 0.0
 
-    def __enter__(self) -> "Tpm":
+    def __enter__(self) -> Tpm:
         # The TSS logs its own errors to stderr, several lines each; ours is the
         # one line that says what failed (TSS2_LOG set by an operator wins).
         os.environ.setdefault("TSS2_LOG", "all+NONE")

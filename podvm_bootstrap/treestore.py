@@ -23,9 +23,9 @@ import subprocess
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, one_line
 from podvm_bootstrap.fsutil import read_at_most, read_bounded
@@ -62,7 +62,8 @@ def store_layout(tree: Path, store: str | None) -> StoreLayout:
     additional image store."""
     conf_path = under_root(tree, STORAGE_CONF)
     conf = _read_storage_conf(conf_path)
-    storage = conf.get("storage") if isinstance(conf.get("storage"), dict) else {}
+    raw_storage = conf.get("storage")
+    storage = raw_storage if isinstance(raw_storage, dict) else {}
     driver = storage.get("driver") or DEFAULT_DRIVER
     if not isinstance(driver, str):
         raise ConfigError(conf_path, "storage.driver", f"expected a string, got {driver!r}")
@@ -73,7 +74,8 @@ def store_layout(tree: Path, store: str | None) -> StoreLayout:
         return StoreLayout(graph_root, under_root(tree, graph_root), driver)
     if not store.startswith("/") or ".." in store.split("/"):
         raise UsageError(f"--store: expected an absolute path inside the image without '..', got {store!r}")
-    options = storage.get("options") if isinstance(storage.get("options"), dict) else {}
+    raw_options = storage.get("options")
+    options = raw_options if isinstance(raw_options, dict) else {}
     listed = options.get("additionalimagestores") or []
     if not isinstance(listed, list) or store.rstrip("/") not in [str(p).rstrip("/") for p in listed]:
         raise ConfigError(conf_path, "storage.options.additionalimagestores",
@@ -199,9 +201,12 @@ class TreePodman:
         if self._home is not None:
             env["HOME"] = str(self._home)
         lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            self.progress(f"{label}: {line}")
         try:
-            code = _run_streaming(argv, env, PULL_TIMEOUT, lambda line: (lines.append(line),
-                                                                         self.progress(f"{label}: {line}")))
+            code = _run_streaming(argv, env, PULL_TIMEOUT, on_line)
         except FileNotFoundError:
             raise BakeError(f"cannot pull {ref.pinned}: podman is not installed") from None
         if code is None:

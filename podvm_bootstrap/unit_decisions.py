@@ -9,8 +9,8 @@ Which gates to open, and when, is the supervisor's (supervisor.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 UP_STATES = ("active", "activating", "reloading")
 

@@ -5,8 +5,9 @@ file and the dotted key, so that an image builder sees exactly what to fix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -30,11 +31,11 @@ class _SafeLoader(yaml.SafeLoader):
 
     allow_aliases = True
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if not self.allow_aliases and self.check_event(yaml.AliasEvent):
             # A few hundred bytes of nested aliases ("billion laughs") would
             # otherwise expand into gigabytes of objects.
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in PyYAML's stubs
             raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed", event.start_mark)
         return super().compose_node(parent, index)
 
@@ -157,7 +158,7 @@ class Section:
             raise self.error("version", f"unsupported version {version!r} (expected {expected})")
         return expected
 
-    def section(self, name: str) -> "Section":
+    def section(self, name: str) -> Section:
         return Section(self.path, self.child_key(name), self.data.get(name))
 
     def convert(self, name: str, default: T, fn: Callable[[Any], T]) -> T:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian 12 machine (as root):
 # Debian packages (podman, registry, debootstrap, nspawn, swtpm and tpm2-tools)
-# and the virtualenv (tpm2-pytss is built there from source against libtss2-dev).
+# and the virtualenv (tpm2-pytss is built there from source against libtss2-dev;
+# ruff, mypy and type stubs for make lint, pinned in pyproject.toml's lint extra).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,6 @@ stamp="$VENV/.deps-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q 'PyGObject<3.50'
-  "$VENV/bin/pip" install -q -e '.[test,tpm]'
+  "$VENV/bin/pip" install -q -e '.[test,lint,tpm]'
   touch "$stamp"
 fi

@@ -8,12 +8,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from podvm_bootstrap.images import PodmanImages, PullPacing
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.images import PodmanImages, PullPacing
 from tests.bed.cosign import REGISTRIES_D
 from tests.bed.proc import Service
 
@@ -40,7 +40,7 @@ class Podman:
     """`podman system service` on a temp socket with its own storage; the CLI
     on the same storage plays the image build (prefetch) and the tamperer."""
 
-    def __init__(self, base: Path, insecure: list[str], sigstore_attachments: bool = False) -> None:
+    def __init__(self, base: Path, insecure: Sequence[str], sigstore_attachments: bool = False) -> None:
         self.base = base
         self.root, self.runroot = base / "storage", base / "run"
         (base / "containers.conf").write_text(CONTAINERS_CONF)
@@ -111,7 +111,7 @@ class Podman:
 
     @classmethod
     @contextmanager
-    def running(cls, insecure: list[str] = [], sigstore_attachments: bool = False) -> Iterator["Podman"]:
+    def running(cls, insecure: Sequence[str] = (), sigstore_attachments: bool = False) -> Iterator[Podman]:
         # podman wants a short runroot (< 50 characters): not under pytest's tmp_path.
         base = Path(tempfile.mkdtemp(prefix="pvb-", dir="/tmp"))
         p = cls(base, insecure, sigstore_attachments)

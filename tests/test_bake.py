@@ -105,7 +105,7 @@ def test_bake_resolves_tags_pulls_into_the_tree_and_writes_the_lock(
     # podman's own database would name this machine's paths: not left in the image.
     assert (graph / "vfs-images").is_dir() and not (graph / "libpod").exists()
     lock = json.loads((tree / "etc/podvm-bootstrap/components.lock.json").read_text())
-    ids = dict(zip(COMPONENTS, image_ids(graph, [f"{repos[c]}@{digests[c]}" for c in COMPONENTS])))
+    ids = dict(zip(COMPONENTS, image_ids(graph, [f"{repos[c]}@{digests[c]}" for c in COMPONENTS]), strict=True))
     assert lock == {"images": [
         {"component": c, "variant": None, "reference": f"{repos[c]}:v1", "digest": digests[c],
          "image_id": ids[c], "signed_by": None}

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.bake import (BakedImage, image_slots, lock_bytes, original_reference, previous_references,
-                                  rewrite_manifest)
+from podvm_bootstrap.bake import (
+    BakedImage,
+    image_slots,
+    lock_bytes,
+    original_reference,
+    previous_references,
+    rewrite_manifest,
+)
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.imageref import parse_reference
 
@@ -46,7 +52,7 @@ def test_slots_are_every_default_and_variant_in_file_order() -> None:
 def test_rewrite_changes_only_the_image_scalars() -> None:
     slots = image_slots(MANIFEST, PATH)
     pins = dict(zip(slots, [f"quay.io/cc/attestation-agent@{D1}", f"quay.io/cc/attestation-agent-az@{D2}",
-                            f"quay.io/cc/attestation-agent-tdx@{D2}", f"quay.io/cc/kata-agent@{D3}"]))
+                            f"quay.io/cc/attestation-agent-tdx@{D2}", f"quay.io/cc/kata-agent@{D3}"], strict=True))
     new = rewrite_manifest(MANIFEST, PATH, pins)
     data = yaml.safe_load(new)
     aa = data["components"]["attestation-agent"]
@@ -59,7 +65,7 @@ def test_rewrite_changes_only_the_image_scalars() -> None:
     assert f'image: "quay.io/cc/attestation-agent@{D1}"' in new or f"image: quay.io/cc/attestation-agent@{D1}" in new
     assert new.splitlines()[-1] == MANIFEST.splitlines()[-1]
     # rewriting what is already pinned gives the same text back
-    assert rewrite_manifest(new, PATH, dict(zip(image_slots(new, PATH), pins.values()))) == new
+    assert rewrite_manifest(new, PATH, dict(zip(image_slots(new, PATH), pins.values(), strict=True))) == new
 
 
 @pytest.mark.parametrize("bad, key", [

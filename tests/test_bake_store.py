@@ -12,13 +12,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from podvm_bootstrap.images import ImageError, PodmanImages, big_data_path
 from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.images import ImageError, PodmanImages, big_data_path
 from tests.bed.proc import Service
 from tests.bed.registry import Registry
 from tests.runtime_podman import CONTAINERS_CONF

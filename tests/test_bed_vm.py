@@ -8,7 +8,6 @@ import json
 import pytest
 import yaml
 
-
 pytestmark = pytest.mark.vm
 
 
@@ -51,7 +50,7 @@ def test_prefetched_images_are_in_storage_with_the_baked_digests(pod_vm):
     baked = yaml.safe_load(pod_vm.read_file("/etc/podvm-bootstrap/components.yaml"))
     images = {name: spec["image"] for name, spec in baked["components"].items()}
     assert images == pod_vm.image.defaults
-    for name, ref in images.items():
+    for ref in images.values():
         inspect = json.loads(pod_vm.podman("image", "inspect", ref).stdout)[0]
         assert ref.split("@")[1] in inspect["RepoDigests"][0], inspect["RepoDigests"]
     assert pod_vm.podman("info", "--format", "{{.Store.GraphDriverName}}").stdout.strip() == "vfs"

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -301,7 +301,7 @@ def test_real_systemd_reads_the_case_units_as_written(name: str) -> None:
     assert verified == (0, "", ""), verified
 
 
-@lru_cache(maxsize=None)
+@cache
 def systemd_exec_commands(units: tuple[tuple[str, str], ...], unit: str) -> dict[str, list[list[str]]]:
     # cached: many cases render the same units, and each systemd --test takes a while
     commands = dump_exec_commands(dict(units), unit)
@@ -309,7 +309,7 @@ def systemd_exec_commands(units: tuple[tuple[str, str], ...], unit: str) -> dict
             for key, argvs in commands.items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def verify_silently(units: tuple[tuple[str, str], ...]) -> tuple[int, str, str]:
     # verify exits 0 on unknown keys and bad values, but says so: it must say nothing
     result = analyze_verify(dict(units))

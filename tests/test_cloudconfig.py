@@ -286,7 +286,7 @@ def test_bad_entries_are_problems_and_the_rest_is_kept():
     expected = ["not valid base64", "not valid gzip", "unknown encoding", "expected a mapping",
                 "missing path", "path must be a string", "content must be a string",
                 "unsupported key(s) source", "append is not supported"]
-    for index, (problem, text) in enumerate(zip(ud.problems, expected)):
+    for index, (problem, text) in enumerate(zip(ud.problems, expected, strict=True)):
         assert problem.startswith(f"write_files[{index}]: ")
         assert text in problem
         assert problem.endswith("entry skipped")

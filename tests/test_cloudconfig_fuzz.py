@@ -31,7 +31,7 @@ def within_memory(fn):
     try:
         try:
             result = fn()
-        except Exception as exc:  # handed to the test, which says which are allowed
+        except Exception as exc:  # noqa: BLE001 - handed to the test, which says which are allowed
             result = exc
         return result, tracemalloc.get_traced_memory()[1]
     finally:

@@ -10,14 +10,25 @@ after the step it reports, so their order is the order of the steps."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.bed.vm import PodVM, booted
-from tests.test_e2e_runtime import (NAMES, all_ready, answer, bed_components, bootstrap_yaml, component,
-                                    daemon_journal, first, userdata, wait_status)
+from tests.test_e2e_runtime import (
+    NAMES,
+    all_ready,
+    answer,
+    bed_components,
+    bootstrap_yaml,
+    component,
+    daemon_journal,
+    first,
+    userdata,
+    wait_status,
+)
 
 pytestmark = pytest.mark.vm
 

@@ -8,15 +8,24 @@ the dependency chain where it wants it."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
-from tests.test_e2e_runtime import (all_ready, bed_components, bootstrap_yaml, component, containers, status,
-                                    userdata, wait_status)
+from tests.test_e2e_runtime import (
+    all_ready,
+    bed_components,
+    bootstrap_yaml,
+    component,
+    containers,
+    status,
+    userdata,
+    wait_status,
+)
 
 pytestmark = pytest.mark.vm
 

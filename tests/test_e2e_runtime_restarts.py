@@ -11,16 +11,17 @@ import json
 
 import pytest
 
+from tests import test_e2e_runtime
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM
-from tests.test_e2e_runtime import ready_vm, vm  # noqa: F401 - fixtures
-from tests.test_e2e_runtime import (all_ready, component, containers, status,
-                                    wait_status)
+from tests.test_e2e_runtime import all_ready, component, containers, status, wait_status
 
 pytestmark = pytest.mark.vm
 
 
 # One booted VM per module, running the image's own manifest: test_e2e_runtime's fixtures.
+vm = test_e2e_runtime.vm
+ready_vm = test_e2e_runtime.ready_vm
 
 
 def test_restarting_the_attestation_agent_leaves_kata_agents_container_as_it_was(ready_vm: PodVM) -> None:

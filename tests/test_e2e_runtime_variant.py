@@ -5,15 +5,26 @@ daemon stays up). Helpers are shared with test_e2e_runtime.py."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
-from tests.test_e2e_runtime import (all_ready, bed_components, bootstrap_yaml, component, daemon_journal, daemon_pid,
-                                    daemon_status_text, first, userdata, wait_status)
+from tests.test_e2e_runtime import (
+    all_ready,
+    bed_components,
+    bootstrap_yaml,
+    component,
+    daemon_journal,
+    daemon_pid,
+    daemon_status_text,
+    first,
+    userdata,
+    wait_status,
+)
 
 pytestmark = pytest.mark.vm
 

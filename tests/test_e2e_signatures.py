@@ -18,14 +18,13 @@ import pytest
 import yaml
 
 from podvm_bootstrap.images import big_data_path
+from tests import test_e2e_runtime
 from tests.bed import cosign
 from tests.bed.cosign import SignatureLayer, SigningKey, payload_for
 from tests.bed.keys import release_key
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM
-from tests.test_e2e_runtime import ready_vm, vm  # noqa: F401 - fixtures
-from tests.test_e2e_runtime import (all_ready, component, containers, status,
-                                    userdata, wait_status)
+from tests.test_e2e_runtime import all_ready, component, containers, status, userdata, wait_status
 
 pytestmark = pytest.mark.vm
 
@@ -36,6 +35,8 @@ NAME = f"quay.io/{REPO}"                     # what the VM pulls (through its mi
 
 
 # One booted VM per module, running the image's own manifest: test_e2e_runtime's fixtures.
+vm = test_e2e_runtime.vm
+ready_vm = test_e2e_runtime.ready_vm
 
 
 def rerun_with(vm: PodVM, override: str | None) -> dict:

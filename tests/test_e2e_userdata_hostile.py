@@ -41,7 +41,7 @@ def test_a_hostile_metadata_service_costs_one_error_line_and_the_defaults_run(
         vm = boot_pod_vm(files={BOOTSTRAP_YAML: yaml.safe_dump(settings, sort_keys=False),
                                 "/etc/podvm-bootstrap/components.yaml": yaml.safe_dump(manifest, sort_keys=False)})
         st = wait_status(vm, all_ready, 120, "every component ready")
-    for image_name, image in podvm_image.defaults.items():
+    for image_name in podvm_image.defaults:
         assert component(st, image_name)["source"] == "default"
     journal = vm.journal("podvm-bootstrap.service")
     ignored = [line for line in journal.splitlines() if "user-data ignored" in line]

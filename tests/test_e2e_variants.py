@@ -16,7 +16,7 @@ import yaml
 from tests.bed.userdata import MINIMAL_USERDATA
 from tests.bed.vm import PodVM
 from tests.standins import images as standins
-from tests.test_e2e_runtime import baked, daemon_journal, first, status, wait_status
+from tests.test_e2e_runtime import baked, daemon_journal, first, wait_status
 
 pytestmark = pytest.mark.vm
 

@@ -7,8 +7,21 @@ import hashlib
 
 import pytest
 
-from podvm_bootstrap.eventlog import (ZERO, LaunchEntry, MalformedLog, aael_states, event_line, extend, init_line,
-                                      launch_lines, launch_order, parse_log, parse_value, predict, replay)
+from podvm_bootstrap.eventlog import (
+    ZERO,
+    LaunchEntry,
+    MalformedLog,
+    aael_states,
+    event_line,
+    extend,
+    init_line,
+    launch_lines,
+    launch_order,
+    parse_log,
+    parse_value,
+    predict,
+    replay,
+)
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 ENTRIES = [
@@ -95,7 +108,8 @@ def good() -> list[str]:
     (lambda ls: [ls[0], ls[1], ls[1], *ls[2:]], 3, "twice"),
     (lambda ls: [*ls, ls[1]], 6, "after LaunchComplete"),
     (lambda ls: [*ls[:-1], ls[-1].replace("3", "2")], 5, '{"components":3}'),
-    (lambda ls: [ls[0], ls[1].replace("image\":\"quay.io", "image\":\"evil.io").replace(D1 + '","source', "x\",\"source"), *ls[2:]], 2, "digest"),
+    (lambda ls: [ls[0], ls[1].replace("image\":\"quay.io", "image\":\"evil.io")
+                             .replace(D1 + '","source', "x\",\"source"), *ls[2:]], 2, "digest"),
 ])
 def test_malformed_logs_name_the_line(mutate, line, words):
     with pytest.raises(MalformedLog) as info:

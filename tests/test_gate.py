@@ -9,13 +9,22 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from podvm_bootstrap.gate import (EXIT_NOT_RELEASED, GateError, exec_argv, gate_entrypoint, gate_volumes,
-                                  open_waiting_gate, prepare_fifo, release, release_payload)
+from podvm_bootstrap.gate import (
+    EXIT_NOT_RELEASED,
+    GateError,
+    exec_argv,
+    gate_entrypoint,
+    gate_volumes,
+    open_waiting_gate,
+    prepare_fifo,
+    release,
+    release_payload,
+)
 from tests.runtime_podman import Podman
 
 NASTY = ["/bin/busybox", "sh", "-c", 'printf "%s|" "$@" > /out/argv', "$0", "a b", "it's", "$HOME", "`id`",

@@ -6,15 +6,24 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from podvm_bootstrap.images import (ImageError, PodmanImages, PullPacing, Store, big_data_path, find_in_store,
-                                    registry_auth, store_from_conf, verify_in_storage)
-from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.images import (
+    ImageError,
+    PodmanImages,
+    PullPacing,
+    Store,
+    big_data_path,
+    find_in_store,
+    registry_auth,
+    store_from_conf,
+    verify_in_storage,
+)
 from tests.bed.proc import free_port
 from tests.bed.registry import Registry, running_registry
 from tests.runtime_podman import Podman

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from podvm_bootstrap.daemon import _image_step
-from podvm_bootstrap.images import ImageError
 from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.images import ImageError
 from podvm_bootstrap.model import Component, PlannedComponent
 
 IMAGE = parse_reference("quay.io/confidential-containers/kata-agent@sha256:" + "a" * 64)

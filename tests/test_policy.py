@@ -8,8 +8,14 @@ import pytest
 import yaml
 
 from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.policy import (ComponentPolicy, Policy, RepositoryPattern, evaluate_override,
-                                    load_policy, parse_pattern)
+from podvm_bootstrap.policy import (
+    ComponentPolicy,
+    Policy,
+    RepositoryPattern,
+    evaluate_override,
+    load_policy,
+    parse_pattern,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "image" / "config" / "policy.yaml"
 D1 = "sha256:" + "1" * 64

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.gate import exec_argv, gate_entrypoint, open_waiting_gate, prepare_fifo, release
 from podvm_bootstrap.imageref import ImageRef, parse_reference
-from podvm_bootstrap.model import (Component, ContainerSpec, OverrideDecision, Plan, PlannedComponent, Probe,
-                                   Restart)
-from podvm_bootstrap.gate import exec_argv, gate_entrypoint, prepare_fifo, open_waiting_gate, release
+from podvm_bootstrap.model import Component, ContainerSpec, OverrideDecision, Plan, PlannedComponent, Probe, Restart
 from podvm_bootstrap.render import podman_run_argv, render_units, volume_host_dirs
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
@@ -134,7 +133,7 @@ def test_real_systemd_parses_the_intended_commands(scenario: str) -> None:
         commands = dump_exec_commands(units, pc.unit)
 
         def argv(directive: str) -> list[str]:
-            [words] = commands[directive]
+            [words] = commands[directive]  # noqa: B023 - called within this iteration
             return [substitute_environment(w).decode("utf-8") for w in words]
 
         assert argv("ExecStart") == podman_run_argv(pc)
@@ -157,7 +156,8 @@ def test_kitchen_sink_argv_in_full() -> None:
     assert sink is not None
     assert podman_run_argv(sink) == [
         "/usr/bin/podman", "run", "--rm", "--replace", "--name", "kitchen-sink", "--sdnotify=container",
-        "--detach", "--pull=never", "--stop-signal=SIGTERM", "--stop-timeout=3", "--network=host", "--pid=host", "--privileged",
+        "--detach", "--pull=never", "--stop-signal=SIGTERM", "--stop-timeout=3", "--network=host", "--pid=host",
+        "--privileged",
         "--cap-add=SYS_ADMIN", "--cap-add=NET_RAW", "--device=/dev/fuse", "--device=/dev/net/tun:/dev/net/tun:rwm",
         "--volume=/run/a b:/a", "--volume=/run/%n$X:/b:ro", "--volume=named:/c", "--volume=/run/dup:/d",
         "--volume=/run/dup:/e", "--env=PLAIN=value",

@@ -10,8 +10,15 @@ import json
 import pytest
 
 from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.signatures import (MAX_ITEM_SIZE, MAX_SIGNATURES, SignatureRefused, SignedIdentity, Trust,
-                                        split_items, verify_signatures)
+from podvm_bootstrap.signatures import (
+    MAX_ITEM_SIZE,
+    MAX_SIGNATURES,
+    SignatureRefused,
+    SignedIdentity,
+    Trust,
+    split_items,
+    verify_signatures,
+)
 from tests.bed.cosign import SignatureLayer, SigningKey, payload_for, sigstore_item
 
 REPO = "quay.io/confidential-containers/agent-protocol-forwarder"

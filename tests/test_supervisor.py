@@ -6,8 +6,20 @@ import pytest
 
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.model import Component, Health, Probe, Restart
-from podvm_bootstrap.supervisor import (CRASH_LOOP, FAILED, PENDING, READY, RESTARTING, STARTING, UNHEALTHY,
-                                        OpenGate, RestartUnit, RunProbe, StartUnit, Supervisor, SupervisorConfig)
+from podvm_bootstrap.supervisor import (
+    CRASH_LOOP,
+    FAILED,
+    READY,
+    RESTARTING,
+    STARTING,
+    UNHEALTHY,
+    OpenGate,
+    RestartUnit,
+    RunProbe,
+    StartUnit,
+    Supervisor,
+    SupervisorConfig,
+)
 
 IMAGE = parse_reference("quay.io/x/y@sha256:" + "a" * 64)
 
@@ -249,7 +261,7 @@ def test_crash_loop_reported_and_retried() -> None:
     sup, clock = make(comp("kata", essential=True, delay=1.0, max_delay=1.0),
                       crash_loop_restarts=3, crash_loop_window=60.0)
     tick(sup)
-    for i in range(3):
+    for _i in range(3):
         sup.job_finished("kata", False, "failed")
         clock.advance(1.0)
         assert RestartUnit("kata") in tick(sup)

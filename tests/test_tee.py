@@ -10,9 +10,19 @@ import pytest
 
 from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap.tee import (HCL_REPORT_NV_INDEX, HCL_REPORT_TYPE_OFFSET, MAX_NV_READ, TEES, RootFiles,
-                                 choose_tee, detect_for_root, detect_tee, hcl_isolation_type, read_nv_index,
-                                 tpm_nv_reader)
+from podvm_bootstrap.tee import (
+    HCL_REPORT_NV_INDEX,
+    HCL_REPORT_TYPE_OFFSET,
+    MAX_NV_READ,
+    TEES,
+    RootFiles,
+    choose_tee,
+    detect_for_root,
+    detect_tee,
+    hcl_isolation_type,
+    read_nv_index,
+    tpm_nv_reader,
+)
 
 AZURE_TAG = "7783-7084-3265-9085-8269-3286-77"
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.unit_decisions import (ADOPT, RESTART, START, EarlyCandidate, Live, UnitFacts, may_start_early,
-                                            needs_reload, stale_units, start_mode, to_end_early)
+from podvm_bootstrap.unit_decisions import (
+    ADOPT,
+    RESTART,
+    START,
+    EarlyCandidate,
+    Live,
+    UnitFacts,
+    may_start_early,
+    needs_reload,
+    stale_units,
+    start_mode,
+    to_end_early,
+)
 
 
 def fact(written: bool = False, now: str = "h1", before: str | None = "h1", live: Live | None = Live("active"),

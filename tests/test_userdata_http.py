@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.backoff import Backoff, Deadline
+from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.userdata.http import base64_limit
 from podvm_bootstrap.userdata.transport import decode_base64
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.metadata import (drip, endless_continue, head, running_raw_server, send_then_close)
+from tests.fakes.metadata import drip, endless_continue, head, running_raw_server, send_then_close
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's interpreter: python3-requests, urllib3 1.26
@@ -145,7 +145,8 @@ def test_a_connect_that_never_completes_ends_at_the_deadline(stack):
     # A listener whose one-slot backlog is full: the kernel drops further SYNs.
     with socket.create_server(("127.0.0.1", 0), backlog=0) as listener, socket.socket() as filler:
         filler.connect(listener.getsockname())
-        url = "http://%s:%d" % listener.getsockname()[:2]
+        host, port = listener.getsockname()[:2]
+        url = f"http://{host}:{port}"
         assert_refused(fetch(stack, url, timeout=1.0), "within 1s", "not connected within")
 
 

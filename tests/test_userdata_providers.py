@@ -6,8 +6,9 @@ import base64
 import re
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pytest
 import requests
@@ -41,7 +42,7 @@ def bounded(fn: Callable[[], T], limit: float = 30.0) -> T:
     def target() -> None:
         try:
             outcome["value"] = fn()
-        except BaseException as exc:  # handed back to the test
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)

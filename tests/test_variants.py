@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.manifest import load_manifest
 from podvm_bootstrap.model import OverrideDecision, PlannedComponent
 from podvm_bootstrap.planner import format_table, make_plan

@@ -8,14 +8,14 @@ than max_size, or does not decode."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from podvm_bootstrap.backoff import Deadline
 from podvm_bootstrap.errors import UsageError
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.settings import PROVIDERS, UserDataSettings, endpoint_ok
 from podvm_bootstrap.userdata import alibaba, aws, azure, detect, file, gcp
-from podvm_bootstrap.backoff import Deadline
 from podvm_bootstrap.userdata.http import MetadataClient, RetryPolicy
 
 __all__ = ["fetch_userdata", "RetryPolicy"]

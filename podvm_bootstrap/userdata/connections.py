@@ -48,12 +48,12 @@ class _BudgetSocket(socket.socket):
     budget: int = 0
     received: int = 0
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         count = super().recv_into(buffer, nbytes, flags)
         self._count(count)
         return count
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data = super().recv(bufsize, flags)
         self._count(len(data))
         return data
@@ -138,7 +138,7 @@ def guarded_session(guard: ConnectionGuard) -> requests.Session:
     variables from the environment are ignored (metadata services are
     link-local: a proxy must never see the request, the token or user-data)."""
 
-    def new_conn(base: type) -> Any:
+    def new_conn(base: type[HTTPConnection]) -> Any:
         def _new_conn(self: Any) -> socket.socket:
             return guard.track(base._new_conn(self))
         return _new_conn

@@ -10,8 +10,8 @@ from __future__ import annotations
 import http.client
 import re
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Collection, Mapping
 
 import requests
 import urllib3
@@ -61,7 +61,7 @@ class MetadataClient:
         self.session.close()
         self.guard.close()
 
-    def __enter__(self) -> "MetadataClient":
+    def __enter__(self) -> MetadataClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,9 +26,10 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,11 +61,11 @@ class SigningKey:
     private: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def generate(cls, name: str) -> "SigningKey":
+    def generate(cls, name: str) -> SigningKey:
         return cls(name, ec.generate_private_key(ec.SECP256R1()))
 
     @classmethod
-    def load(cls, name: str, pem: bytes) -> "SigningKey":
+    def load(cls, name: str, pem: bytes) -> SigningKey:
         key = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return cls(name, key)
@@ -149,7 +150,7 @@ def signature_manifest(registry_host: str, repository: str, layers: Sequence[Sig
         "config": {"mediaType": OCI_CONFIG, "size": len(config), "digest": config_digest},
         "layers": [{"mediaType": SIGNATURE_MEDIA_TYPE, "size": len(layer.payload), "digest": digest,
                     "annotations": {SIGNATURE_ANNOTATION: layer.signature, **layer.extra_annotations}}
-                   for layer, digest in zip(layers, payload_digests)],
+                   for layer, digest in zip(layers, payload_digests, strict=True)],
     }
     return json.dumps(manifest).encode()
 

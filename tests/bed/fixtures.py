@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -54,7 +54,7 @@ def standin_bin(tmp_path_factory) -> Callable[[str, str], Path]:
 
 
 def _with_standins(registry: Registry, images: dict) -> Registry:
-    for (component, variant), image in images.items():
+    for (_component, variant), image in images.items():
         if variant != "padded":
             registry.push_standin(image)
     return registry

@@ -9,10 +9,10 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tests.bed.proc import BedError, Service, free_port
 from tests.standins.images import StandinImage

@@ -16,9 +16,9 @@ import re
 import secrets
 import socket
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from tests.bed.proc import BedError, Service, free_port, port_open
 

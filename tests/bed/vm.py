@@ -21,10 +21,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import yaml
 
@@ -116,7 +116,7 @@ class PodVM:
         try:
             failed = self.systemctl("--failed", check=False).stdout
             return f"{failed}\n{self.journal()}"[-200_000:]
-        except Exception as exc:  # the report must not hide the test's own failure
+        except Exception as exc:  # noqa: BLE001 - the report must not hide the test's own failure
             return f"(journal unavailable: {exc})"
 
     def wait_until(self, cmd: Sequence[str] | str, timeout: float = 60, what: str | None = None) -> None:
@@ -193,7 +193,7 @@ def _unmount(path: Path) -> None:
 
 
 _running_here: list[str] = []  # the VM this process has booted, if any
-_live: list["PodVM"] = []
+_live: list[PodVM] = []
 
 
 def _destroy_on_sigterm() -> None:
@@ -223,7 +223,7 @@ def _take_vm_lock(name: str, timeout: float):
         raise BedError(f"only one test bed VM at a time: {_running_here[0]} is still running "
                        f"(do not mix the module-scoped pod_vm with boot_pod_vm in one module)")
     path = Path(os.environ.get("PODVM_VM_LOCK", "/run/podvm-bootstrap-test-bed.vm.lock"))
-    f = open(path, "a+")
+    f = open(path, "a+")  # noqa: SIM115 - kept open: it holds the lock for the VM's life
     if not flock_within(f, timeout):
         f.seek(0)
         holder = f.read().strip()

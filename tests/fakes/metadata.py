@@ -18,10 +18,10 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 CLOUDS = ("azure", "aws", "gcp", "alibaba")
@@ -114,9 +114,8 @@ class MetadataHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         b = self.server.behaviour
         number = self.server.record(RecordedRequest(self.command, self.path, dict(self.headers.items())))
-        if b.delay and (b.delayed is None or number <= b.delayed):
-            if self.server.stopping.wait(b.delay):
-                return
+        if b.delay and (b.delayed is None or number <= b.delayed) and self.server.stopping.wait(b.delay):
+            return
         try:
             if number <= b.failures:
                 self._send(b.failure_status, b"internal error\n")
@@ -247,7 +246,7 @@ class RawServer:
         while not self.stop_event.is_set():
             try:
                 conn, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -271,7 +270,7 @@ class RawServer:
             with self.lock:
                 self.cut.append(cut)
 
-    def start(self) -> "RawServer":
+    def start(self) -> RawServer:
         self.acceptor.start()
         return self
 
