@@ -134,6 +134,7 @@ class Daemon:
         self.planned: dict[str, PlannedComponent] = {}
         self.resolved_from: dict[str, str] = {}
         self.unit_hashes: dict[str, str] = {}
+        self.gate_keys: dict[str, str] = {}   # component -> its unit's gate FIFO key (gate.py)
         self.live: dict[str, tuple[str, str]] = {}
         self.restart_on_start: set[str] = set()
         self.units_written: list[str] = []
@@ -241,7 +242,8 @@ class Daemon:
             log.error("%s", exc, **_log(name))
             return
         if start.result == "done":
-            fd = open_waiting_gate(Path(fifo_path(gate_dir(self.paths.state_dir), name)), time.monotonic() + bound)
+            fifo = Path(fifo_path(gate_dir(self.paths.state_dir), name, start.gate_key))
+            fd = open_waiting_gate(fifo, time.monotonic() + bound)
             if fd is not None:
                 os.close(fd)
         if not self.systemd.wait_jobs(lambda: not stopped, bound):
@@ -374,8 +376,8 @@ class Daemon:
     # --- stage 3: units -----------------------------------------------------
 
     def _install_units(self) -> None:
-        from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo, unit_gate_dir
-        from podvm_bootstrap.render import render_units
+        from podvm_bootstrap.gate import GATE_BUSYBOX, gate_dir, prepare_fifo, remove_other_fifos, unit_gate_dir
+        from podvm_bootstrap.render import render_units, unit_gate_key
 
         assert self.supervisor is not None and self.systemd is not None
         runnable = [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED]
@@ -385,8 +387,9 @@ class Daemon:
         units = render_units(Plan(tuple(self.planned.values()), self.plan.start_order),
                              source=str(self.paths.components_yaml),
                              gate_dir=unit_gate_dir(self.paths.root, self.paths.state_dir))
-        for planned in runnable:  # before any unit can start: a container needs its FIFO to bind-mount
-            prepare_fifo(gates, planned.name)
+        self.gate_keys = {p.name: unit_gate_key(p) for p in runnable}
+        for name, key in self.gate_keys.items():  # before any unit can start: a container needs its FIFO to bind-mount
+            prepare_fifo(gates, name, key)
         if runnable and not self.paths.rooted(GATE_BUSYBOX).is_file():
             log.error("%s is missing (Debian's busybox-static): no container can start its gate", GATE_BUSYBOX)
         self.paths.unit_dir.mkdir(parents=True, exist_ok=True)
@@ -401,6 +404,11 @@ class Daemon:
         rewritten = {p.name for p in runnable if p.unit in written}
         for name in to_end_early(self.early, [p.name for p in runnable], rewritten):
             self._end_early(name)
+        # Other definitions' FIFOs go (after the early starts were ended at
+        # theirs): a container of another definition is never released.
+        for name in self.planned:
+            if remove_other_fifos(gates, name, self.gate_keys.get(name)):
+                log.info("gate FIFOs of its replaced containers removed", **_log(name))
         leftovers = [p.unit for p in self.planned.values() if (self.paths.unit_dir / p.unit).exists()]
         stale = stale_units(self.previous_state.get("units") or [], self.units_written, leftovers)
         for unit in stale:
@@ -654,7 +662,9 @@ class Daemon:
         from podvm_bootstrap.gate import GateError, exec_argv, fifo_path, gate_dir, open_waiting_gate, release
 
         planned = self.planned[action.name]
-        fifo = Path(fifo_path(gate_dir(self.paths.state_dir), action.name))
+        # This plan's FIFO, keyed by the container it was rendered for: a
+        # container of another definition waits at another one (gate.py).
+        fifo = Path(fifo_path(gate_dir(self.paths.state_dir), action.name, self.gate_keys[action.name]))
         bound = self.settings.runtime.job_timeout
         fd = open_waiting_gate(fifo, time.monotonic() + (bound if action.wait else 0.0))
         if fd is None:

@@ -35,8 +35,9 @@ class EarlyStart:
     """A unit started before the user-data: its job's result once systemd
     reports it, handed on to whoever takes the start over."""
 
-    def __init__(self, unit: str) -> None:
+    def __init__(self, unit: str, gate_key: str) -> None:
         self.unit = unit
+        self.gate_key = gate_key   # its container's gate FIFO (gate.py): where it is ended if replaced
         self.result: str | None = None
         self._then: Callable[[str], None] | None = None
 
@@ -69,7 +70,7 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
     baked defaults' units. ConfigError for a baked file that does not load
     (nothing started then)."""
     from podvm_bootstrap.gate import gate_dir, prepare_fifo, unit_gate_dir
-    from podvm_bootstrap.render import render_units, volume_host_dirs
+    from podvm_bootstrap.render import render_units, unit_gate_key, volume_host_dirs
 
     previous = read_state(paths.state_dir) or {}
     settings = load_settings(paths.bootstrap_yaml)
@@ -101,11 +102,12 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
     early.sort(key=lambda p: layer.get(p.name, len(layer)))
     gates = gate_dir(paths.state_dir)
     paths.unit_dir.mkdir(parents=True, exist_ok=True)
+    keys = {planned.name: unit_gate_key(planned) for planned in early}
     for planned in early:
-        prepare_fifo(gates, planned.name)   # a container needs its FIFO to bind-mount
+        prepare_fifo(gates, planned.name, keys[planned.name])   # a container needs its FIFO to bind-mount
         write_if_changed(paths.unit_dir / planned.unit, units[planned.unit].encode(), 0o644)
     for planned in early:
-        head.started[planned.name] = EarlyStart(planned.unit)
+        head.started[planned.name] = EarlyStart(planned.unit, keys[planned.name])
     by_unit = {start.unit: start for start in head.started.values()}
     # ignore-dependencies: every container at once (the gates order the processes)
     head.systemd.start_all(list(by_unit), lambda unit, result: by_unit[unit].finished(result))

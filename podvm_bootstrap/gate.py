@@ -16,7 +16,17 @@ Why a gate:
 The gate's shell is Debian's busybox-static, bind-mounted read-only from the
 pod VM (it is part of the measured image, not of the component's image). The
 FIFO lives in the daemon's state directory (root only may write it); the
-release is one `set -- 'arg' ...` line, quoted here, then EOF. An empty
+release is one `set -- 'arg' ...` line, quoted here, then EOF.
+
+A FIFO is bound to the container it releases: its path carries a key, the
+sha256 of the container's podman argv without the FIFO (image by digest,
+container settings, name: gate_key), as gates/<component>/<key>.fifo. A
+container created from another definition (an early start of the baked
+default the final plan replaced, an older unit text whose container
+lingers) waits on another FIFO, and a release of this plan never reaches it:
+the verified argv is exec'd only in a container of the image verified for
+it. The same definition keeps its FIFO (systemd's own restarts, a restarted
+daemon adopting what runs). An empty
 read (anyone opening and closing the FIFO) ends the container with exit 75,
 and systemd's Restart= brings it back to its gate.
 """
@@ -24,6 +34,7 @@ and systemd's Restart= brings it back to its gate.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -69,12 +80,26 @@ def unit_gate_dir(root: Path, state_dir: Path) -> str:
         return str(gate_dir(state_dir))
 
 
-def fifo_path(gate_dir: str | Path, name: str) -> str:
-    return f"{str(gate_dir).rstrip('/')}/{name}.fifo"
+def gate_key(container_argv: list[str]) -> str:
+    """The key binding a FIFO to one container definition: the sha256 of its
+    podman argv without the FIFO itself (the argv names the image by digest
+    and every container setting)."""
+    return hashlib.sha256(json.dumps(container_argv).encode()).hexdigest()
 
 
-def gate_volumes(gate_dir: str | Path, name: str) -> list[str]:
-    return [f"{GATE_BUSYBOX}:{GATE_SHELL}:ro", f"{fifo_path(gate_dir, name)}:{GATE_FIFO}:ro"]
+def fifo_path(gate_dir: str | Path, name: str, key: str) -> str:
+    return f"{str(gate_dir).rstrip('/')}/{name}/{key}.fifo"
+
+
+SHELL_VOLUME = f"{GATE_BUSYBOX}:{GATE_SHELL}:ro"
+
+
+def fifo_volume(gate_dir: str | Path, name: str, key: str) -> str:
+    return f"{fifo_path(gate_dir, name, key)}:{GATE_FIFO}:ro"
+
+
+def gate_volumes(gate_dir: str | Path, name: str, key: str) -> list[str]:
+    return [SHELL_VOLUME, fifo_volume(gate_dir, name, key)]
 
 
 def exec_argv(config: dict[str, Any], command: tuple[str, ...] | list[str]) -> list[str]:
@@ -104,11 +129,12 @@ def release_payload(argv: list[str]) -> bytes:
     return (" ".join("'" + w.replace("'", "'\\''") + "'" for w in argv) + "\n").encode()
 
 
-def prepare_fifo(gate_dir: Path, name: str) -> Path:
-    """The component's FIFO, made once per boot (/run is a tmpfs). An existing
-    FIFO is kept: a container waiting at its gate holds that very inode."""
-    gate_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path = Path(fifo_path(gate_dir, name))
+def prepare_fifo(gate_dir: Path, name: str, key: str) -> Path:
+    """The FIFO of a component's container definition (key: gate_key), made
+    once per boot (/run is a tmpfs). An existing FIFO is kept: a container
+    waiting at its gate holds that very inode."""
+    (gate_dir / name).mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = Path(fifo_path(gate_dir, name, key))
     try:
         st = os.lstat(path)
         if stat.S_ISFIFO(st.st_mode) and st.st_uid == os.geteuid():
@@ -119,6 +145,24 @@ def prepare_fifo(gate_dir: Path, name: str) -> Path:
     os.mkfifo(path, 0o644)   # readable by a container's non-root user, writable by root only
     os.chmod(path, 0o644)     # mkfifo's mode is masked by the umask
     return path
+
+
+def remove_other_fifos(gate_dir: Path, name: str, keep: str | None) -> list[str]:
+    """Remove the component's FIFOs of other definitions than `keep` (its
+    unit was replaced; None: it no longer runs); the keys removed. A container
+    still bound to one keeps the inode and waits until its unit stops it: no
+    release is ever written to it."""
+    removed: list[str] = []
+    try:
+        entries = sorted((gate_dir / name).iterdir())
+    except FileNotFoundError:
+        return removed
+    for path in entries:
+        key = path.name.removesuffix(".fifo")
+        if path.name.endswith(".fifo") and key != keep:
+            path.unlink(missing_ok=True)
+            removed.append(key)
+    return removed
 
 
 def open_waiting_gate(path: Path, deadline: float, *, clock: Callable[[], float] = time.monotonic,

@@ -28,7 +28,7 @@ import math
 from typing import NoReturn
 
 from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.gate import gate_entrypoint, gate_volumes
+from podvm_bootstrap.gate import SHELL_VOLUME, fifo_path, fifo_volume, gate_entrypoint, gate_key
 from podvm_bootstrap.model import Plan, PlannedComponent, check_components
 from podvm_bootstrap.systemd_escape import UnrepresentableValue, check_representable, exec_command, unit_text
 
@@ -45,7 +45,8 @@ START_LIMIT_BASE = 60.0
 
 def render_units(plan: Plan, source: str = "components.yaml", gate_dir: str = GATE_DIR) -> dict[str, str]:
     """One unit per planned component, keyed by its unit file name, in plan
-    order; `gate_dir` holds the components' gate FIFOs (gate.py). ConfigError
+    order; `gate_dir` holds the components' gate FIFOs (gate.py: each unit's
+    is keyed by its container, unit_gate_key). ConfigError
     (naming `source` and the key) for a value no unit can carry."""
     # Names become file names and podman arguments: a plan built by hand is
     # held to the manifest's own rules (the model's one function for them).
@@ -62,20 +63,49 @@ def podman_run_argv(planned: PlannedComponent, gate_dir: str = GATE_DIR, *, gate
     """The argv of ExecStart=: what podman is run with, before any quoting.
     gated=False: the same container run plainly, with the image's own
     entrypoint and the manifest's command (the benchmark's ideal)."""
-    groups = _podman_run_groups(planned, gate_dir)
     if not gated:
-        groups = [g for g in groups if not g[0].startswith("--entrypoint=")
-                  and not any(g[0] == f"--volume={v}" for v in gate_volumes(gate_dir, planned.name))]
+        groups = [g for g in _container_groups(planned) if not g[0].startswith("--entrypoint=")]
         groups[-1] = [*groups[-1], *planned.component.container.command]
+    else:
+        groups = _podman_run_groups(planned, gate_dir)
     return [word for group in groups for word in group]
 
 
+def unit_gate_key(planned: PlannedComponent) -> str:
+    """The key of the component's gate FIFO (gate.gate_key): of its podman
+    argv as the unit runs it, without the FIFO. Two plans that run the
+    component differently (another image, variant or setting) have different
+    keys; the same plan, the same key."""
+    return gate_key([word for group in _keyed_groups(planned) for word in group])
+
+
+def unit_gate_fifo(planned: PlannedComponent, gate_dir: str = GATE_DIR) -> str:
+    """The gate FIFO the component's unit binds into its container."""
+    return fifo_path(gate_dir, planned.name, unit_gate_key(planned))
+
+
 def _podman_run_groups(planned: PlannedComponent, gate_dir: str) -> list[list[str]]:
-    """podman_run_argv in groups, one line of the unit each: the fixed part,
-    one container option per line, then the image. The entrypoint is the
-    start gate (gate.py): the component's own argv (the image's entrypoint
-    and the manifest's command, or the image's) comes from the daemon when it
-    releases the gate, read from the config it verified for that start."""
+    """podman_run_argv in groups, one line of the unit each: the keyed argv
+    with the FIFO, keyed by that very argv, mounted before the entrypoint."""
+    groups = _keyed_groups(planned)
+    fifo = fifo_volume(gate_dir, planned.name, unit_gate_key(planned))
+    return [*groups[:-2], [f"--volume={fifo}"], *groups[-2:]]
+
+
+def _keyed_groups(planned: PlannedComponent) -> list[list[str]]:
+    """The unit's podman argv without the FIFO: the container and the gate's
+    shell mounted before its entrypoint."""
+    groups = _container_groups(planned)
+    return [*groups[:-2], [f"--volume={SHELL_VOLUME}"], *groups[-2:]]
+
+
+def _container_groups(planned: PlannedComponent) -> list[list[str]]:
+    """The container without the gate's mounts: the fixed part, one container
+    option per group, then the entrypoint and the image (the last two). The
+    entrypoint is the start gate (gate.py): the component's own argv (the
+    image's entrypoint and the manifest's command, or the image's) comes from
+    the daemon when it releases the gate, read from the config it verified
+    for that start."""
     component = planned.component
     spec = component.container
     notify_mode = "container" if component.ready is not None and component.ready.kind == "notify" else "conmon"
@@ -97,7 +127,6 @@ def _podman_run_groups(planned: PlannedComponent, gate_dir: str) -> list[list[st
         groups.append(["--read-only"])
     if spec.user is not None:
         groups.append([f"--user={spec.user}"])
-    groups += [[f"--volume={volume}"] for volume in gate_volumes(gate_dir, planned.name)]
     groups.append([f"--entrypoint={gate_entrypoint()}"])
     groups.append([_image_to_run(planned)])
     return groups

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from podvm_bootstrap import __version__
+from podvm_bootstrap.gate import gate_key
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
 
@@ -225,7 +226,10 @@ def check_units_against_plan(units: dict[str, bytes], plan: dict) -> None:
         # what runs is what is measured (repository@digest, a tag beside the digest dropped)
         assert start[-1] == measured.get(name, component["image"])
         assert start[-2].startswith("--entrypoint=")   # the command is held at its gate
-        assert f"--volume=/run/podvm-bootstrap/gates/{name}.fifo:/.podvm-gate/release:ro" in start
+        # the gate's FIFO is keyed by the very container it releases (its argv without the FIFO)
+        [gate] = [a for a in start if a.endswith(":/.podvm-gate/release:ro")]
+        key = gate_key([a for a in start if a != gate])
+        assert gate == f"--volume=/run/podvm-bootstrap/gates/{name}/{key}.fifo:/.podvm-gate/release:ro"
         [stop_timeout] = [a.split("=", 1)[1] for a in start if a.startswith("--stop-timeout=")]
         assert argv_of(values, "ExecStop") == ["/usr/bin/podman", "stop", "--ignore", f"--time={stop_timeout}", name]
         assert argv_of(values, "ExecStopPost") == ["/usr/bin/podman", "rm", "--force", "--ignore", "--time=0", name]

@@ -19,10 +19,10 @@ from tests.test_cli_runtime import COMPONENTS, POLICY
 
 def test_an_early_result_reaches_the_taker_whether_it_came_before_or_after() -> None:
     seen: list[str] = []
-    before = EarlyStart("a.service")
+    before = EarlyStart("a.service", "ka")
     before.finished("done")
     before.then(seen.append)
-    after = EarlyStart("b.service")
+    after = EarlyStart("b.service", "kb")
     after.then(seen.append)
     assert seen == ["done"]
     after.finished("failed")

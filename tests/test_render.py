@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.gate import exec_argv, gate_entrypoint, open_waiting_gate, prepare_fifo, release
 from podvm_bootstrap.imageref import ImageRef, parse_reference
 from podvm_bootstrap.model import Component, ContainerSpec, OverrideDecision, Plan, PlannedComponent, Probe, Restart
-from podvm_bootstrap.render import podman_run_argv, render_units, volume_host_dirs
+from podvm_bootstrap.render import podman_run_argv, render_units, unit_gate_fifo, unit_gate_key, volume_host_dirs
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
 
@@ -122,7 +123,9 @@ def test_only_known_directives_and_the_intended_argv(scenario: str) -> None:
         [start] = parse_exec(values["ExecStart"])
         assert list(start.argv) == podman_run_argv(pc)
         assert start.argv[-2:] == (f"--entrypoint={gate_entrypoint()}", str(pc.image))  # the command: at the gate
-        assert f"--volume=/run/podvm-bootstrap/gates/{pc.name}.fifo:/.podvm-gate/release:ro" in start.argv
+        assert f"--volume={unit_gate_fifo(pc)}:/.podvm-gate/release:ro" in start.argv
+        gates = re.escape(f"/run/podvm-bootstrap/gates/{pc.name}/")
+        assert re.fullmatch(rf"{gates}[0-9a-f]{{64}}\.fifo", unit_gate_fifo(pc))
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -163,7 +166,7 @@ def test_kitchen_sink_argv_in_full() -> None:
         "--volume=/run/dup:/e", "--env=PLAIN=value",
         "--env=NASTY=%i $USER ${X} \"q\" 'q' \\ \n[Service]\nExecStart=/bin/evil", "--env=EMPTY=",
         "--read-only", "--user=1000:1000", "--volume=/bin/busybox:/.podvm-gate/busybox:ro",
-        "--volume=/run/podvm-bootstrap/gates/kitchen-sink.fifo:/.podvm-gate/release:ro",
+        f"--volume=/run/podvm-bootstrap/gates/kitchen-sink/{unit_gate_key(sink)}.fifo:/.podvm-gate/release:ro",
         f"--entrypoint={gate_entrypoint()}", f"ghcr.io/example/sink@{digest(5)}"]
     plain = podman_run_argv(sink, gated=False)   # the benchmark's ideal: the same container, ungated
     assert plain[-len(NASTY_COMMAND) - 1:] == [f"ghcr.io/example/sink@{digest(5)}", *NASTY_COMMAND]
@@ -304,7 +307,7 @@ def test_podman_runs_the_rendered_command_with_the_exact_argv_and_env(podman_sto
         env=(("NASTY", 'v $X %i "q"\nline'),), network="host", volumes=(f"{out}:/out",), read_only=True,
         user="0:0", capabilities=("NET_RAW",)))
     gates = tmp_path / "gates"
-    fifo = prepare_fifo(gates, "podvm-probe")
+    fifo = prepare_fifo(gates, "podvm-probe", unit_gate_key(planned(component)))
     values = unit_values(render_units(plan_of(planned(component)), gate_dir=str(gates))["podvm-probe.service"])
     subprocess.run(_exec(values, "ExecStartPre", options), check=True, timeout=30)
     assert out.is_dir()
@@ -324,7 +327,7 @@ def test_podman_stop_commands_end_a_container_that_ignores_sigterm(podman_store,
     # sh as PID 1 of its container has no SIGTERM handler: only SIGKILL ends it.
     component = Component(name="podvm-stubborn", image=image, unit="podvm-stubborn.service", stop_timeout=1.0,
                           container=ContainerSpec(command=("sh", "-c", "trap '' TERM; sleep 600 & wait; sleep 600")))
-    fifo = prepare_fifo(tmp_path / "gates", "podvm-stubborn")
+    fifo = prepare_fifo(tmp_path / "gates", "podvm-stubborn", unit_gate_key(planned(component)))
     values = unit_values(render_units(plan_of(planned(component)), gate_dir=str(tmp_path / "gates"))
                          ["podvm-stubborn.service"])
     started = subprocess.run(_exec(values, "ExecStart", options), capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ from podvm_bootstrap.errors import ConfigError
 from podvm_bootstrap.gate import gate_entrypoint, gate_volumes, release_payload
 from podvm_bootstrap.imageref import ImageRef
 from podvm_bootstrap.model import Component, ContainerSpec, Plan, PlannedComponent, Probe, Restart
-from podvm_bootstrap.render import GATE_DIR, render_units
+from podvm_bootstrap.render import GATE_DIR, render_units, unit_gate_key
 from tests.systemd_parser import parse_exec, parse_unit, physical_lines, substitute_environment
 from tests.systemd_real import dump_exec_commands
 
@@ -94,7 +94,7 @@ def intended_argv_parts(pc: PlannedComponent) -> tuple[list[str], list[str]]:
         + ([f"--user={spec.user}"] if spec.user is not None else [])
     # With a digest the image runs as repo@digest (a tag beside it is informational).
     image = pc.image.pinned if pc.image.digest is not None else str(pc.image)
-    gate = [f"--volume={v}" for v in gate_volumes(GATE_DIR, pc.name)]
+    gate = [f"--volume={v}" for v in gate_volumes(GATE_DIR, pc.name, unit_gate_key(pc))]
     return options, [*gate, f"--entrypoint={gate_entrypoint()}", image]
 
 
