@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
+from tests.systemd_parser import parse_exec, parse_unit
 from tests.test_e2e_runtime import (
     NAMES,
     all_ready,
@@ -92,3 +94,73 @@ def test_an_early_unit_the_user_data_changes_is_ended_at_its_gate_and_replaced(
         if name != APF:
             assert component(st, name)["source"] == "default"
             assert not any(re.match(rf"^{name}: early start of ", text) for _, text in lines)
+
+
+def _gate_fifo(argv: tuple[str, ...]) -> str:
+    [volume] = [w for w in argv if w.endswith(":/.podvm-gate/release:ro")]
+    return volume.removeprefix("--volume=").split(":")[0]
+
+
+def _gate_reader(vm: PodVM, container: str) -> bool:
+    """The container's PID 1 is still the gate's shell and its `cat` of the
+    FIFO is running: it waits at its gate, nothing of the image runs."""
+    pid = vm.podman("inspect", "-f", "{{.State.Pid}}", container).stdout.strip()
+    shell = vm.read_file(f"/proc/{pid}/cmdline").split(b"\0")
+    children = vm.read_file(f"/proc/{pid}/task/{pid}/children").split()
+    readers = [vm.run(["cat", f"/proc/{c.decode()}/cmdline"], check=False).stdout.split("\0") for c in children]
+    return (shell[:2] == [b"/.podvm-gate/busybox", b"sh"] and b"podvm-gate" in shell
+            and ["/.podvm-gate/busybox", "cat", "/.podvm-gate/release", ""] in readers)
+
+
+def test_a_container_of_the_replaced_definition_still_at_its_gate_is_never_released(
+        vm: PodVM, request: pytest.FixtureRequest) -> None:
+    """The hole this binding closes: the baked default's container of the
+    forwarder (the definition its early start had, which the override
+    replaced) waits at its gate while the override's unit starts again and
+    is released. Its gate is another FIFO: the verified argv goes into the
+    override's container only; the default's never runs anything and ends
+    with the gate's exit 75."""
+    request.node._podvm_vms = [vm]
+    wait_status(vm, lambda s: all_ready(s) and component(s, APF)["source"] == "override", 120,
+                "the forwarder running its override")
+    # The baked default's unit, as the early start rendered it (no user-data: no override).
+    vm.run("printf '#cloud-config\\n{}\\n' > /tmp/no-userdata && rm -rf /tmp/baked-units")
+    vm.run(["podvm-bootstrap", "render", "--user-data", "/tmp/no-userdata", "--output", "/tmp/baked-units"])
+    baked = {a.key: a.value for a in parse_unit(vm.read_file(f"/tmp/baked-units/{APF}.service"))}
+    [start] = parse_exec(baked["ExecStart"])
+    now = {a.key: a.value for a in parse_unit(vm.read_file(f"/run/systemd/system/{APF}.service"))}
+    [current] = parse_exec(now["ExecStart"])
+    old_fifo, new_fifo = _gate_fifo(start.argv), _gate_fifo(current.argv)
+    assert old_fifo != new_fifo and old_fifo.rsplit("/", 1)[0] == new_fifo.rsplit("/", 1)[0] == \
+        f"/run/podvm-bootstrap/gates/{APF}"
+    # The daemon removed the replaced definition's FIFO; the lingering
+    # container holds it as it was bound (made here again for the new one).
+    assert vm.run(["test", "-e", old_fifo], check=False).returncode != 0
+    vm.run(["mkfifo", "-m", "644", old_fifo])
+    lingering = f"{APF}-lingering"
+    # Its very podman command, under another name (the override's container
+    # keeps the component's), kept after it exits, outside systemd.
+    argv = ["--sdnotify=ignore" if w.startswith("--sdnotify=") else w for w in start.argv if w != "--rm"]
+    argv[argv.index("--name") + 1] = lingering
+    vm.run(argv, timeout=120)
+    try:
+        wait_until(lambda: _gate_reader(vm, lingering), 60, "the default's container at its gate")
+        released_before = len([t for _, t in daemon_journal(vm) if t.startswith(f"{APF}: gate open: released ")])
+        vm.systemctl("restart", f"{APF}.service")
+        wait_until(lambda: len([t for _, t in daemon_journal(vm)
+                                if t.startswith(f"{APF}: gate open: released ")]) > released_before,
+                   120, "the override's new start released")
+        wait_status(vm, lambda s: all_ready(s) and component(s, APF)["source"] == "override", 120,
+                    "the forwarder ready again on its override")
+        assert answer(vm) == f"{APF} standin v2"      # the new container runs the verified override
+        assert _gate_reader(vm, lingering)             # the default's container: still at its gate
+        logs = vm.podman("logs", lingering)
+        assert logs.stdout + logs.stderr == ""        # nothing of the default's image ran
+        # Its unit's stop, as the daemon does it: the FIFO opened and closed, the gate reads nothing.
+        vm.run(["timeout", "30", "sh", "-c", f": > {old_fifo}"])
+        assert vm.podman("wait", lingering).stdout.strip() == "75"
+        logs = vm.podman("logs", lingering)
+        assert "podvm-gate: not released" in logs.stdout + logs.stderr and "standin" not in logs.stdout + logs.stderr
+    finally:
+        vm.podman("rm", "--force", "--ignore", lingering, check=False)
+        vm.run(["rm", "-f", old_fifo], check=False)
