@@ -10,7 +10,7 @@ import signal
 import subprocess
 
 from tests.bed.proc import wait_until
-from tests.bed.vm import _container_init
+from tests.bed.vm import _container_init, descendants
 
 
 def test_the_init_of_a_new_pid_namespace_is_found_below_its_launcher() -> None:
@@ -28,18 +28,9 @@ def test_the_init_of_a_new_pid_namespace_is_found_below_its_launcher() -> None:
     finally:
         # the namespace's init first (its launcher's death would not end it),
         # then every other process started here
-        for pid in sorted(_descendants(launcher.pid), key=lambda p: p != init):
+        for pid in sorted(descendants(launcher.pid), key=lambda p: p != init):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         launcher.kill()
         launcher.wait(10)
 
-
-def _descendants(pid: int) -> list[int]:
-    from tests.bed.vm import _children
-
-    found, generation = [], [pid]
-    for _ in range(3):
-        generation = [c for p in generation for c in _children(p)]
-        found += generation
-    return found

@@ -278,17 +278,22 @@ def _is_namespace_init(pid: int) -> bool:
     return len(nspid) > 1 and nspid[-1] == "1"
 
 
+def descendants(pid: int, generations: int = 3) -> list[int]:
+    """The processes below `pid`, generation by generation (at most `generations` deep)."""
+    found: list[int] = []
+    generation = [pid]
+    for _ in range(generations):
+        generation = [child for parent in generation for child in _children(parent)]
+        found += generation
+    return found
+
+
 def _container_init(nspawn_pid: int) -> int | None:
     """The VM's PID 1 under systemd-nspawn: not nspawn's first child (for a
     moment that is its intermediate process, which exits), but the
-    descendant that is PID 1 of the new PID namespace."""
-    generation = [nspawn_pid]
-    for _ in range(3):  # nspawn -> (outer child) -> init
-        generation = [child for pid in generation for child in _children(pid)]
-        for pid in generation:
-            if _is_namespace_init(pid):
-                return pid
-    return None
+    descendant that is PID 1 of the new PID namespace
+    (nspawn -> (outer child) -> init)."""
+    return next((pid for pid in descendants(nspawn_pid) if _is_namespace_init(pid)), None)
 
 
 def _bootstrap_yaml(vm: PodVM, provider: str, endpoint: str | None, timeout: str | None) -> str:
