@@ -122,6 +122,7 @@ class _Step:
                  start_order: Sequence[Sequence[str]], refuse: Refuse) -> None:
         self.paths = paths
         self.pcr = settings.measure.pcr
+        self.initdata_pcr = settings.measure.initdata_pcr
         self.setting = parse_tpm_setting(settings.measure.tpm)
         self.tpm: TpmSetting | None = resolve_tpm(self.setting, paths.root)
         self.entries = launch_order(launch_entries(runnable), start_order)
@@ -144,10 +145,44 @@ class _Step:
     def run(self) -> dict[str, Any]:
         for name in self.unpinned:  # cannot happen after the image stage; never start one unmeasured
             self.refuse(name, "measured launch: its image has no digest")
+        initdata = self._bind_initdata()
         existing = self._this_boots_log()
         if existing is not None and existing.complete:
-            return self._check_earlier(existing)
-        return self._measure(existing)
+            record = self._check_earlier(existing)
+        else:
+            record = self._measure(existing)
+        return {**record, "initdata": initdata}
+
+    # --- initdata, bound first ------------------------------------------------
+
+    def _bind_initdata(self) -> dict[str, Any] | None:
+        """Bind this boot's initdata digest into `measure.initdata_pcr`
+        (initdata_binding). An initdata without a usable digest is one error
+        line (the owner's initdata could not be read; the register stays zero,
+        which no relying party accepts) and the boot goes on; with a TPM, a
+        register that this boot's digest does not explain stops it."""
+        if self.initdata_pcr is None:
+            return None
+        from podvm_bootstrap import initdata_binding
+
+        try:
+            digest = initdata_binding.read_digest(self.paths.rooted(initdata_binding.DIGEST_PATH))
+        except ValueError as exc:
+            log.error("initdata NOT bound into PCR %d: %s", self.initdata_pcr, exc)
+            return {"pcr": self.initdata_pcr, "digest": None, "expected": None, "bound": False, "error": str(exc)}
+        record = {**initdata_binding.describe(self.initdata_pcr, digest), "bound": False, "error": None}
+        if self.tpm is None:
+            log.warning("initdata NOT bound (measure.tpm: %s): %s", self.describe_tpm(), record["digest"])
+            return record
+        try:
+            with Tpm(self.tpm) as tpm:
+                self._opened(tpm)
+                extended = initdata_binding.bind(tpm, self.initdata_pcr, digest)
+        except (TpmError, initdata_binding.BindingRefused) as exc:
+            raise MeasurementError(f"initdata binding failed, nothing started: {exc}") from None
+        log.info("initdata %s %s PCR %d: %s", record["digest"], "bound into" if extended else "already bound in",
+                 self.initdata_pcr, record["expected"])
+        return {**record, "bound": True}
 
     # --- the log of this boot ------------------------------------------------
 
