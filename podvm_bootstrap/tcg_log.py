@@ -236,8 +236,10 @@ class EventLog:
         """The bank a register is replayed in: SHA-256 (TPM PCRs, the launch's
         records) when its records carry it, else SHA-384 (the CC MR indexes of a
         TDX log, as Trustee's TDX verifier replays them), else the first
-        algorithm its records carry."""
+        algorithm its records carry; for a register without records, the
+        same choice among the header's banks."""
         present = [d.alg for r in self.records if r.register == register for d in r.digests]
+        present = present or list(self.header or ())
         for alg in (SHA256, SHA384):
             if alg in present:
                 return alg
