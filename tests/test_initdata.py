@@ -114,8 +114,8 @@ def test_gzip_bomb_is_bounded():
 
 # --- the adaptor's placeholder and the PCR binding, against upstream data -------
 
-UPSTREAM = Path(__file__).parent / "upstream" / "cloud-api-adaptor"
-# cloud-api-adaptor provision_test.go `testCheckSum` (see upstream/cloud-api-adaptor/README.md)
+UPSTREAM = Path(__file__).parent / "fixtures" / "upstream" / "cloud-api-adaptor"
+# cloud-api-adaptor provision_test.go `testCheckSum` (see fixtures/upstream/cloud-api-adaptor/README.md)
 ADAPTOR_TEST_CHECKSUM = ("52af3178dd7ad4bf551e629b84b45bfd1fbe1434b980120267181ae3575ea20ca"
                          "9013b8eadf31d27eed7ff2552d500ef")
 

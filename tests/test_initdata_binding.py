@@ -19,7 +19,7 @@ from podvm_bootstrap.settings import MeasureSettings, Settings
 from tests.bed.swtpm import running_swtpm
 from tests.test_launch_measurement import FIVE, START_ORDER
 
-UPSTREAM = Path(__file__).parent / "upstream" / "cloud-api-adaptor"
+UPSTREAM = Path(__file__).parent / "fixtures" / "upstream" / "cloud-api-adaptor"
 PLACEHOLDER_DIGEST = hashlib.sha256(PLACEHOLDER_TOML).hexdigest()
 ADAPTOR_SHA384 = ("52af3178dd7ad4bf551e629b84b45bfd1fbe1434b980120267181ae3575ea20ca9013b8eadf31d27eed7ff2552d500ef")
 
