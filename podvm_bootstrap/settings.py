@@ -62,10 +62,12 @@ class RuntimeSettings:
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Measured launch: the TPM (auto | none | a TCTI) and the PCR extended."""
+    """Measured launch: the TPM (auto | none | a TCTI), the PCR extended and
+    the event log file the records are appended to (the attestation agent's)."""
 
     tpm: str = "auto"
     pcr: int = 23
+    eventlog: str = "/run/attestation-agent/eventlog"
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _runtime(sec: Section) -> RuntimeSettings:
 def _measure(sec: Section) -> MeasureSettings:
     from podvm_bootstrap.tpm import parse_tpm_setting
 
-    sec.only(("tpm", "pcr"))
+    sec.only(("tpm", "pcr", "eventlog"))
     d = MeasureSettings()
     tpm = sec.string("tpm", d.tpm)
     try:
@@ -178,4 +180,7 @@ def _measure(sec: Section) -> MeasureSettings:
     pcr = sec.integer("pcr", d.pcr)
     if pcr > 23:
         raise sec.error("pcr", f"a PCR index is 0 to 23, got {pcr}")
-    return MeasureSettings(tpm=tpm, pcr=pcr)
+    eventlog = sec.string("eventlog", d.eventlog)
+    if not eventlog.startswith("/"):
+        raise sec.error("eventlog", f"must be an absolute path, got {eventlog!r}")
+    return MeasureSettings(tpm=tpm, pcr=pcr, eventlog=eventlog)
