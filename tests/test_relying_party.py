@@ -255,3 +255,10 @@ def test_a_tampered_quote_message_fails_checkquote(swtpm, tmp_path):
     with pytest.raises(BedError, match="tpm2_checkquote"):
         swtpm.tool("tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig",
                    "-f", "quote.pcrs", "-g", "sha256")
+
+
+def test_the_readme_shows_the_policy_file_as_it_is():
+    readme = (REPO / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```rego\n")[1:]]
+    assert POLICY.read_text() in blocks
+    assert "input.aael" not in readme
