@@ -144,7 +144,8 @@ def cmd_verify(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_measurements(args: argparse.Namespace, paths: Paths) -> int:
-    from podvm_bootstrap.measurements import DEFAULT_LOG, show_measurements
+    from podvm_bootstrap.measurements import show_measurements
 
-    path = Path(args.log) if args.log else paths.state_dir / DEFAULT_LOG
-    return show_measurements(path, args.expect_pcr, as_json=args.json)
+    measure = load_settings(paths.bootstrap_yaml).measure
+    path = Path(args.log) if args.log else paths.rooted(measure.eventlog)
+    return show_measurements(path, args.expect_pcr, measure.pcr, as_json=args.json)

@@ -1,5 +1,5 @@
-"""`plan --json`'s `measurement` and `podvm-bootstrap measurements` through the
-real command line; the `measure` keys of bootstrap.yaml."""
+"""`plan --json`'s `measurement` through the real command line; the `measure`
+keys of bootstrap.yaml. (`measurements` itself: tests/test_cli_measurements_log.py.)"""
 
 from __future__ import annotations
 
@@ -63,67 +63,6 @@ def test_plan_prediction_equals_the_log_run_writes(tmp_path):
     assert record["value"] == predicted["expected"] and record["measured"] is False
 
 
-def test_measurements_replays_and_compares(tmp_path):
-    log = write_log(tmp_path, LINES)
-    ok = cli("measurements", "--log", str(log), "--expect-pcr", VALUE.hex().upper())
-    assert ok.returncode == 0, ok.stderr
-    assert f"PCR (replayed from the INIT value): sha256:{VALUE.hex()}" in ok.stdout
-    assert all(line in ok.stdout for line in LINES) and "match" in ok.stdout
-    bad = cli("measurements", "--log", str(log), "--expect-pcr", "sha256:" + "0" * 64)
-    assert bad.returncode == 1
-    assert bad.stderr.strip() == f"podvm-bootstrap: error: the replay gives sha256:{VALUE.hex()}, " \
-                                 f"expected sha256:{'0' * 64}"
-
-
-def test_measurements_json(tmp_path):
-    out = cli("measurements", "--log", str(write_log(tmp_path, LINES)), "--json", "--expect-pcr", VALUE.hex())
-    doc = json.loads(out.stdout)
-    assert out.returncode == 0 and doc["ok"] is True and doc["match"] is True
-    assert doc["pcr"] == f"sha256:{VALUE.hex()}" and doc["complete"] is True
-    assert [e["text"] for e in doc["events"]] == LINES
-    assert doc["events"][-1]["pcr"] == doc["pcr"]
-    assert [c["source"] for c in doc["components"]] == ["default", "override"]
-
-
-@pytest.mark.parametrize("edit", [
-    lambda ls: [ls[0], ls[2], ls[1], ls[3]],                              # reordered
-    lambda ls: [ls[0], ls[1].replace(D["aa"][-6:], "abcdef"), *ls[2:]],    # edited digest (and image)
-])
-def test_edited_or_reordered_log_does_not_match(tmp_path, edit):
-    out = cli("measurements", "--log", str(write_log(tmp_path, edit(LINES))), "--expect-pcr", VALUE.hex())
-    assert out.returncode == 1 and "the replay gives" in out.stderr
-
-
-def test_truncated_log_fails_even_without_an_expected_value(tmp_path):
-    out = cli("measurements", "--log", str(write_log(tmp_path, LINES[:-1])))
-    assert out.returncode == 1
-    assert out.stderr.strip().endswith("incomplete launch log (no LaunchComplete)")
-
-
-def test_malformed_log_exits_2_naming_the_line(tmp_path):
-    log = write_log(tmp_path, [LINES[0], LINES[1], "github.com/confidential-containers LaunchComponent {oops}"])
-    out = cli("measurements", "--log", str(log))
-    assert out.returncode == 2
-    assert out.stderr.strip() == f"podvm-bootstrap: error: {log}: line 3: the LaunchComponent content is not JSON"
-    out = cli("measurements", "--log", str(log), "--json")
-    assert out.returncode == 2 and json.loads(out.stdout)["line"] == 3
-
-
-def test_missing_log_and_bad_expected_value(tmp_path):
-    out = cli("measurements", "--log", str(tmp_path / "nope"))
-    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot read the event log" in out.stderr
-    out = cli("measurements", "--log", str(write_log(tmp_path, LINES)), "--expect-pcr", "xyz")
-    assert out.returncode == 2 and "--expect-pcr" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_default_log_is_the_state_dirs(tmp_path):
-    state = tmp_path / "run/podvm-bootstrap"
-    state.mkdir(parents=True)
-    write_log(state, LINES)
-    out = cli("--root", str(tmp_path), "measurements", "--expect-pcr", VALUE.hex())
-    assert out.returncode == 0, out.stderr
-
-
 @pytest.mark.parametrize("measure, key", [
     ("measure:\n  tpm: tpm0\n", "measure.tpm"),
     ("measure:\n  tpm: 'swtpm:host=127.0.0.1'\n", "measure.tpm"),
@@ -163,10 +102,3 @@ def test_no_prediction_for_an_image_given_by_tag():
     assert predicted_measurement(plan, 16) == {"pcr": 16, "events": [], "expected": None}
     pinned_only = Plan(plan.components[:1], (("aa",),))
     assert predicted_measurement(pinned_only, 16)["expected"].startswith("sha256:")
-
-
-def test_a_fifo_given_as_the_log_is_refused_at_once(tmp_path):
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    out = cli("measurements", "--log", str(fifo))  # would block forever on a plain open()
-    assert out.returncode == 1 and "not a regular file" in out.stderr
