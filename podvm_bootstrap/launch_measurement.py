@@ -160,6 +160,13 @@ class _Step:
         return "none" if self.setting.kind == "none" else f"none (auto: no {self.paths.rooted('/dev/tpmrm0')})"
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except OSError as exc:   # the file or its directory: unwritable, full, a symlink planted at the name
+            raise MeasurementError(f"measured launch failed, nothing started: cannot write the event log "
+                                   f"{self.log_path}: {exc.strerror or exc}") from None
+
+    def _run(self) -> dict[str, Any]:
         for name in self.unpinned:  # cannot happen after the image stage; never start one unmeasured
             self.refuse(name, "measured launch: its image has no digest")
         from podvm_bootstrap import initdata_binding

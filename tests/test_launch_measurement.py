@@ -181,6 +181,17 @@ def test_a_register_not_zero_before_the_first_record_stops_the_boot_and_writes_n
     assert not bed.log.exists()
 
 
+@pytest.mark.parametrize("tpm", ["none", "swtpm"])
+def test_an_event_log_that_cannot_be_written_is_one_error_and_nothing_starts(tmp_path, swtpm, tpm):
+    bed = Bed(tmp_path, swtpm.tcti if tpm == "swtpm" else "none")
+    bed.log.parent.parent.mkdir(parents=True)
+    bed.log.parent.write_text("a file where the directory goes")
+    with pytest.raises(MeasurementError, match=r"^measured launch failed, nothing started: cannot write the "
+                                               r"event log .*/run/attestation-agent/eventlog: "):
+        bed.measure()
+    assert swtpm.pcrread(23) == bytes(32)
+
+
 def test_unreachable_tpm_is_one_error_and_no_log(tmp_path):
     from tests.bed.proc import free_port
 
