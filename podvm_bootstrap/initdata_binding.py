@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.errors import one_line
-from podvm_bootstrap.initdata import DIGEST_FILE, InitdataError, bound_digest, bound_value, parse_initdata
+from podvm_bootstrap.initdata import (
+    DIGEST_FILE,
+    InitdataError,
+    bound_digest,
+    bound_value,
+    parse_initdata,
+    placeholder_blob,
+)
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.tpm import Tpm
 
@@ -43,8 +50,6 @@ def predicted(pcr: int | None, blob: bytes | None, max_size: int) -> dict[str, A
     `blob` the user-data carries (None: the placeholder) gives register `pcr`.
     None when nothing is bound (`initdata_pcr: none`, or an initdata that
     cannot be read: it has no digest)."""
-    from podvm_bootstrap.initdata import placeholder_blob
-
     if pcr is None:
         return None
     try:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from podvm_bootstrap import initdata_binding
 from podvm_bootstrap.errors import BootstrapError
 from podvm_bootstrap.eventlog import ZERO, Prediction, format_value, launch_order, predict
 from podvm_bootstrap.fsutil import atomic_write, read_regular_file
@@ -169,8 +170,6 @@ class _Step:
     def _run(self) -> dict[str, Any]:
         for name in self.unpinned:  # cannot happen after the image stage; never start one unmeasured
             self.refuse(name, "measured launch: its image has no digest")
-        from podvm_bootstrap import initdata_binding
-
         digest, initdata = self._initdata_digest()
         data = self._this_boots_log()
         written = self._written_prefix(data)
@@ -209,8 +208,6 @@ class _Step:
         party accepts) and the boot goes on."""
         if self.initdata_pcr is None:
             return None, None
-        from podvm_bootstrap import initdata_binding
-
         try:
             digest = initdata_binding.read_digest(self.paths.rooted(initdata_binding.DIGEST_PATH))
         except ValueError as exc:
