@@ -201,3 +201,16 @@ def test_unreadable_user_data_file_is_one_error_line(dirs, tmp_path):
     assert proc.stderr.splitlines() == [
         f"podvm-bootstrap: error: cannot read user-data file {tmp_path / 'does-not-exist'}: No such file or directory"]
     assert files_under(root) == []
+
+
+def test_without_user_data_the_adaptors_placeholder_is_provisioned(dirs, tmp_path):
+    """An empty user-data is none at all: the placeholder is still written,
+    as the adaptor's process-user-data writes it for a pod without initdata."""
+    root, config = dirs
+    ud = tmp_path / "user-data"
+    ud.write_bytes(b"")
+    proc = run(root, config, ud)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [PLACEHOLDER, PLACEHOLDER_AA, PLACEHOLDER_DIGEST]
+    assert (root / "run/peerpod/initdata.digest").read_text() == (
+        "adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d")
