@@ -7,9 +7,9 @@ A "boot" is bench/run.py's: a restart inside one booted VM, `systemctl start
 podvm-bootstrap` timed until every ready probe answers. Boots with
 `measure.tpm` pointed at a software TPM on 127.0.0.1 (swtpm on the machine;
 the VM shares its network) alternate with boots with `measure.tpm: none`,
-PCR 23 reset before each measured boot. Every measured boot is checked
-afterwards (untimed): the VM's event log replays to the PCR that tpm2_pcrread
-reads on the machine. From each boot's journal, the daemon's own timing of the
+PCR 23 and the initdata's PCR 16 reset before each measured boot. Every
+measured boot is checked afterwards (untimed): the VM's records replay to the
+PCR that tpm2_pcrread reads on the machine, and the initdata was bound. From each boot's journal, the daemon's own timing of the
 measurement step and of the background load of tpm2-pytss's bindings.
 
 `make bench` runs it as one section of bench/results/latest.md (a hook in
@@ -268,7 +268,7 @@ def _check_replay(vm, tpm) -> None:
         raise BenchError(f"a measured boot left the initdata's PCR {INITDATA_PCR} at zero")
     out = vm.run(["podvm-bootstrap", "measurements", "--expect-pcr", value.hex()], check=False)
     if out.returncode != 0:
-        raise BenchError(f"the event log does not replay to PCR {PCR} {value.hex()}: "
+        raise BenchError(f"the records do not replay to PCR {PCR} {value.hex()}: "
                          f"{' '.join((out.stdout + out.stderr).split())[-400:]}")
 
 
@@ -343,10 +343,11 @@ How (bench/measure_cost.py): one pod VM of the test bed with the image's five ba
 stand-ins, user-data from the fake AWS metadata service on 127.0.0.1, images
 prefetched. A boot is bench/run.py's (a restart inside the VM, `systemctl start
 podvm-bootstrap` until every ready probe answers). Boots with `measure.tpm:
-swtpm:host=127.0.0.1,port=P` (Debian's swtpm on the machine, PCR 23 reset with
-tpm2_pcrreset before each) alternate with boots with `measure.tpm: none`; after each
-measured boot (untimed) `podvm-bootstrap measurements --expect-pcr` in the VM replays
-its event log to the PCR that tpm2_pcrread reads on the machine. The step's own
+swtpm:host=127.0.0.1,port=P` (Debian's swtpm on the machine; PCR 23 and the
+initdata's register, PCR 16 here, reset with tpm2_pcrreset before each) alternate
+with boots with `measure.tpm: none`; after each measured boot (untimed)
+`podvm-bootstrap measurements --expect-pcr` in the VM replays its records to the PCR
+that tpm2_pcrread reads on the machine. The step's own
 timings are the daemon's journal lines."""
 
 
