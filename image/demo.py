@@ -64,6 +64,15 @@ def baked(image, path: str) -> dict:
     raise SystemExit(f"demo: {path} is not in the image")
 
 
+def reordered(data: bytes) -> bytes:
+    """The records file with its first two records swapped (a forged copy)."""
+    from podvm_bootstrap.tcg_log import parse_records
+
+    starts = [r.offset for r in parse_records(data).records] + [len(data)]
+    first, second = data[starts[0]:starts[1]], data[starts[1]:starts[2]]
+    return second + first + data[starts[2]:]
+
+
 def measured_config(image, workroot: Path, tcti: str) -> tuple[Path, str]:
     """The image's baked files, with the file provider, DEMO_TEE and measure.tpm
     set to the loopback swtpm: a config dir for `plan` on this machine, and the
@@ -135,8 +144,12 @@ def main() -> int:
             banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 23")
             predicted = predict(config, workroot, userdata)
             print(f"TPM: swtpm on 127.0.0.1 (measure.tpm: {tpm.tcti}); PCR 23 now {tpm.pcrread(23).hex()}")
-            print("predicted event log:\n  " + "\n  ".join(predicted["events"]))
+            print("predicted launch records (their events; each a TCG2 EV_EVENT_TAG record on PCR 23):\n  "
+                  + "\n  ".join(predicted["events"]))
             print(f"predicted PCR 23: {predicted['expected']}")
+            initdata = predicted["initdata"]
+            print(f"predicted PCR {initdata['pcr']}: {initdata['expected']} (the initdata {initdata['digest']} "
+                  "bound: the user-data carries none, so the cloud-api-adaptor's placeholder)")
             banner("booting the pod VM (systemd-nspawn)")
             banner(f"baked for this demo: tee: {DEMO_TEE} (bootstrap.yaml; user-data cannot choose it)")
             vm = boot(image, workroot / "vm", name="podvm-demo", userdata=userdata, registry=registry,
@@ -166,17 +179,21 @@ def main() -> int:
                      "podman exec agent-protocol-forwarder standin probe tcp 127.0.0.1:15150")
                 show(vm, "podvm-bootstrap verify (digests and signatures, in local storage)",
                      "podvm-bootstrap verify")
-                banner("measured launch: PCR 23 read on the host with tpm2_pcrread")
+                banner("measured launch: PCR 8 and PCR 23 read on the host with tpm2_pcrread")
                 pcr = tpm.pcrread(23).hex()
                 print(f"PCR 23 = sha256:{pcr} ({'as' if 'sha256:' + pcr == predicted['expected'] else 'NOT as'}"
-                      " plan --json predicted before boot)")
-                show(vm, "the event log in the VM", "cat /run/podvm-bootstrap/eventlog")
-                show(vm, "its replay against the TPM's value (what a verifier runs)",
+                      " plan --json predicted before boot: the launch set)")
+                pcr8 = tpm.pcrread(initdata["pcr"]).hex()
+                print(f"PCR {initdata['pcr']} = sha256:{pcr8} "
+                      f"({'as' if 'sha256:' + pcr8 == initdata['expected'] else 'NOT as'} plan --json predicted "
+                      "before boot: the initdata)")
+                show(vm, "the records in the attestation agent's event log, replayed against the TPM's PCR 23 "
+                         "(what a verifier runs)",
                      f"podvm-bootstrap measurements --expect-pcr {pcr}; echo \"exit $?\"")
-                show(vm, "a reordered copy (lines 2 and 3 swapped) does not replay to it",
-                     "awk 'NR==2{l=$0;next} NR==3{print;print l;next} {print}' /run/podvm-bootstrap/eventlog"
-                     f" > /tmp/reordered; podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
-                     " > /tmp/out; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
+                vm.write_file("/tmp/reordered", reordered(vm.read_file("/run/attestation-agent/eventlog")))
+                show(vm, "a reordered copy (records 1 and 2 swapped) does not replay to it",
+                     f"podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
+                     " > /tmp/out 2>&1; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
 
                 shut_down(vm)
             finally:
