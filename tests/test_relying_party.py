@@ -8,7 +8,8 @@ with reference values from `plan --json`.
 
 The pod VM's side is played here by the test: it writes the records with
 podvm_bootstrap.tcg_log and extends the software TPM with tpm2_pcrextend,
-as the daemon does at boot (see `pod_vm_side`)."""
+as the daemon does at boot (see `pod_vm_side`); the same path with a booted
+pod VM is tests/test_e2e_relying_party.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import regorus
 
 from podvm_bootstrap.initdata import parse_initdata
 from podvm_bootstrap.jcs import canonical_json
-from podvm_bootstrap.tcg_log import DOMAIN, encode_record, event_digest, parse_log
+from podvm_bootstrap.tcg_log import DOMAIN, encode_record, event_digest, parse_log, split_aael
 from podvm_bootstrap.trustee_claims import claims
 from tests.bed.proc import BedError
 from tests.plan_command import CONFIG, USERDATA_NO_OVERRIDES, USERDATA_OVERRIDES, run_plan
@@ -68,6 +69,14 @@ def reference_values(plan: dict[str, Any]) -> dict[str, Any]:
     return refs
 
 
+def reference_values_from_events(events: list[str]) -> dict[str, Any]:
+    """The same reference values from `plan --json`'s measurement.events (the launch's texts)."""
+    launched = [json.loads(split_aael(text)[2]) for text in events if split_aael(text)[1] == "LaunchComponent"]
+    refs: dict[str, Any] = {"podvm_launch_components": [c["component"] for c in launched]}
+    refs.update({f"podvm_launch.{c['component']}": [c["digest"]] for c in launched})
+    return refs
+
+
 def launch_texts(plan: dict[str, Any], *, complete: bool = True) -> list[str]:
     """The launch records' texts for a plan: start order, by name within a layer."""
     by_name = {c["name"]: c for c in plan["components"]}
@@ -91,11 +100,9 @@ def fitted(digest: bytes) -> bytes:
 
 def pod_vm_side(swtpm: Any, tmp_path: Path, texts: list[str], initdata_digest: bytes) -> Path:
     """What the daemon does at boot: PCR 8 bound to the initdata, then each
-    record appended to the log and its digest extended into PCR 23.
-    TODO(lead, issue 18): replace with a booted pod VM (tests/bed/vm.py, the
-    `swtpm` fixture as measure.tpm) once "measure"'s daemon writes this log:
-    read /run/attestation-agent/eventlog out of the VM and keep everything
-    below `pod_vm_side` as it is."""
+    record appended to the log and its digest extended into PCR 23. The
+    booted pod VM does the same in tests/test_e2e_relying_party.py; this
+    quick form keeps the relying party's side tested without a VM."""
     swtpm.extend(INITDATA_PCR, fitted(initdata_digest).hex())
     log = tmp_path / "eventlog"
     with log.open("wb") as f:
@@ -146,6 +153,7 @@ def test_quote_replay_initdata_and_policy_from_one_boot(swtpm, tmp_path):
     # The claims as the verifier hands them to the policy, next to the quoted PCRs.
     tee_claims = {"tpm": {f"pcr{p:02}": v.hex() for p, v in quoted.items()},
                   "init_data": quoted[INITDATA_PCR].hex(), "uefi_event_logs": report["uefi_event_logs"]}
+    assert reference_values(plan) == reference_values_from_events(plan["measurement"]["events"])
     allow, deny = Policy(reference_values(plan)).evaluate(tee_claims)
     assert (allow, deny) == (True, set())
     # The same claims from the tdx verifier's claim path.
