@@ -3,8 +3,10 @@
 overrides the forwarder's image with a signed release, with a baked `tee:`
 that picks the attestation agent's variant, and show what an operator looks
 at, and the measured launch: a software TPM (swtpm) on 127.0.0.1 serves as
-the VM's TPM; `plan --json` predicts PCR 23 before boot, and the VM's event
-log replays to the value tpm2_pcrread reads afterwards. Then ask for an
+the VM's TPM; `plan --json` predicts PCR 8 (the initdata, here the
+adaptor's placeholder) and PCR 23 (the launch set) before boot, tpm2_pcrread
+reads both afterwards, and the records in the attestation agent's event log
+replay to PCR 23. Then ask for an
 unsigned image and show it refused (the verified default runs instead).
 
 The components are the test bed's STAND-INS (tests/standins), served under
@@ -141,7 +143,7 @@ def main() -> int:
             banner("sample user-data (untrusted; the forwarder's image overridden by digest, a signed release)")
             print(userdata.rstrip())
             config, bootstrap = measured_config(image, workroot, tpm.tcti)
-            banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 23")
+            banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 8 and PCR 23")
             predicted = predict(config, workroot, userdata)
             print(f"TPM: swtpm on 127.0.0.1 (measure.tpm: {tpm.tcti}); PCR 23 now {tpm.pcrread(23).hex()}")
             print("predicted launch records (their events; each a TCG2 EV_EVENT_TAG record on PCR 23):\n  "
