@@ -7,9 +7,9 @@ A "boot" is bench/run.py's: a restart inside one booted VM, `systemctl start
 podvm-bootstrap` timed until every ready probe answers. Boots with
 `measure.tpm` pointed at a software TPM on 127.0.0.1 (swtpm on the machine;
 the VM shares its network) alternate with boots with `measure.tpm: none`,
-PCR 23 reset before each measured boot. Every measured boot is checked
-afterwards (untimed): the VM's event log replays to the PCR that tpm2_pcrread
-reads on the machine. From each boot's journal, the daemon's own timing of the
+PCR 23 and the initdata's PCR 16 reset before each measured boot. Every
+measured boot is checked afterwards (untimed): the VM's records replay to the
+PCR that tpm2_pcrread reads on the machine, and the initdata was bound. From each boot's journal, the daemon's own timing of the
 measurement step and of the background load of tpm2-pytss's bindings.
 
 `make bench` runs it as one section of bench/results/latest.md (a hook in
@@ -46,6 +46,10 @@ from bench.stats import Row, Target, markdown_table, summarize  # noqa: E402
 
 BOOTSTRAP = "/etc/podvm-bootstrap/bootstrap.yaml"
 PCR = 23
+# The initdata's register for the benchmark: PCR 16 (debug), resettable from
+# locality 0 like 23, so that every measured boot binds it from zero as a
+# real boot binds PCR 8 (which only a TPM reset clears).
+INITDATA_PCR = 16
 MIN_ROUNDS = 7
 MAX_FAILED = 3          # boots that may fail (and are redone) before the section gives up
 MEASURE_TARGET = Target(0.010, strict=True, text="< 10 ms")   # issue 12: five components
@@ -103,8 +107,9 @@ def paired_differences(boots: list[dict[str, Any]], key: str = "all_ready_s") ->
 
 
 def with_tpm(settings: dict[str, Any], tpm: str) -> str:
-    """bootstrap.yaml with `measure.tpm` set (PCR 23), everything else kept."""
-    out = {**settings, "measure": {**(settings.get("measure") or {}), "tpm": tpm, "pcr": PCR}}
+    """bootstrap.yaml with `measure.tpm` set (PCR 23, the initdata in PCR 16), everything else kept."""
+    out = {**settings, "measure": {**(settings.get("measure") or {}), "tpm": tpm, "pcr": PCR,
+                                   "initdata_pcr": INITDATA_PCR}}
     return yaml.safe_dump(out, sort_keys=False)
 
 
@@ -151,10 +156,11 @@ def rows_for(boots: list[dict[str, Any]]) -> list[Row]:
                     summarize(b["step_s"] for b in none if b["step_s"] is not None), "measure.tpm: none",
                     step.median if step else None, "ms", MEASURE_TARGET,
                     note="the daemon's journal line `measured launch step took ...`: from measure_launch's start "
-                         "(after every image is checked, before any unit is written) to its end: PCR read, the "
-                         "INIT, launch and LaunchComplete lines each appended, fsynced and extended, PCR read "
-                         "back; the value is the median. With measure.tpm: none the log is still written "
-                         "and fsynced (the baseline)"))
+                         "(after every image is checked, before any unit is written) to its end: the initdata "
+                         "digest read, its PCR read, extended and read back; the launch PCR read, the five "
+                         "LaunchComponent records and LaunchComplete each appended, fsynced and extended, the PCR "
+                         "read back; the value is the median. With measure.tpm: none the records are still "
+                         "written and fsynced (the baseline)"))
     rows.append(Row("    of which: waiting for tpm2-pytss's bindings to load", "ms",
                     summarize(b["import_wait_s"] for b in tpm if b["import_wait_s"] is not None)))
     rows.append(Row("    of which: opening the TPM (TCTI loader + ESAPI over swtpm)", "ms",
@@ -231,8 +237,9 @@ def measure(vm, driver: Driver, image, tpm, rounds: int, raw: dict[str, Any]) ->
 def _one_boot(vm, driver: Driver, tpm, kind: str, probes: list[dict], units: dict[str, str]) -> dict[str, Any]:
     """One boot (the VM's bootstrap.yaml set for `kind` already): its
     figures, and the daemon's timings from its journal."""
-    if kind == "tpm":
-        tpm.tool("tpm2_pcrreset", str(PCR))   # every measured boot starts from the all-zero PCR
+    if kind == "tpm":   # every measured boot starts from all-zero PCRs
+        tpm.tool("tpm2_pcrreset", str(PCR))
+        tpm.tool("tpm2_pcrreset", str(INITDATA_PCR))
     result = driver.daemon_boot(probes, units=units)
     timings = daemon_timings(daemon_messages(vm, result["pid"]))
     if timings["step_s"] is None:
@@ -252,13 +259,16 @@ def _journal_tail(vm, lines: int = 30) -> list[str]:
 
 
 def _check_replay(vm, tpm) -> None:
-    """The boot really measured: its log replays to the PCR the machine reads."""
+    """The boot really measured: its records replay to the PCR the machine
+    reads, and the initdata was bound."""
     value = tpm.pcrread(PCR)
     if value == bytes(32):
         raise BenchError(f"a measured boot left PCR {PCR} at zero")
+    if tpm.pcrread(INITDATA_PCR) == bytes(32):
+        raise BenchError(f"a measured boot left the initdata's PCR {INITDATA_PCR} at zero")
     out = vm.run(["podvm-bootstrap", "measurements", "--expect-pcr", value.hex()], check=False)
     if out.returncode != 0:
-        raise BenchError(f"the event log does not replay to PCR {PCR} {value.hex()}: "
+        raise BenchError(f"the records do not replay to PCR {PCR} {value.hex()}: "
                          f"{' '.join((out.stdout + out.stderr).split())[-400:]}")
 
 
@@ -333,10 +343,11 @@ How (bench/measure_cost.py): one pod VM of the test bed with the image's five ba
 stand-ins, user-data from the fake AWS metadata service on 127.0.0.1, images
 prefetched. A boot is bench/run.py's (a restart inside the VM, `systemctl start
 podvm-bootstrap` until every ready probe answers). Boots with `measure.tpm:
-swtpm:host=127.0.0.1,port=P` (Debian's swtpm on the machine, PCR 23 reset with
-tpm2_pcrreset before each) alternate with boots with `measure.tpm: none`; after each
-measured boot (untimed) `podvm-bootstrap measurements --expect-pcr` in the VM replays
-its event log to the PCR that tpm2_pcrread reads on the machine. The step's own
+swtpm:host=127.0.0.1,port=P` (Debian's swtpm on the machine; PCR 23 and the
+initdata's register, PCR 16 here, reset with tpm2_pcrreset before each) alternate
+with boots with `measure.tpm: none`; after each measured boot (untimed)
+`podvm-bootstrap measurements --expect-pcr` in the VM replays its records to the PCR
+that tpm2_pcrread reads on the machine. The step's own
 timings are the daemon's journal lines."""
 
 

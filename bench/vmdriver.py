@@ -146,7 +146,8 @@ def cmd_reset(args: dict) -> dict:
     sh(["systemctl", "daemon-reload"])
     sh(["systemctl", "reset-failed"], check=False)
     sh(["systemctl", "stop", "podman.service"], check=False)
-    sh(["rm", "-rf", "/run/podvm-bootstrap", "/run/peerpod", "/run/kata-containers", "/run/confidential-containers"])
+    sh(["rm", "-rf", "/run/podvm-bootstrap", "/run/peerpod", "/run/kata-containers", "/run/confidential-containers",
+        "/run/attestation-agent"])
     left = sh(["podman", "ps", "--all", "--quiet"]).stdout.split()
     if left:
         raise DriverError(f"containers left after reset: {left}")

@@ -3,8 +3,10 @@
 overrides the forwarder's image with a signed release, with a baked `tee:`
 that picks the attestation agent's variant, and show what an operator looks
 at, and the measured launch: a software TPM (swtpm) on 127.0.0.1 serves as
-the VM's TPM; `plan --json` predicts PCR 23 before boot, and the VM's event
-log replays to the value tpm2_pcrread reads afterwards. Then ask for an
+the VM's TPM; `plan --json` predicts PCR 8 (the initdata, here the
+adaptor's placeholder) and PCR 23 (the launch set) before boot, tpm2_pcrread
+reads both afterwards, and the records in the attestation agent's event log
+replay to PCR 23. Then ask for an
 unsigned image and show it refused (the verified default runs instead).
 
 The components are the test bed's STAND-INS (tests/standins), served under
@@ -62,6 +64,15 @@ def baked(image, path: str) -> dict:
         if f.exists():
             return yaml.safe_load(f.read_text()) or {}
     raise SystemExit(f"demo: {path} is not in the image")
+
+
+def reordered(data: bytes) -> bytes:
+    """The records file with its first two records swapped (a forged copy)."""
+    from podvm_bootstrap.tcg_log import parse_records
+
+    starts = [r.offset for r in parse_records(data).records] + [len(data)]
+    first, second = data[starts[0]:starts[1]], data[starts[1]:starts[2]]
+    return second + first + data[starts[2]:]
 
 
 def measured_config(image, workroot: Path, tcti: str) -> tuple[Path, str]:
@@ -132,11 +143,15 @@ def main() -> int:
             banner("sample user-data (untrusted; the forwarder's image overridden by digest, a signed release)")
             print(userdata.rstrip())
             config, bootstrap = measured_config(image, workroot, tpm.tcti)
-            banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 23")
+            banner("measured launch, before boot: `podvm-bootstrap plan --json` predicts PCR 8 and PCR 23")
             predicted = predict(config, workroot, userdata)
             print(f"TPM: swtpm on 127.0.0.1 (measure.tpm: {tpm.tcti}); PCR 23 now {tpm.pcrread(23).hex()}")
-            print("predicted event log:\n  " + "\n  ".join(predicted["events"]))
+            print("predicted launch records (their events; each a TCG2 EV_EVENT_TAG record on PCR 23):\n  "
+                  + "\n  ".join(predicted["events"]))
             print(f"predicted PCR 23: {predicted['expected']}")
+            initdata = predicted["initdata"]
+            print(f"predicted PCR {initdata['pcr']}: {initdata['expected']} (the initdata {initdata['digest']} "
+                  "bound: the user-data carries none, so the cloud-api-adaptor's placeholder)")
             banner("booting the pod VM (systemd-nspawn)")
             banner(f"baked for this demo: tee: {DEMO_TEE} (bootstrap.yaml; user-data cannot choose it)")
             vm = boot(image, workroot / "vm", name="podvm-demo", userdata=userdata, registry=registry,
@@ -166,17 +181,21 @@ def main() -> int:
                      "podman exec agent-protocol-forwarder standin probe tcp 127.0.0.1:15150")
                 show(vm, "podvm-bootstrap verify (digests and signatures, in local storage)",
                      "podvm-bootstrap verify")
-                banner("measured launch: PCR 23 read on the host with tpm2_pcrread")
+                banner("measured launch: PCR 8 and PCR 23 read on the host with tpm2_pcrread")
                 pcr = tpm.pcrread(23).hex()
                 print(f"PCR 23 = sha256:{pcr} ({'as' if 'sha256:' + pcr == predicted['expected'] else 'NOT as'}"
-                      " plan --json predicted before boot)")
-                show(vm, "the event log in the VM", "cat /run/podvm-bootstrap/eventlog")
-                show(vm, "its replay against the TPM's value (what a verifier runs)",
+                      " plan --json predicted before boot: the launch set)")
+                pcr8 = tpm.pcrread(initdata["pcr"]).hex()
+                print(f"PCR {initdata['pcr']} = sha256:{pcr8} "
+                      f"({'as' if 'sha256:' + pcr8 == initdata['expected'] else 'NOT as'} plan --json predicted "
+                      "before boot: the initdata)")
+                show(vm, "the records in the attestation agent's event log, replayed against the TPM's PCR 23 "
+                         "(what a verifier runs)",
                      f"podvm-bootstrap measurements --expect-pcr {pcr}; echo \"exit $?\"")
-                show(vm, "a reordered copy (lines 2 and 3 swapped) does not replay to it",
-                     "awk 'NR==2{l=$0;next} NR==3{print;print l;next} {print}' /run/podvm-bootstrap/eventlog"
-                     f" > /tmp/reordered; podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
-                     " > /tmp/out; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
+                vm.write_file("/tmp/reordered", reordered(vm.read_file("/run/attestation-agent/eventlog")))
+                show(vm, "a reordered copy (records 1 and 2 swapped) does not replay to it",
+                     f"podvm-bootstrap measurements --log /tmp/reordered --expect-pcr {pcr}"
+                     " > /tmp/out 2>&1; rc=$?; tail -2 /tmp/out; echo \"exit $rc\"")
 
                 shut_down(vm)
             finally:

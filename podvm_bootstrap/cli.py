@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("verify", "verify", "check every planned image in local storage against its digest")
 
     p = command("measurements", "measurements", "replay the measured launch's event log (no TPM needed)")
-    p.add_argument("--log", metavar="FILE", help="the event log (/run/podvm-bootstrap/eventlog)")
-    p.add_argument("--expect-pcr", metavar="HEX", help="exit 0 when the replay gives this PCR value, 1 when not")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--log", metavar="FILE",
+                   help="the records file (measure.eventlog) or a whole attester log (TCG2, with its header)")
+    p.add_argument("--expect-pcr", metavar="[INDEX=]HEX", action="append", default=[],
+                   help="repeatable: exit 0 when every register replays to its value (a bare HEX is measure.pcr) "
+                        "and the launch is complete, 1 when not")
+    p.add_argument("--json", action="store_true", help="Trustee's uefi_event_logs claims, registers, launch set")
     return parser
 
 

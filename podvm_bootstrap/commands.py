@@ -46,12 +46,10 @@ def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
     except UserDataError as exc:
         print(f"podvm-bootstrap: error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    if raw is None:
-        return EXIT_OK
     from podvm_bootstrap.cloudconfig import parse_userdata
 
-    userdata = parse_userdata(raw)
-    for problem in userdata.problems:
+    userdata = parse_userdata(raw) if raw is not None else None
+    for problem in userdata.problems if userdata is not None else ():
         print(f"podvm-bootstrap: error: user-data: {problem}", file=sys.stderr)
     for result in stages.provision(paths, settings, userdata):
         print(result.line())
@@ -67,11 +65,24 @@ def cmd_plan(args: argparse.Namespace, paths: Paths) -> int:
     boot_plan = stages.plan(paths, _source(args))
     plan = boot_plan.plan
     measurement = predicted_measurement(plan, boot_plan.settings.measure.pcr)
+    measurement["initdata"] = predicted_initdata(boot_plan)
     if args.json:
         print(json.dumps({**plan.to_json(), "measurement": measurement}, indent=2))
     else:
         print(format_table(plan), end="")
     return EXIT_POLICY if plan.refused else EXIT_OK
+
+
+def predicted_initdata(boot_plan: stages.BootPlan) -> dict[str, object] | None:
+    """What binding this user-data's initdata (or the placeholder) gives the initdata PCR."""
+    from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE
+    from podvm_bootstrap.initdata_binding import predicted
+    from podvm_bootstrap.provision import initdata_entry
+
+    settings = boot_plan.settings
+    files = boot_plan.userdata.write_files if boot_plan.userdata is not None else ()
+    return predicted(settings.measure.initdata_pcr, initdata_entry(files, settings.provision.allowed_paths),
+                     MAX_FILE_SIZE)
 
 
 def cmd_render(args: argparse.Namespace, paths: Paths) -> int:
@@ -133,7 +144,8 @@ def cmd_verify(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_measurements(args: argparse.Namespace, paths: Paths) -> int:
-    from podvm_bootstrap.measurements import DEFAULT_LOG, show_measurements
+    from podvm_bootstrap.measurements import show_measurements
 
-    path = Path(args.log) if args.log else paths.state_dir / DEFAULT_LOG
-    return show_measurements(path, args.expect_pcr, as_json=args.json)
+    measure = load_settings(paths.bootstrap_yaml).measure
+    path = Path(args.log) if args.log else paths.rooted(measure.eventlog)
+    return show_measurements(path, args.expect_pcr, measure.pcr, as_json=args.json)

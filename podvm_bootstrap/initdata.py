@@ -12,10 +12,20 @@
 Its digest is the named hash of the decompressed TOML bytes, as hex. Keys of
 [data] other than the three known files are ignored (nothing here consumes
 them, and a name from user-data never becomes a file name).
+
+When the user-data carries no initdata, the cloud-api-adaptor's
+process-user-data writes a placeholder (PLACEHOLDER_TOML, byte for byte), so
+its digest is one a relying party knows. That digest is bound into a TPM PCR
+(sha256 bank) as the 32 bytes Trustee's vTPM verifiers compare: a sha384 or
+sha512 digest is cut to its first 32 bytes (the adaptor's image extends
+`8:sha256=$(head -c64 initdata.digest)`), and the register then reads
+sha256(0^32 || those 32 bytes).
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -29,6 +39,11 @@ DATA_FILES = ("aa.toml", "cdh.toml", "policy.rego")
 DIGEST_FILE = "initdata.digest"
 # Every file extract() may produce, all beside the initdata file.
 DERIVED_FILES = (*DATA_FILES, DIGEST_FILE)
+
+# cloud-api-adaptor src/cloud-api-adaptor/pkg/userdata/provision.go,
+# generateDummyInitdata: its Go raw string, byte for byte (no final newline).
+PLACEHOLDER_TOML = b'algorithm = "sha256"\nversion = "0.1.0"\n\n[data]\n"aa.toml" = \'\'\'\n\'\'\''
+BOUND_SIZE = 32   # bytes of the digest extended into the sha256 bank
 
 
 class InitdataError(UserDataError):
@@ -100,3 +115,24 @@ def extract(blob: bytes, max_size: int) -> dict[str, bytes]:
     ``initdata.digest`` (the hex digest, no trailing newline)."""
     parsed = parse_initdata(blob, max_size)
     return {**parsed.files, DIGEST_FILE: parsed.digest_hex.encode("ascii")}
+
+
+def placeholder_blob() -> bytes:
+    """The placeholder as the initdata file holds it: base64 of gzip (no
+    timestamp: the same bytes every boot)."""
+    return base64.b64encode(gzip.compress(PLACEHOLDER_TOML, mtime=0))
+
+
+def bound_digest(digest_hex: str) -> bytes:
+    """The 32 bytes of an initdata digest (hex, as initdata.digest holds it)
+    that are extended into the sha256 bank: a longer digest's first 32.
+    ValueError when it is not the hex of a sha256, sha384 or sha512 digest."""
+    text = digest_hex.strip()
+    if len(text) not in (64, 96, 128) or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ValueError("not the hex of a sha256, sha384 or sha512 digest")
+    return bytes.fromhex(text)[:BOUND_SIZE]
+
+
+def bound_value(digest: bytes) -> bytes:
+    """The register's value after the one extend from zero: sha256(0^32 || digest)."""
+    return hashlib.sha256(bytes(BOUND_SIZE) + digest).digest()

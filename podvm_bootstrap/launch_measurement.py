@@ -1,17 +1,31 @@
-"""The measured launch step of `run`: before the first component starts, the
-launch set (which image, by digest, runs as each component) is written to
-`<state-dir>/eventlog` (AAEL, podvm_bootstrap.eventlog) and extended into the
-TPM PCR `measure.pcr`, line by line.
+"""The measured launch step of `run` (README "Measured launch"). Before the
+first component starts:
 
-Each line is appended and fsynced before it is extended, so the log never
-says less than the PCR holds (after a crash it may say one line more: the next
-daemon extends that line and goes on). The log belongs to one boot (its boot
-id is kept beside it): a daemon restarted in the same boot finds it, checks
-it against the PCR (which the attestation agent's own log may have extended
-further since), and never measures again: nothing is extended after
-LaunchComplete. With a TPM, a component whose digest is not in this boot's
-log does not start. Without a TPM (`measure.tpm: none`, or `auto` and no
-device) the log is still written and the launch is reported unmeasured."""
+1. the initdata digest of this boot is bound into `measure.initdata_pcr`
+   (initdata_binding);
+2. the launch set is recorded: one TCG2 record per component that will run,
+   then LaunchComplete (eventlog), each appended to `measure.eventlog` (the
+   attestation agent's own log file, /run/attestation-agent/eventlog) and
+   fsynced, then extended into `measure.pcr`. The register must read zero
+   before the first record.
+
+A record is durable before it is extended, so the file never says less than
+the register holds; after a crash it may say one record more (or hold a torn
+last record, never extended): the next daemon of the boot cuts what is torn,
+extends what was written and goes on. The file is the agent's too: once the
+launch is complete the agent appends its own records after ours.
+
+Which boot a file belongs to: /run is a tmpfs, so a pod VM starts every boot
+without one; but a tree given with --root, or a test bed's VM, may keep /run.
+The boot id (/proc/sys/kernel/random/boot_id) is written beside the daemon's
+state before a new file is begun: a file without this boot's id is another
+boot's and is replaced. A daemon restarted in the same boot finds this boot's
+file, replays its records for `measure.pcr` (the agent's later records
+included) against the register, finds LaunchComplete and never measures
+again; a component whose planned digest this boot's records do not hold does
+not start. Without a TPM (`measure.tpm: none`, or `auto` and no device) the
+records are still written, nothing is extended, and the launch is reported
+unmeasured."""
 
 from __future__ import annotations
 
@@ -22,35 +36,33 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from podvm_bootstrap import initdata_binding
 from podvm_bootstrap.errors import BootstrapError
-from podvm_bootstrap.eventlog import (
-    MAX_LOG_BYTES,
-    ZERO,
-    LaunchEntry,
-    MalformedLog,
-    ParsedLog,
-    aael_states,
-    format_value,
-    launch_lines,
-    launch_order,
-    line_digest,
-    parse_log,
-    predict,
-)
+from podvm_bootstrap.eventlog import ZERO, Prediction, format_value, launch_order, predict
 from podvm_bootstrap.fsutil import atomic_write, read_regular_file
+from podvm_bootstrap.launch_set import LAUNCH_COMPLETE, LaunchedComponent, LaunchSet, read_launch
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.model import Plan, PlannedComponent
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import Settings
+from podvm_bootstrap.tcg_log import (
+    DOMAIN,
+    MAX_LOG_BYTES,
+    EventLog,
+    MalformedLog,
+    Record,
+    event_digest,
+    parse_records,
+    replay,
+)
 from podvm_bootstrap.tpm import Tpm, TpmError, TpmSetting, parse_tpm_setting, resolve_tpm
 
 log = get_logger("measure")
 
-EVENTLOG = "eventlog"
-BOOT_ID_FILE = "eventlog.boot_id"   # the boot the log belongs to, written before it
+BOOT_ID_FILE = "eventlog.boot_id"   # in the state dir: the boot the event log was begun in
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-AA_EVENTLOG = "/run/attestation-agent/eventlog"
-TPM_DEADLINE = 30.0                # bound on one measurement's TPM commands and writes
+AGENT_WAL = ".wal_event_entry"      # beside the log: the agent's record extended but not yet written
+TPM_DEADLINE = 30.0                 # bound on one measurement's TPM commands and writes
 
 Refuse = Callable[[str, str], None]
 
@@ -59,19 +71,24 @@ class MeasurementError(BootstrapError):
     """The launch could not be measured with the TPM configured: nothing starts."""
 
 
-def launch_entries(components: Iterable[PlannedComponent]) -> list[LaunchEntry]:
-    """The launch entries of planned components whose image is pinned."""
-    return [LaunchEntry(p.name, p.image.pinned, p.digest, p.source) for p in components if p.digest is not None]
+def launch_entries(components: Iterable[PlannedComponent]) -> list[LaunchedComponent]:
+    """The launch entries of planned components whose image is pinned; an
+    override says who asked for it."""
+    return [LaunchedComponent(p.name, p.digest, p.image.pinned, p.source,
+                              p.override.requested_by if p.source == "override" and p.override else None)
+            for p in components if p.digest is not None]
 
 
 def predicted_measurement(plan: Plan, pcr: int) -> dict[str, Any]:
-    """`plan --json`'s `measurement`: the log lines the plan produces from an
-    all-zero register and the PCR value they give. With an image given by tag
-    (mutable_tags) the digest is only known at pull: no prediction then."""
+    """`plan --json`'s `measurement` (but `initdata`): the records the plan
+    produces, their events' text, and the register's value from zero. With an
+    image given by tag (mutable_tags) the digest is only known at pull: no
+    prediction then."""
     if any(p.digest is None for p in plan.components):
-        return {"pcr": pcr, "events": [], "expected": None}
-    lines, value = predict(launch_order(launch_entries(plan.components), plan.start_order))
-    return {"pcr": pcr, "events": lines, "expected": format_value(value)}
+        return {"pcr": pcr, "events": [], "records": [], "expected": None}
+    prediction = predict(pcr, launch_order(launch_entries(plan.components), plan.start_order))
+    return {"pcr": pcr, "events": list(prediction.texts), "records": [r.hex() for r in prediction.records],
+            "expected": format_value(prediction.value)}
 
 
 def read_boot_id(root: Path) -> str:
@@ -83,11 +100,11 @@ def read_boot_id(root: Path) -> str:
 
 def measure_launch(paths: Paths, settings: Settings, start_order: Sequence[Sequence[str]],
                    runnable: Iterable[PlannedComponent], refuse: Refuse) -> dict[str, Any]:
-    """Measure the launch set of this boot, or check the one measured earlier
-    in it. Returns the record kept in state.json (`status` reads it). Calls
-    refuse(component, reason) for a component that must not start. Raises
-    MeasurementError when a TPM is configured and the launch cannot be
-    measured: no component may start then."""
+    """Bind the initdata and measure the launch set of this boot, or check the
+    ones done earlier in it. Returns the record kept in state.json (`status`
+    reads it). Calls refuse(component, reason) for a component that must not
+    start. Raises MeasurementError when a TPM is configured and the launch
+    cannot be measured or confirmed: no component may start then."""
     started = time.perf_counter()
     step = _Step(paths, settings, list(runnable), start_order, refuse)
     record = _bounded(step.run, TPM_DEADLINE, step.describe_tpm())
@@ -122,12 +139,14 @@ class _Step:
                  start_order: Sequence[Sequence[str]], refuse: Refuse) -> None:
         self.paths = paths
         self.pcr = settings.measure.pcr
+        self.initdata_pcr = settings.measure.initdata_pcr
         self.setting = parse_tpm_setting(settings.measure.tpm)
         self.tpm: TpmSetting | None = resolve_tpm(self.setting, paths.root)
         self.entries = launch_order(launch_entries(runnable), start_order)
+        self.prediction: Prediction = predict(self.pcr, self.entries)
         self.unpinned = [p.name for p in runnable if p.digest is None]
         self.refuse = refuse
-        self.log_path = paths.state_dir / EVENTLOG
+        self.log_path = paths.rooted(settings.measure.eventlog)
         self.boot_path = paths.state_dir / BOOT_ID_FILE
         self.boot_id = read_boot_id(paths.root)
         self.tpm_times = ""   # how long opening the TPM took, for the step's timing line
@@ -142,177 +161,243 @@ class _Step:
         return "none" if self.setting.kind == "none" else f"none (auto: no {self.paths.rooted('/dev/tpmrm0')})"
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except OSError as exc:   # the file or its directory: unwritable, full, a symlink planted at the name
+            raise MeasurementError(f"measured launch failed, nothing started: cannot write the event log "
+                                   f"{self.log_path}: {exc.strerror or exc}") from None
+
+    def _run(self) -> dict[str, Any]:
         for name in self.unpinned:  # cannot happen after the image stage; never start one unmeasured
             self.refuse(name, "measured launch: its image has no digest")
-        existing = self._this_boots_log()
-        if existing is not None and existing.complete:
-            return self._check_earlier(existing)
-        return self._measure(existing)
-
-    # --- the log of this boot ------------------------------------------------
-
-    def _this_boots_log(self) -> ParsedLog | None:
-        """This boot's log, or None when there is none yet (a log of another
-        boot is removed). A log of this boot that is not a launch log: with a
-        TPM that is an error, without one it is written again."""
-        try:
-            same_boot = read_regular_file(self.boot_path, 128).decode("ascii", "replace").strip() == self.boot_id
-            data = read_regular_file(self.log_path, MAX_LOG_BYTES + 1)
-        except FileNotFoundError:
-            return None
-        if not same_boot:
-            log.info("event log %s is from another boot: starting a new one", self.log_path)
-            return None
-        if not data:
-            return None  # created, nothing durable in it yet: nothing was extended
-        try:
-            return parse_log(data, str(self.log_path))
-        except MalformedLog as exc:
-            if self.tpm is not None:
-                raise MeasurementError(f"measured launch: this boot's event log is unusable ({exc}); "
-                                       "nothing started") from None
-            log.warning("this boot's event log is unusable (%s); writing it again (not measured anyway)", exc)
-            return None
-
-    # --- first measurement (or its continuation after a crash) -----------------
-
-    def _measure(self, partial: ParsedLog | None) -> dict[str, Any]:
+        digest, initdata = self._initdata_digest()
+        data = self._this_boots_log()
+        written = self._written_prefix(data)
         if self.tpm is None:
-            lines = launch_lines(ZERO, self.entries)
-            self._start_log()
-            self._append(lines)
-            log.warning("launch NOT measured (measure.tpm: %s): event log %s written, %d components",
-                        self.describe_tpm(), self.log_path, len(self.entries))
-            return self._record(self._parsed(lines), measured=False)
+            record = self._unmeasured(data, written)
+            if initdata is not None and digest is not None:
+                log.warning("initdata NOT bound (measure.tpm: %s): %s", self.describe_tpm(), initdata["digest"])
+            return {**record, "initdata": initdata}
         try:
             with Tpm(self.tpm) as tpm:
                 self._opened(tpm)
-                if partial is None:
-                    self._start_log()
-                    lines = launch_lines(tpm.read(self.pcr), self.entries)
-                    done = 0
+                if initdata is not None and digest is not None:
+                    assert self.initdata_pcr is not None
+                    extended = initdata_binding.bind(tpm, self.initdata_pcr, digest)
+                    log.info("initdata %s %s PCR %d: %s", initdata["digest"],
+                             "bound into" if extended else "already bound in", self.initdata_pcr,
+                             initdata["expected"])
+                    initdata = {**initdata, "bound": True}
+                if written is not None:
+                    record = self._measure(tpm, written)
                 else:
-                    lines, done = self._resume(tpm, partial)
-                for line in lines[done:]:
-                    self._append([line])                      # durable first ...
-                    tpm.extend(self.pcr, line_digest(line))  # ... then extended
-                value = tpm.read(self.pcr)
+                    assert data is not None
+                    record = self._confirm(tpm, data)
+        except initdata_binding.BindingRefused as exc:
+            raise MeasurementError(f"initdata binding failed, nothing started: {exc}") from None
         except TpmError as exc:
             raise MeasurementError(f"measured launch failed, nothing started: {exc}") from None
-        written = self._parsed(lines)
-        if value != written.value:
-            raise MeasurementError(f"measured launch: PCR {self.pcr} reads {format_value(value)} after the launch, "
-                                   f"the log gives {format_value(written.value)} (something else extended it); "
-                                   "nothing started")
-        log.info("launch measured into PCR %d of TPM %s: %d components, %s", self.pcr, self.tpm,
-                 len(self.entries), format_value(value))
-        return self._record(written, measured=True)
+        return {**record, "initdata": initdata}
 
-    def _resume(self, tpm: Tpm, partial: ParsedLog) -> tuple[list[str], int]:
-        """An earlier daemon of this boot stopped mid-measurement: go on when its
-        lines are the start of this launch's and the PCR holds them (or all but
-        the last, which it had written but not extended yet)."""
-        lines = launch_lines(partial.init, self.entries)
-        done = len(partial.lines)
-        if list(partial.lines) != lines[:done]:
-            raise MeasurementError("measured launch: this boot's unfinished event log was begun for another launch "
-                                   "set; nothing started")
-        states = partial.states()
-        value = tpm.read(self.pcr)
-        if value == states[-1]:
-            log.info("resuming the measurement of this boot after line %d", done)
-            return lines, done
-        before_last = states[-2] if done > 1 else partial.init
-        if value == before_last:
-            tpm.extend(self.pcr, line_digest(lines[done - 1]))
-            log.info("resuming the measurement of this boot: line %d had been written, not extended", done)
-            return lines, done
-        raise MeasurementError(f"measured launch: PCR {self.pcr} ({format_value(value)}) does not match this boot's "
-                               "unfinished event log; nothing started")
+    # --- initdata -------------------------------------------------------------
+
+    def _initdata_digest(self) -> tuple[str | None, dict[str, Any] | None]:
+        """This boot's initdata digest (hex) and its record for state.json. An
+        initdata without a usable digest is one error line (the owner's
+        initdata could not be read; the register stays zero, which no relying
+        party accepts) and the boot goes on."""
+        if self.initdata_pcr is None:
+            return None, None
+        try:
+            digest = initdata_binding.read_digest(self.paths.rooted(initdata_binding.DIGEST_PATH))
+        except ValueError as exc:
+            log.error("initdata NOT bound into PCR %d: %s", self.initdata_pcr, exc)
+            return None, {"pcr": self.initdata_pcr, "digest": None, "expected": None, "bound": False,
+                          "error": str(exc)}
+        return digest, {**initdata_binding.describe(self.initdata_pcr, digest), "bound": False, "error": None}
+
+    # --- the file of this boot --------------------------------------------------
+
+    def _this_boots_log(self) -> bytes | None:
+        """The bytes of this boot's event log; None when there is none yet
+        (another boot's file is replaced when the launch is written)."""
+        try:
+            same_boot = read_regular_file(self.boot_path, 128).decode("ascii", "replace").strip() == self.boot_id
+            if not same_boot:
+                log.info("event log %s is not this boot's: starting a new one", self.log_path)
+                return None
+            return read_regular_file(self.log_path, MAX_LOG_BYTES + 1, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise MeasurementError(f"measured launch: cannot read this boot's event log {self.log_path}: "
+                                   f"{exc.strerror or exc}; nothing started") from None
+
+    def _written_prefix(self, data: bytes | None) -> int | None:
+        """How many of the predicted records this boot's file holds when it
+        holds nothing else (a launch to begin, or to finish after a crash);
+        None when it holds anything more or else (a finished launch, which the
+        agent may have continued: parsed and checked). A torn record at the
+        end (cut by a crash before its fsync, so never extended) is cut off."""
+        if data is None:
+            return 0
+        whole = b"".join(self.prediction.records)
+        if len(data) >= len(whole) or not whole.startswith(data):
+            return None
+        boundaries = self._boundaries()
+        at = max(b for b in boundaries if b <= len(data))
+        if at < len(data):
+            log.warning("event log %s ends with a torn record (%d bytes, never extended): cut", self.log_path,
+                        len(data) - at)
+            os.truncate(self.log_path, at)
+        return boundaries.index(at)
+
+    def _boundaries(self) -> list[int]:
+        """The byte offsets where the predicted records start and end."""
+        offsets, at = [0], 0
+        for record in self.prediction.records:
+            at += len(record)
+            offsets.append(at)
+        return offsets
 
     def _start_log(self) -> None:
-        """A new log for this boot: the old one (another boot's) goes first, then
-        the boot id is made durable, then the empty log is created."""
+        """A new log for this boot: another boot's goes first, then this boot's
+        id is made durable, then the empty log is created."""
+        self.log_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.unlink(missing_ok=True)
         atomic_write(self.boot_path, (self.boot_id + "\n").encode(), 0o644)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         os.close(fd)
 
-    def _append(self, lines: Sequence[str]) -> None:
-        """Append lines and fsync: a line is durable before it is extended."""
+    def _append(self, record: bytes) -> None:
+        """Append a record (or records) and fsync: durable before it is extended."""
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            data = "".join(line + "\n" for line in lines).encode()
-            while data:
-                data = data[os.write(fd, data):]
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
 
+    # --- first measurement (or its continuation after a crash) -----------------
+
+    def _measure(self, tpm: Tpm, done: int) -> dict[str, Any]:
+        p = self.prediction
+        value = tpm.read(self.pcr)
+        if done == 0:
+            if value != ZERO:
+                raise MeasurementError(f"measured launch: PCR {self.pcr} reads {format_value(value)} before the "
+                                       "first record of this boot, not zero; nothing started")
+            self._start_log()
+        elif value == p.values[done - 1]:
+            log.info("resuming the measurement of this boot after record %d", done)
+        elif value == (p.values[done - 2] if done > 1 else ZERO):
+            tpm.extend(self.pcr, event_digest(p.texts[done - 1]))
+            log.info("resuming the measurement of this boot: record %d had been written, not extended", done)
+        else:
+            raise MeasurementError(f"measured launch: PCR {self.pcr} ({format_value(value)}) does not match this "
+                                   f"boot's unfinished event log ({done} records); nothing started")
+        for record, text in zip(p.records[done:], p.texts[done:], strict=True):
+            self._append(record)                          # durable first ...
+            tpm.extend(self.pcr, event_digest(text))      # ... then extended
+        value = tpm.read(self.pcr)
+        if value != p.value:
+            raise MeasurementError(f"measured launch: PCR {self.pcr} reads {format_value(value)} after the launch, "
+                                   f"the records give {format_value(p.value)} (something else extended it); "
+                                   "nothing started")
+        log.info("launch measured into PCR %d of TPM %s: %d components, %s", self.pcr, self.tpm,
+                 len(self.entries), format_value(value))
+        return self._record({e.component: e.digest for e in self.entries}, p.value, measured=True)
+
+    def _unmeasured(self, data: bytes | None, written: int | None) -> dict[str, Any]:
+        """No TPM: the records are written all the same (once per boot)."""
+        if written is None and data is not None:
+            try:
+                launch, _ = self._read(data)
+                self._check_digests(launch)
+                return self._record({c.component: c.digest for c in launch.components},
+                                    predict(self.pcr, launch.components).value, measured=False)
+            except MeasurementError as exc:
+                log.warning("%s; writing it again (not measured anyway)", exc)
+        self._start_log()
+        self._append(b"".join(self.prediction.records))   # nothing to extend: one write, one fsync
+        log.warning("launch NOT measured (measure.tpm: %s): %d records written to %s", self.describe_tpm(),
+                    len(self.prediction.records), self.log_path)
+        return self._record({e.component: e.digest for e in self.entries}, self.prediction.value, measured=False)
+
     # --- a daemon restarted in the same boot -------------------------------------
 
-    def _check_earlier(self, earlier: ParsedLog) -> dict[str, Any]:
-        """The launch of this boot is measured already: never extend again.
-        Check the PCR against the log (and the attestation agent's log that
-        continues it); with a TPM, refuse what the log does not name."""
-        measured_digests = {e.component: e.digest for e in earlier.launched}
-        for entry in self.entries:
-            if measured_digests.get(entry.component) != entry.digest:
-                reason = (f"{entry.image} is not in this boot's measured launch set "
-                          f"({measured_digests.get(entry.component) or 'component not launched'}); "
-                          "a new launch set needs a reboot")
-                if self.tpm is not None:
-                    self.refuse(entry.component, reason)
-                log.warning("%s: %s", entry.component, reason)
-        error = None
-        if self.tpm is not None:
-            try:
-                with Tpm(self.tpm) as tpm:
-                    self._opened(tpm)
-                    error = self._consistency(tpm, earlier)
-            except TpmError as exc:
-                error = str(exc)
-            if error is not None:
-                log.error("measured launch of this boot cannot be confirmed: %s", error)
-            else:
-                log.info("launch of this boot already measured (%s); not measuring again", format_value(earlier.value))
-        return self._record(earlier, measured=self.tpm is not None and error is None, error=error)
-
-    def _consistency(self, tpm: Tpm, earlier: ParsedLog) -> str | None:
-        states = earlier.states()
-        value = tpm.read(self.pcr)
-        if value == states[-1]:
-            return None
-        if value == states[-2]:  # LaunchComplete was written, not extended, when the last daemon died
-            tpm.extend(self.pcr, line_digest(earlier.lines[-1]))
-            return None
-        if self._continued_by_attestation_agent(states[-1], value):
-            return None
-        return (f"PCR {self.pcr} reads {format_value(value)}; the event log gives {format_value(states[-1])} "
-                f"and no attestation agent log continues it")
-
-    def _continued_by_attestation_agent(self, ours: bytes, value: bytes) -> bool:
-        """The attestation agent extends the same PCR with its own AAEL log,
-        whose INIT line starts from the value ours ends with."""
+    def _read(self, data: bytes) -> tuple[LaunchSet, EventLog]:
         try:
-            init, states = aael_states(read_regular_file(self.paths.rooted(AA_EVENTLOG), MAX_LOG_BYTES + 1))
-        except (OSError, ValueError):
+            parsed = parse_records(data, str(self.log_path))
+            launch = read_launch(parsed, self.pcr, str(self.log_path))
+        except MalformedLog as exc:
+            raise MeasurementError(f"measured launch: this boot's event log is unusable ({exc})") from None
+        if not launch.complete:
+            raise MeasurementError(f"measured launch: this boot's event log {self.log_path} holds an unfinished "
+                                   "launch of another launch set")
+        return launch, parsed
+
+    def _confirm(self, tpm: Tpm, data: bytes) -> dict[str, Any]:
+        """The launch of this boot is recorded already: never measure again.
+        The register must hold what the file's records for it give (ours,
+        then the agent's); with a TPM, nothing starts otherwise."""
+        try:
+            launch, parsed = self._read(data)
+        except MeasurementError as exc:
+            raise MeasurementError(f"{exc}; nothing started") from None
+        self._check_digests(launch)
+        value = tpm.read(self.pcr)
+        records = [r for r in parsed.records if r.register == self.pcr]
+        if value != replay(records, self.pcr):
+            last = records[-1]
+            if _is_launch_complete(last) and value == replay(records[:-1], self.pcr):
+                # LaunchComplete was written, not extended, when the last daemon ended
+                tpm.extend(self.pcr, last.digests[0].value)
+                log.info("the last daemon of this boot wrote LaunchComplete, did not extend it: extended")
+            elif not self._agent_extending(value):
+                raise MeasurementError(f"measured launch: PCR {self.pcr} reads {format_value(value)}; this boot's "
+                                       f"event log gives {format_value(replay(records, self.pcr))}; nothing started")
+        launch_value = predict(self.pcr, launch.components).value
+        log.info("launch of this boot already measured (%s); not measuring again", format_value(launch_value))
+        return self._record({c.component: c.digest for c in launch.components}, launch_value, measured=True)
+
+    def _agent_extending(self, value: bytes) -> bool:
+        """The attestation agent extends a record before it writes it, and keeps
+        the register's value it expects in its write-ahead file meanwhile
+        (guest-components eventlog/mod.rs: u64 offset, then that value)."""
+        try:
+            wal = read_regular_file(self.log_path.parent / AGENT_WAL, 8 + 64 + 4096, follow_symlinks=False)
+        except OSError:
             return False
-        return init == ours and value in states[-2:]
+        return wal[8:8 + len(value)] == value
 
-    def _parsed(self, lines: list[str]) -> ParsedLog:
-        """The lines just written, read back as a verifier reads the file (once
-        per measurement: a self-check, and what the record is made of)."""
-        return parse_log(("\n".join(lines) + "\n").encode(), str(self.log_path))
+    def _check_digests(self, launch: LaunchSet) -> None:
+        """A component whose planned digest this boot's records do not hold does not start."""
+        recorded = launch.by_name()
+        for entry in self.entries:
+            earlier = recorded.get(entry.component)
+            if earlier is None or earlier.digest != entry.digest:
+                reason = (f"{entry.image} is not in this boot's measured launch set "
+                          f"({earlier.digest if earlier else 'component not launched'}); "
+                          "a new launch set needs a reboot")
+                self.refuse(entry.component, reason)
+                log.warning("%s: %s", entry.component, reason)
 
-    def _record(self, parsed: ParsedLog, *, measured: bool, error: str | None = None) -> dict[str, Any]:
+    def _record(self, components: dict[str, str], value: bytes, *, measured: bool) -> dict[str, Any]:
         return {
             "eventlog": str(self.log_path),
             "tpm": self.describe_tpm(),
             "pcr": self.pcr,
             "measured": measured,
-            "value": format_value(parsed.value),
-            "components": {e.component: e.digest for e in parsed.launched},
-            "error": error,
+            "value": format_value(value),
+            "components": components,
+            "error": None,
         }
+
+
+def _is_launch_complete(record: Record) -> bool:
+    text = record.aael
+    return text is not None and text.startswith(f"{DOMAIN} {LAUNCH_COMPLETE} ")

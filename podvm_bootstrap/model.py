@@ -195,6 +195,7 @@ class OverrideDecision:
     requested: str
     accepted: bool
     reason: str
+    requested_by: str = "user-data"
 
 
 @dataclass(frozen=True)

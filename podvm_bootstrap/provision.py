@@ -24,6 +24,12 @@ Rules (DESIGN.md "User-data"):
   write_files entry (initdata is what attestation covers, so it wins over a
   write_files entry for the same file). An invalid initdata is one line; the
   initdata file itself stays written and a stale initdata.digest is removed.
+- When the user-data carries no initdata (no write_files entry for it that
+  the allow-list accepts), the cloud-api-adaptor's placeholder initdata is
+  written in its place and extracted (initdata.PLACEHOLDER_TOML), as the
+  adaptor's process-user-data does: the attestation agent finds an aa.toml,
+  and the digest bound into the TPM is one a relying party knows. Unlike the
+  adaptor, its empty aa.toml does not replace one the write_files wrote.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +93,10 @@ def check_path(path: str, allowed: frozenset[str]) -> str:
     return normalized
 
 
-def provision_files(files: Sequence[WriteFile], allowed_paths: Sequence[str], root: Path) -> list[ProvisionResult]:
+def provision_files(files: Sequence[WriteFile], allowed_paths: Sequence[str], root: Path, *,
+                    placeholder: bool = False) -> list[ProvisionResult]:
+    """Write the entries; with `placeholder` (a boot's provisioning), the
+    adaptor's placeholder initdata when they carry no initdata."""
     allowed = frozenset(allowed_paths)
     results: list[ProvisionResult | None] = [None] * len(files)
     last_for_path: dict[str, int] = {}
@@ -117,10 +126,42 @@ def provision_files(files: Sequence[WriteFile], allowed_paths: Sequence[str], ro
     out = [r for r in results if r is not None]
     if initdata_blob is not None:
         out.extend(_extract_initdata(root, initdata_blob))
+    elif placeholder and initdata_entry(files, allowed_paths) is None:
+        out.extend(_write_placeholder(root, written={targets[i] for i, r in enumerate(results)
+                                                     if r is not None and r.written}))
     return out
 
 
-def _extract_initdata(root: Path, blob: bytes) -> list[ProvisionResult]:
+def _write_placeholder(root: Path, written: Set[str]) -> list[ProvisionResult]:
+    """The adaptor's placeholder initdata and what it derives (its digest, an
+    empty aa.toml), except a file the user-data's write_files wrote: the
+    placeholder configures nothing, and an empty aa.toml must not replace the
+    host's."""
+    blob = initdata.placeholder_blob()
+    placeholder = _write_one(root, INITDATA_PATH, INITDATA_PATH, blob, DEFAULT_MODE)
+    if not placeholder.written:
+        return [placeholder]
+    placeholder.reason += ", the cloud-api-adaptor's placeholder: the user-data carries no initdata"
+    return [placeholder, *_extract_initdata(root, blob, keep=written)]
+
+
+def initdata_entry(files: Sequence[WriteFile], allowed_paths: Sequence[str]) -> bytes | None:
+    """The initdata the user-data carries: the content of the last write_files
+    entry for the initdata file that the allow-list accepts; None when there is
+    none (the placeholder is written then)."""
+    allowed = frozenset(allowed_paths)
+    found = None
+    for wf in files:
+        try:
+            if check_path(wf.path, allowed) == INITDATA_PATH:
+                found = wf.content
+        except _Refused:
+            continue
+    return found
+
+
+def _extract_initdata(root: Path, blob: bytes, keep: Set[str] = frozenset()) -> list[ProvisionResult]:
+    """The initdata's files and digest beside it, except the paths in `keep`."""
     directory = posixpath.dirname(INITDATA_PATH)
     try:
         derived = initdata.extract(blob, MAX_FILE_SIZE)
@@ -129,8 +170,8 @@ def _extract_initdata(root: Path, blob: bytes) -> list[ProvisionResult]:
         return [ProvisionResult(INITDATA_PATH, False, f"files not extracted: {exc}", verb="cannot extract")]
     results = []
     for name in initdata.DERIVED_FILES:  # fixed names only, never one from the blob
-        if name in derived:
-            path = posixpath.join(directory, name)
+        path = posixpath.join(directory, name)
+        if name in derived and path not in keep:
             results.append(_write_one(root, path, path, derived[name], DEFAULT_MODE))
     return results
 

@@ -60,12 +60,20 @@ class RuntimeSettings:
     crash_loop_window: float = 300.0     # ... within this window is a crash loop
 
 
+DEFAULT_EVENTLOG = "/run/attestation-agent/eventlog"   # the attestation agent's own runtime event log
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Measured launch: the TPM (auto | none | a TCTI) and the PCR extended."""
+    """Measured launch: the TPM (auto | none | a TCTI), the PCR the launch set
+    is extended into, the event log its records are appended to (as the pod
+    VM sees it; under --root), and the PCR the initdata digest is bound into
+    (None: not bound)."""
 
     tpm: str = "auto"
     pcr: int = 23
+    eventlog: str = DEFAULT_EVENTLOG
+    initdata_pcr: int | None = 8
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ def _runtime(sec: Section) -> RuntimeSettings:
 def _measure(sec: Section) -> MeasureSettings:
     from podvm_bootstrap.tpm import parse_tpm_setting
 
-    sec.only(("tpm", "pcr"))
+    sec.only(("tpm", "pcr", "eventlog", "initdata_pcr"))
     d = MeasureSettings()
     tpm = sec.string("tpm", d.tpm)
     try:
@@ -178,4 +186,20 @@ def _measure(sec: Section) -> MeasureSettings:
     pcr = sec.integer("pcr", d.pcr)
     if pcr > 23:
         raise sec.error("pcr", f"a PCR index is 0 to 23, got {pcr}")
-    return MeasureSettings(tpm=tpm, pcr=pcr)
+    eventlog = sec.string("eventlog", d.eventlog)
+    if not eventlog.startswith("/") or eventlog.endswith("/") or any(part in ("..", ".")
+                                                                      for part in eventlog.split("/")):
+        raise sec.error("eventlog", f"must be a normalized absolute file path, got {eventlog!r}")
+    initdata_pcr: int | None = d.initdata_pcr
+    if sec.data.get("initdata_pcr") == "none":
+        initdata_pcr = None
+    elif isinstance(sec.data.get("initdata_pcr"), str):
+        raise sec.error("initdata_pcr", f"expected a PCR index (0 to 23) or none, got {sec.data['initdata_pcr']!r}")
+    else:
+        initdata_pcr = sec.integer("initdata_pcr", 8)
+        if initdata_pcr > 23:
+            raise sec.error("initdata_pcr", f"a PCR index is 0 to 23, or none, got {initdata_pcr}")
+        if initdata_pcr == pcr:
+            raise sec.error("initdata_pcr", f"must not be measure.pcr ({pcr}): the launch set's register "
+                                            "must read zero before its first record")
+    return MeasureSettings(tpm=tpm, pcr=pcr, eventlog=eventlog, initdata_pcr=initdata_pcr)

@@ -195,13 +195,15 @@ def fetch(paths: Paths, settings: Settings, source: UserDataSource, child: Child
     return Obtained(raw=raw, userdata=userdata)
 
 
-def provision(paths: Paths, settings: Settings, userdata: UserData) -> list[ProvisionResult]:
+def provision(paths: Paths, settings: Settings, userdata: UserData | None) -> list[ProvisionResult]:
     """Write the user-data's files into the allow-list (under --root): one
     result per entry, written or refused (a refused one is skipped, the rest
-    still written)."""
+    still written); the adaptor's placeholder initdata when the user-data
+    (or its absence) carries none."""
     from podvm_bootstrap.provision import provision_files
 
-    return provision_files(userdata.write_files, settings.provision.allowed_paths, paths.root)
+    files = userdata.write_files if userdata is not None else ()
+    return provision_files(files, settings.provision.allowed_paths, paths.root, placeholder=True)
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def plan(paths: Paths, source: UserDataSource, settings: Settings | None = None,
     policy = load_policy(paths.policy_yaml, paths.root)   # a baked file's error before any wait on the fetch
     obtained = fetch(paths, settings, source, child)
     provisioned: list[ProvisionResult] = []
-    if provision_files and obtained.userdata is not None:
+    if provision_files:
         provisioned = provision(paths, settings, obtained.userdata)
         for result in provisioned:
             (log.info if result.written else log.error)("provision: %s", result.line())

@@ -104,6 +104,18 @@ def measurement_line(measurement: dict[str, Any] | None) -> str:
     return f"measured launch: NOT measured ({why}); event log {measurement.get('eventlog')}"
 
 
+def initdata_line(measurement: dict[str, Any] | None) -> str | None:
+    """The initdata binding of this boot (None: not recorded, or not bound by configuration)."""
+    initdata = measurement.get("initdata") if measurement is not None else None
+    if not isinstance(initdata, dict):
+        return None
+    if initdata.get("bound") is True:
+        return (f"initdata: {initdata.get('digest')} bound into PCR {initdata.get('pcr')}: "
+                f"{initdata.get('expected')}")
+    why = initdata.get("error") or f"measure.tpm: {measurement.get('tpm') if measurement else None}"
+    return f"initdata: NOT bound into PCR {initdata.get('pcr')} ({why}); digest {initdata.get('digest')}"
+
+
 def format_status(status: dict[str, Any]) -> str:
     daemon = status["daemon"]
     lines = [f"daemon: pid {daemon.get('pid')} {'running' if daemon['running'] else 'not running'}, "
@@ -125,6 +137,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines += text_table(rows)
     lines.append("* essential")
     lines.append(measurement_line(status.get("measurement")))
+    if (line := initdata_line(status.get("measurement"))) is not None:
+        lines.append(line)
     lines.append(f"podvm-bootstrap {status['version']}, tee: {status.get('tee') or 'unknown'}")
     return "\n".join(lines) + "\n"
 

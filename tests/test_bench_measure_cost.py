@@ -54,7 +54,8 @@ def test_paired_differences_are_tpm_minus_none_whichever_went_first():
 def test_with_tpm_sets_measure_and_keeps_the_rest():
     settings = {"userdata": {"provider": "aws"}, "measure": {"tpm": "auto", "pcr": 16}}
     out = yaml.safe_load(with_tpm(settings, "swtpm:host=127.0.0.1,port=2321"))
-    assert out == {"userdata": {"provider": "aws"}, "measure": {"tpm": "swtpm:host=127.0.0.1,port=2321", "pcr": 23}}
+    assert out == {"userdata": {"provider": "aws"},
+                   "measure": {"tpm": "swtpm:host=127.0.0.1,port=2321", "pcr": 23, "initdata_pcr": 16}}
     assert settings["measure"]["tpm"] == "auto"   # the caller's copy is untouched
 
 

@@ -1,127 +1,84 @@
-"""`plan --json`'s `measurement` and `podvm-bootstrap measurements` through the
-real command line; the `measure` keys of bootstrap.yaml."""
+"""`plan --json`'s `measurement` through the real command line: the records
+the launch will write, the launch register's value and the initdata
+register's value, predicted from the one user-data; and equal to what the
+measurement step then gives a real software TPM (tpm2_pcrread). The `measure`
+keys of bootstrap.yaml. (`measurements` itself: tests/test_cli_measurements_log.py.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.eventlog import ZERO, LaunchEntry, launch_lines, replay
+from podvm_bootstrap.launch_set import read_launch
+from podvm_bootstrap.tcg_log import event_digest, parse_records, replay
 from tests.plan_command import APF, CONFIG, LOOPBACK_APF, USERDATA_OVERRIDES, copy_config, run_plan
 
-REPO = Path(__file__).resolve().parent.parent
-D = {c: "sha256:" + hashlib.sha256(c.encode()).hexdigest() for c in ("aa", "ka")}
-LINES = launch_lines(ZERO, [LaunchEntry("aa", f"quay.io/x/aa@{D['aa']}", D["aa"], "default"),
-                            LaunchEntry("ka", f"quay.io/x/ka@{D['ka']}", D["ka"], "override")])
-VALUE = replay(ZERO, LINES)[-1]
+UPSTREAM = Path(__file__).parent / "fixtures" / "upstream" / "cloud-api-adaptor"
+ADAPTOR_INITDATA = (UPSTREAM / "provision_test-ccInitData.b64").read_text()
+USERDATA_WITH_INITDATA = USERDATA_OVERRIDES.replace(
+    "write_files:\n", f"write_files:\n  - path: /run/peerpod/initdata\n    content: {ADAPTOR_INITDATA}\n")
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "podvm_bootstrap", *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def write_log(tmp_path: Path, lines: list[str]) -> Path:
-    path = tmp_path / "eventlog"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def test_plan_predicts_the_log_and_the_pcr_from_zero(tmp_path):
+def test_plan_predicts_the_records_and_the_register_from_zero(tmp_path):
     result = run_plan(tmp_path, CONFIG, USERDATA_OVERRIDES, "--json")
     assert result.returncode == 0, result.stderr
     m = json.loads(result.stdout)["measurement"]
+    assert list(m) == ["pcr", "events", "records", "expected", "initdata"]
     assert m["pcr"] == 23
-    events = m["events"]
-    assert events[0] == "INIT sha256/" + "0" * 64 and events[-1].endswith('LaunchComplete {"components":5}')
-    names = [json.loads(e.split(" ")[2])["component"] for e in events[1:-1]]
-    assert names == ["attestation-agent", "confidential-data-hub", "kata-agent", APF, "api-server-rest"]  # start order
-    apf = json.loads(events[4].split(" ")[2])
-    assert apf == {"component": APF, "digest": LOOPBACK_APF.split("@")[1], "image": LOOPBACK_APF, "source": "override"}
-    assert m["expected"] == "sha256:" + replay(ZERO, events)[-1].hex()
+    records = b"".join(bytes.fromhex(r) for r in m["records"])
+    log = parse_records(records)
+    assert [r.aael for r in log.records] == m["events"]
+    launch = read_launch(log, 23)
+    assert launch.complete
+    assert [c.component for c in launch.components] == [
+        "attestation-agent", "confidential-data-hub", "kata-agent", APF, "api-server-rest"]  # start order
+    apf = launch.by_name()[APF]
+    assert apf.content() == {"component": APF, "digest": LOOPBACK_APF.split("@")[1], "image": LOOPBACK_APF,
+                             "source": "override", "requested_by": "user-data"}
+    assert m["events"][-1] == 'github.com/confidential-containers LaunchComplete {"components":5}'
+    assert m["expected"] == "sha256:" + replay(log.records, 23).hex()
+    # no initdata in this user-data: the adaptor's placeholder is what is bound
+    assert m["initdata"]["digest"] == "sha256:adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d"
 
 
-def test_plan_prediction_equals_the_log_run_writes(tmp_path):
+def test_plan_prediction_is_what_the_step_gives_a_real_tpm(tmp_path, swtpm):
+    """Provision (the initdata the user-data carries), then the step, with
+    swtpm: PCR 8 and PCR 23 read back with tpm2_pcrread equal the prediction,
+    the file equals the predicted records; a restart changes nothing."""
     from podvm_bootstrap.launch_measurement import measure_launch
     from podvm_bootstrap.paths import Paths
     from podvm_bootstrap.stages import UserDataSource, plan
 
-    result = run_plan(tmp_path, CONFIG, USERDATA_OVERRIDES, "--json")
+    config = copy_config(tmp_path)
+    bootstrap = config / "bootstrap.yaml"
+    bootstrap.write_text(bootstrap.read_text().replace("  tpm: auto ", f"  tpm: '{swtpm.tcti}' "))
+    result = run_plan(tmp_path, config, USERDATA_WITH_INITDATA, "--json")
+    assert result.returncode == 0, result.stderr
     predicted = json.loads(result.stdout)["measurement"]
-    paths = Paths.build(root=str(tmp_path / "root"), config_dir=str(CONFIG))
-    resolved = plan(paths, UserDataSource(file=str(tmp_path / "user-data")))
-    record = measure_launch(paths, resolved.settings, resolved.plan.start_order, resolved.plan.components,
-                            lambda *a: None)  # measure.tpm auto, no TPM under the root: the log only
-    assert (paths.state_dir / "eventlog").read_text().splitlines() == predicted["events"]
-    assert record["value"] == predicted["expected"] and record["measured"] is False
+    assert predicted["initdata"]["digest"].startswith("sha384:52af3178")   # the adaptor's own vector
+    paths = Paths.build(root=str(tmp_path / "root"), config_dir=str(config))
+    resolved = plan(paths, UserDataSource(file=str(tmp_path / "user-data")), provision_files=True)
+
+    def step() -> dict:
+        return measure_launch(paths, resolved.settings, resolved.plan.start_order, resolved.plan.components,
+                              lambda *a: None)
+    record = step()
+    log = paths.rooted("/run/attestation-agent/eventlog")
+    assert log.read_bytes().hex() == "".join(predicted["records"])
+    assert "sha256:" + swtpm.pcrread(23).hex() == predicted["expected"] == record["value"]
+    assert "sha256:" + swtpm.pcrread(8).hex() == predicted["initdata"]["expected"] == record["initdata"]["expected"]
+    assert record["measured"] is True and record["initdata"]["bound"] is True
+    before = log.read_bytes(), swtpm.pcrread(8), swtpm.pcrread(23)
+    step()
+    assert (log.read_bytes(), swtpm.pcrread(8), swtpm.pcrread(23)) == before
 
 
-def test_measurements_replays_and_compares(tmp_path):
-    log = write_log(tmp_path, LINES)
-    ok = cli("measurements", "--log", str(log), "--expect-pcr", VALUE.hex().upper())
-    assert ok.returncode == 0, ok.stderr
-    assert f"PCR (replayed from the INIT value): sha256:{VALUE.hex()}" in ok.stdout
-    assert all(line in ok.stdout for line in LINES) and "match" in ok.stdout
-    bad = cli("measurements", "--log", str(log), "--expect-pcr", "sha256:" + "0" * 64)
-    assert bad.returncode == 1
-    assert bad.stderr.strip() == f"podvm-bootstrap: error: the replay gives sha256:{VALUE.hex()}, " \
-                                 f"expected sha256:{'0' * 64}"
-
-
-def test_measurements_json(tmp_path):
-    out = cli("measurements", "--log", str(write_log(tmp_path, LINES)), "--json", "--expect-pcr", VALUE.hex())
-    doc = json.loads(out.stdout)
-    assert out.returncode == 0 and doc["ok"] is True and doc["match"] is True
-    assert doc["pcr"] == f"sha256:{VALUE.hex()}" and doc["complete"] is True
-    assert [e["text"] for e in doc["events"]] == LINES
-    assert doc["events"][-1]["pcr"] == doc["pcr"]
-    assert [c["source"] for c in doc["components"]] == ["default", "override"]
-
-
-@pytest.mark.parametrize("edit", [
-    lambda ls: [ls[0], ls[2], ls[1], ls[3]],                              # reordered
-    lambda ls: [ls[0], ls[1].replace(D["aa"][-6:], "abcdef"), *ls[2:]],    # edited digest (and image)
-])
-def test_edited_or_reordered_log_does_not_match(tmp_path, edit):
-    out = cli("measurements", "--log", str(write_log(tmp_path, edit(LINES))), "--expect-pcr", VALUE.hex())
-    assert out.returncode == 1 and "the replay gives" in out.stderr
-
-
-def test_truncated_log_fails_even_without_an_expected_value(tmp_path):
-    out = cli("measurements", "--log", str(write_log(tmp_path, LINES[:-1])))
-    assert out.returncode == 1
-    assert out.stderr.strip().endswith("incomplete launch log (no LaunchComplete)")
-
-
-def test_malformed_log_exits_2_naming_the_line(tmp_path):
-    log = write_log(tmp_path, [LINES[0], LINES[1], "github.com/confidential-containers LaunchComponent {oops}"])
-    out = cli("measurements", "--log", str(log))
-    assert out.returncode == 2
-    assert out.stderr.strip() == f"podvm-bootstrap: error: {log}: line 3: the LaunchComponent content is not JSON"
-    out = cli("measurements", "--log", str(log), "--json")
-    assert out.returncode == 2 and json.loads(out.stdout)["line"] == 3
-
-
-def test_missing_log_and_bad_expected_value(tmp_path):
-    out = cli("measurements", "--log", str(tmp_path / "nope"))
-    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot read the event log" in out.stderr
-    out = cli("measurements", "--log", str(write_log(tmp_path, LINES)), "--expect-pcr", "xyz")
-    assert out.returncode == 2 and "--expect-pcr" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_default_log_is_the_state_dirs(tmp_path):
-    state = tmp_path / "run/podvm-bootstrap"
-    state.mkdir(parents=True)
-    write_log(state, LINES)
-    out = cli("--root", str(tmp_path), "measurements", "--expect-pcr", VALUE.hex())
-    assert out.returncode == 0, out.stderr
+def test_each_record_extends_the_digest_of_its_event(tmp_path):
+    m = json.loads(run_plan(tmp_path, CONFIG, USERDATA_OVERRIDES, "--json").stdout)["measurement"]
+    for text, record in zip(m["events"], m["records"], strict=True):
+        assert event_digest(text).hex() in record
 
 
 @pytest.mark.parametrize("measure, key", [
@@ -130,12 +87,14 @@ def test_default_log_is_the_state_dirs(tmp_path):
     ("measure:\n  tpm: 'device:dev/tpmrm0'\n", "measure.tpm"),
     ("measure:\n  pcr: 24\n", "measure.pcr"),
     ("measure:\n  pcr: -1\n", "measure.pcr"),
+    ("measure:\n  eventlog: eventlog\n", "measure.eventlog"),
+    ("measure:\n  initdata_pcr: 99\n", "measure.initdata_pcr"),
     ("measure:\n  hash: sha1\n", "measure.hash"),
 ])
-def test_bad_measure_settings_exit_2_naming_the_key(tmp_path, measure, key):
+def test_bad_measure_settings_exit_2_naming_the_file_and_key(tmp_path, measure, key):
     config = copy_config(tmp_path)
     bootstrap = config / "bootstrap.yaml"
-    bootstrap.write_text(bootstrap.read_text() + measure)
+    bootstrap.write_text(measure)
     result = run_plan(tmp_path, config, USERDATA_OVERRIDES, "--json")
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"podvm-bootstrap: error: {bootstrap}: {key}: ")
@@ -146,27 +105,22 @@ def test_measure_settings_accepted(tmp_path):
     from podvm_bootstrap.settings import load_settings
 
     path = tmp_path / "bootstrap.yaml"
-    path.write_text("measure:\n  tpm: 'swtpm:host=127.0.0.1,port=2321'\n  pcr: 16\n")
+    path.write_text("measure:\n  tpm: 'swtpm:host=127.0.0.1,port=2321'\n  pcr: 16\n  initdata_pcr: 8\n")
     s = load_settings(path)
-    assert (s.measure.tpm, s.measure.pcr) == ("swtpm:host=127.0.0.1,port=2321", 16)
+    assert (s.measure.tpm, s.measure.pcr, s.measure.initdata_pcr) == ("swtpm:host=127.0.0.1,port=2321", 16, 8)
 
 
 def test_no_prediction_for_an_image_given_by_tag():
+    import hashlib
+
     from podvm_bootstrap.imageref import parse_reference
     from podvm_bootstrap.launch_measurement import predicted_measurement
     from podvm_bootstrap.model import Component, Plan, PlannedComponent
 
-    pinned = parse_reference(f"quay.io/x/aa@{D['aa']}")
+    pinned = parse_reference("quay.io/x/aa@sha256:" + hashlib.sha256(b"aa").hexdigest())
     tagged = parse_reference("quay.io/x/ka:latest")
     plan = Plan((PlannedComponent(Component("aa", pinned, "aa.service"), pinned, "default"),
                  PlannedComponent(Component("ka", tagged, "ka.service"), tagged, "default")), (("aa", "ka"),))
-    assert predicted_measurement(plan, 16) == {"pcr": 16, "events": [], "expected": None}
+    assert predicted_measurement(plan, 16) == {"pcr": 16, "events": [], "records": [], "expected": None}
     pinned_only = Plan(plan.components[:1], (("aa",),))
     assert predicted_measurement(pinned_only, 16)["expected"].startswith("sha256:")
-
-
-def test_a_fifo_given_as_the_log_is_refused_at_once(tmp_path):
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    out = cli("measurements", "--log", str(fifo))  # would block forever on a plain open()
-    assert out.returncode == 1 and "not a regular file" in out.stderr

@@ -36,6 +36,16 @@ runcmd: [reboot]
 """
 
 
+# What provisioning adds when the user-data carries no initdata: the
+# cloud-api-adaptor's placeholder and its digest (its empty aa.toml only when
+# the user-data wrote none).
+PLACEHOLDER = ("wrote /run/peerpod/initdata (108 bytes, mode 0644, the cloud-api-adaptor's placeholder: "
+               "the user-data carries no initdata)")
+PLACEHOLDER_AA = "wrote /run/peerpod/aa.toml (0 bytes, mode 0644)"
+PLACEHOLDER_DIGEST = "wrote /run/peerpod/initdata.digest (64 bytes, mode 0644)"
+PLACEHOLDER_FILES = ["run/peerpod/initdata", "run/peerpod/initdata.digest"]
+
+
 def run(root: Path, config: Path, user_data: Path, preexec=None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
     env["PYTHONPATH"] = str(REPO)
@@ -68,6 +78,7 @@ def test_provision_writes_allowed_files_and_reports_each(dirs, tmp_path):
         "wrote /run/peerpod/aa.toml (15 bytes, mode 0600)",
         "refused /etc/shadow: not in the allow-list",
         "refused /run/peerpod/../../etc/passwd: not in the allow-list",
+        PLACEHOLDER, PLACEHOLDER_DIGEST,
     ]
     # the undecodable entry is a problem line on stderr, the rest went on
     assert proc.stderr.splitlines() == [
@@ -78,7 +89,7 @@ def test_provision_writes_allowed_files_and_reports_each(dirs, tmp_path):
     assert (peerpod / "aa.toml").read_bytes() == b"[token_configs]"
     assert stat.S_IMODE((peerpod / "aa.toml").stat().st_mode) == 0o600
     assert stat.S_IMODE((peerpod / "apf.json").stat().st_mode) == 0o644
-    assert files_under(root) == ["run/peerpod/aa.toml", "run/peerpod/apf.json"]
+    assert files_under(root) == ["run/peerpod/aa.toml", "run/peerpod/apf.json", *PLACEHOLDER_FILES]
 
 
 @pytest.mark.parametrize("wrap", [
@@ -121,7 +132,8 @@ def test_newline_in_a_path_cannot_forge_an_output_line(dirs, tmp_path):
     proc = run(root, config, ud)
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == [
-        "refused '/etc/x\\nwrote /run/peerpod/auth.json (1 bytes, mode 0644)': not in the allow-list"]
+        "refused '/etc/x\\nwrote /run/peerpod/auth.json (1 bytes, mode 0644)': not in the allow-list",
+        PLACEHOLDER, PLACEHOLDER_AA, PLACEHOLDER_DIGEST]
 
 
 def test_allow_list_comes_from_bootstrap_yaml(dirs, tmp_path):
@@ -132,7 +144,9 @@ def test_allow_list_comes_from_bootstrap_yaml(dirs, tmp_path):
     proc = run(root, config, ud)
     assert proc.returncode == 0, proc.stderr
     assert "refused /run/peerpod/aa.toml: not in the allow-list" in proc.stdout.splitlines()
-    assert files_under(root) == ["run/peerpod/apf.json"]
+    # the placeholder is not user-data: the allow-list does not apply to it
+    assert files_under(root) == ["run/peerpod/aa.toml", "run/peerpod/apf.json", *PLACEHOLDER_FILES]
+    assert (root / "run/peerpod/aa.toml").read_bytes() == b""
 
 
 def test_failed_write_keeps_the_old_file_and_no_temp_file(dirs, tmp_path):
@@ -155,7 +169,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp_file(dirs, tmp_path):
     assert lines[0] == "failed /run/peerpod/apf.json: cannot write: File too large"
     assert lines[1] == "wrote /run/peerpod/aa.toml (5 bytes, mode 0644)"
     assert (peerpod / "apf.json").read_bytes() == b"old content"
-    assert sorted(p.name for p in peerpod.iterdir()) == ["aa.toml", "apf.json"]
+    assert sorted(p.name for p in peerpod.iterdir()) == ["aa.toml", "apf.json", "initdata", "initdata.digest"]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -187,3 +201,16 @@ def test_unreadable_user_data_file_is_one_error_line(dirs, tmp_path):
     assert proc.stderr.splitlines() == [
         f"podvm-bootstrap: error: cannot read user-data file {tmp_path / 'does-not-exist'}: No such file or directory"]
     assert files_under(root) == []
+
+
+def test_without_user_data_the_adaptors_placeholder_is_provisioned(dirs, tmp_path):
+    """An empty user-data is none at all: the placeholder is still written,
+    as the adaptor's process-user-data writes it for a pod without initdata."""
+    root, config = dirs
+    ud = tmp_path / "user-data"
+    ud.write_bytes(b"")
+    proc = run(root, config, ud)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [PLACEHOLDER, PLACEHOLDER_AA, PLACEHOLDER_DIGEST]
+    assert (root / "run/peerpod/initdata.digest").read_text() == (
+        "adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d")

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from podvm_bootstrap.launch_set import read_launch
+from podvm_bootstrap.tcg_log import parse_records
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
 from tests.systemd_parser import parse_exec, parse_unit
@@ -69,8 +71,8 @@ def test_units_start_before_the_fetch_and_no_process_before_provisioning_and_mea
     releases = [i for i, (_, text) in enumerate(lines) if re.match(r"^\S+: gate open: released ", text)]
     assert len(releases) == len(NAMES) and min(releases) > measured[0]
     # The measured launch is the final plan's: the override, not the early default.
-    eventlog = vm.read_file("/run/podvm-bootstrap/eventlog").decode()
-    assert f'"image":"{vm.override}"' in eventlog and '"source":"override"' in eventlog  # type: ignore[attr-defined]
+    launched = read_launch(parse_records(vm.read_file("/run/attestation-agent/eventlog")), 23).by_name()
+    assert launched[APF].image == vm.override and launched[APF].source == "override"  # type: ignore[attr-defined]
     assert all(c["restarts"] == 0 for c in st["components"])
 
 

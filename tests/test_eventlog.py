@@ -1,33 +1,22 @@
-"""The launch event log's pure core (podvm_bootstrap.eventlog): AAEL lines,
-replay, prediction, and a bounded parser whose errors name the line."""
+"""The launch's records as the daemon writes them (podvm_bootstrap.eventlog):
+AAEL texts with canonical content in start order, TCG2 records on the launch
+register, the register's value from zero; and read back by the verifier's
+reader (tcg_log, launch_set) to the same launch set and value."""
 
 from __future__ import annotations
 
 import hashlib
+import struct
 
-import pytest
-
-from podvm_bootstrap.eventlog import (
-    ZERO,
-    LaunchEntry,
-    MalformedLog,
-    aael_states,
-    event_line,
-    extend,
-    init_line,
-    launch_lines,
-    launch_order,
-    parse_log,
-    parse_value,
-    predict,
-    replay,
-)
+from podvm_bootstrap.eventlog import ZERO, format_value, launch_order, launch_texts, predict
+from podvm_bootstrap.launch_set import LaunchedComponent, read_launch
+from podvm_bootstrap.tcg_log import encode_record, parse_records, replay
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 ENTRIES = [
-    LaunchEntry("attestation-agent", f"quay.io/confidential-containers/attestation-agent@{D1}", D1, "default"),
-    LaunchEntry("kata-agent", f"quay.io/confidential-containers/kata-agent@{D2}", D2, "default"),
-    LaunchEntry("agent-protocol-forwarder", f"127.0.0.1:5000/podvm/apf@{D3}", D3, "override"),
+    LaunchedComponent("attestation-agent", D1, f"quay.io/confidential-containers/attestation-agent@{D1}", "default"),
+    LaunchedComponent("kata-agent", D2, f"quay.io/confidential-containers/kata-agent@{D2}", "variant"),
+    LaunchedComponent("agent-protocol-forwarder", D3, f"127.0.0.1:5000/podvm/apf@{D3}", "override", "initdata"),
 ]
 
 
@@ -35,119 +24,55 @@ def sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def text(lines: list[str]) -> bytes:
-    return ("\n".join(lines) + "\n").encode()
-
-
-def test_line_hashing_agrees_with_the_attestation_agents_test_vector():
-    # guest-components attestation-agent eventlog: sha256 of "domain operation content"
-    line = event_line("operation", {}, domain="domain").replace("{}", "content")
-    assert hashlib.sha256(line.encode()).hexdigest() == \
-        "65aad3b1620d4fe224d727579db2db87ff5c033f3e4424ae0fd72eb1149d3bd5"
-
-
-def test_launch_lines_are_aael_with_canonical_content():
-    lines = launch_lines(ZERO, ENTRIES)
-    assert lines[0] == "INIT sha256/" + "0" * 64
-    assert lines[1] == ('github.com/confidential-containers LaunchComponent {"component":"attestation-agent",'
+def test_texts_are_aael_with_canonical_content_and_requested_by_for_an_override():
+    texts = launch_texts(ENTRIES)
+    assert texts[0] == ('github.com/confidential-containers LaunchComponent {"component":"attestation-agent",'
                         f'"digest":"{D1}","image":"quay.io/confidential-containers/attestation-agent@{D1}",'
                         '"source":"default"}')
-    assert lines[3].endswith('"source":"override"}')
-    assert lines[-1] == 'github.com/confidential-containers LaunchComplete {"components":3}'
-    assert all(len(line.split(" ")) == 3 for line in lines[1:])
+    assert texts[1].endswith('"source":"variant"}')
+    assert texts[2].endswith('"requested_by":"initdata","source":"override"}')
+    assert texts[-1] == 'github.com/confidential-containers LaunchComplete {"components":3}'
 
 
-def test_replay_extends_every_line_including_init():
-    lines = launch_lines(ZERO, ENTRIES)
-    pcr = ZERO
-    for line in lines:  # by hand: PCR = sha256(PCR || sha256(line))
-        pcr = sha(pcr + sha(line.encode()))
-    assert replay(ZERO, lines)[-1] == pcr
-    assert predict(ENTRIES) == (lines, pcr)
-    assert parse_log(text(lines)).value == pcr
+def test_records_are_the_agents_layout_on_the_launch_register():
+    prediction = predict(23, ENTRIES)
+    assert prediction.records == tuple(encode_record(23, t) for t in prediction.texts)
+    # by hand: u32 register, u32 type 6, u32 count 1, u16 SHA-256, digest, u32 size, TaggedEvent
+    text = prediction.texts[-1].encode()
+    tagged = struct.pack("<II", 0x4141454C, len(text)) + text
+    assert prediction.records[-1] == (struct.pack("<IIIH", 23, 6, 1, 0x000B) + sha(tagged)
+                                      + struct.pack("<I", len(tagged)) + tagged)
 
 
-def test_replay_from_a_nonzero_init_value_starts_there():
-    init = sha(b"earlier boot components")
-    lines = launch_lines(init, ENTRIES)
-    parsed = parse_log(text(lines))
-    assert parsed.init == init and parsed.complete
-    assert parsed.value == replay(init, lines)[-1] != predict(ENTRIES)[1]
-    assert [e.component for e in parsed.launched] == [e.component for e in ENTRIES]
+def test_the_value_is_every_records_digest_extended_from_zero():
+    prediction = predict(23, ENTRIES)
+    value = ZERO
+    for text in prediction.texts:
+        tagged = struct.pack("<II", 0x4141454C, len(text.encode())) + text.encode()
+        value = sha(value + sha(tagged))
+        assert prediction.values[prediction.texts.index(text)] == value
+    assert prediction.value == value
+    assert format_value(value) == "sha256:" + value.hex()
+
+
+def test_the_verifiers_reader_gives_back_the_launch_set_and_the_value():
+    prediction = predict(16, ENTRIES)
+    log = parse_records(b"".join(prediction.records))
+    launch = read_launch(log, 16)
+    assert launch.complete
+    assert [c.content() for c in launch.components] == [e.content() for e in ENTRIES]
+    assert replay(log.records, 16) == prediction.value
+
+
+def test_an_empty_launch_is_launch_complete_alone():
+    prediction = predict(23, [])
+    assert prediction.texts == ('github.com/confidential-containers LaunchComplete {"components":0}',)
+    assert read_launch(parse_records(prediction.records[0]), 23).complete
 
 
 def test_order_is_start_order_then_name_within_a_layer():
-    ordered = launch_order(reversed(ENTRIES), [("kata-agent", "attestation-agent"), ("agent-protocol-forwarder",)])
-    assert [e.component for e in ordered] == ["attestation-agent", "kata-agent", "agent-protocol-forwarder"]
-    # a reordered log replays to another value
-    lines = launch_lines(ZERO, ENTRIES)
-    swapped = [lines[0], lines[2], lines[1], *lines[3:]]
-    assert parse_log(text(swapped)).value != parse_log(text(lines)).value
-
-
-def test_truncated_log_is_incomplete_and_replays_differently():
-    lines = launch_lines(ZERO, ENTRIES)
-    parsed = parse_log(text(lines[:-1]))
-    assert not parsed.complete and parsed.value != predict(ENTRIES)[1]
-
-
-def good() -> list[str]:
-    return launch_lines(ZERO, ENTRIES)
-
-
-@pytest.mark.parametrize("mutate, line, words", [
-    (lambda ls: ["INIT sha384/" + "0" * 96, *ls[1:]], 1, "only sha256"),
-    (lambda ls: ["INIT sha256/" + "A" * 64, *ls[1:]], 1, "lower-case"),
-    (lambda ls: ["NOPE", *ls[1:]], 1, "INIT"),
-    (lambda ls: [ls[0], ls[1].replace(" {", "  {"), *ls[2:]], 2, "single spaces"),
-    (lambda ls: [ls[0], ls[1].replace("LaunchComponent", "Other"), *ls[2:]], 2, "not a launch event"),
-    (lambda ls: [ls[0], ls[1].split(" ")[0] + " LaunchComponent {\"component\":", *ls[2:]], 2, "not JSON"),
-    (lambda ls: [ls[0], ls[1].replace('"source":"default"', '"source":"host"'), *ls[2:]], 2, "source"),
-    (lambda ls: [ls[0], ls[1].replace('"default"}', '"default","z":1.5}'), *ls[2:]], 2, "floats"),
-    (lambda ls: [ls[0], ls[1][:-1] + ',"component":"x"}', *ls[2:]], 2, "canonical"),
-    (lambda ls: [ls[0], ls[1], ls[1], *ls[2:]], 3, "twice"),
-    (lambda ls: [*ls, ls[1]], 6, "after LaunchComplete"),
-    (lambda ls: [*ls[:-1], ls[-1].replace("3", "2")], 5, '{"components":3}'),
-    (lambda ls: [ls[0], ls[1].replace("image\":\"quay.io", "image\":\"evil.io")
-                             .replace(D1 + '","source', "x\",\"source"), *ls[2:]], 2, "digest"),
-])
-def test_malformed_logs_name_the_line(mutate, line, words):
-    with pytest.raises(MalformedLog) as info:
-        parse_log(text(mutate(good())), "the-log")
-    assert info.value.line == line
-    assert str(info.value).startswith(f"the-log: line {line}: ") and words in str(info.value)
-    assert info.value.exit_code == 2
-
-
-def test_parse_is_bounded():
-    with pytest.raises(MalformedLog, match="larger than"):
-        parse_log(b"INIT sha256/" + b"0" * 64 + b"\n" + b"x" * (1024 * 1024))
-    with pytest.raises(MalformedLog, match="more than 4096 lines"):
-        parse_log(b"\n".join([b"INIT sha256/" + b"0" * 64] + [b"a b c"] * 4100))
-    with pytest.raises(MalformedLog, match="line 2: longer than"):
-        parse_log(b"INIT sha256/" + b"0" * 64 + b"\n" + b"a b " + b"c" * 20000)
-    deep = "[" * 5000 + "]" * 5000
-    with pytest.raises(MalformedLog, match="line 2"):
-        parse_log(text([good()[0], f"github.com/confidential-containers LaunchComponent {deep}"]))
-    with pytest.raises(MalformedLog, match="line 2: not UTF-8"):
-        parse_log(text([good()[0]]) + b"\xff\xfe x y\n")
-    with pytest.raises(MalformedLog, match="empty"):
-        parse_log(b"")
-
-
-def test_values_as_users_give_them():
-    value = bytes(range(32))
-    for form in (value.hex(), value.hex().upper(), "sha256:" + value.hex(), "0x" + value.hex().upper()):
-        assert parse_value(form) == value
-    for bad in ("", "12", "sha384:" + "0" * 64, "zz" * 32):
-        with pytest.raises(ValueError):
-            parse_value(bad)
-
-
-def test_aael_states_of_the_attestation_agents_own_log_continue_ours():
-    ours = predict(ENTRIES)[1]
-    aa = [init_line(ours), "domain operation content"]
-    init, states = aael_states(text(aa))
-    assert init == ours and states[-1] == extend(extend(ours, aa[0]), aa[1])
-    with pytest.raises(ValueError):
-        aael_states(b"not a log\n")
+    a, k, f = ENTRIES
+    extra = LaunchedComponent("zz-late", D1, f"example.org/zz@{D1}", "default")
+    ordered = launch_order([f, extra, k, a], [["attestation-agent"], ["kata-agent", "agent-protocol-forwarder"]])
+    assert [e.component for e in ordered] == ["attestation-agent", "agent-protocol-forwarder", "kata-agent",
+                                              "zz-late"]

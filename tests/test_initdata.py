@@ -5,10 +5,20 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.initdata import DIGEST_FILE, InitdataError, extract, parse_initdata
+from podvm_bootstrap.initdata import (
+    DIGEST_FILE,
+    PLACEHOLDER_TOML,
+    InitdataError,
+    bound_digest,
+    bound_value,
+    extract,
+    parse_initdata,
+    placeholder_blob,
+)
 
 MAX = 1024 * 1024
 
@@ -100,3 +110,46 @@ def test_deep_nesting_is_one_clear_error():
 def test_gzip_bomb_is_bounded():
     with pytest.raises(InitdataError, match=f"more than {MAX} bytes"):
         parse_initdata(base64.b64encode(gzip.compress(b" " * (MAX * 8))), MAX)
+
+
+# --- the adaptor's placeholder and the PCR binding, against upstream data -------
+
+UPSTREAM = Path(__file__).parent / "fixtures" / "upstream" / "cloud-api-adaptor"
+# cloud-api-adaptor provision_test.go `testCheckSum` (see fixtures/upstream/cloud-api-adaptor/README.md)
+ADAPTOR_TEST_CHECKSUM = ("52af3178dd7ad4bf551e629b84b45bfd1fbe1434b980120267181ae3575ea20ca"
+                         "9013b8eadf31d27eed7ff2552d500ef")
+
+
+def test_the_placeholder_is_the_adaptors_byte_for_byte():
+    adaptor = (UPSTREAM / "placeholder-initdata.toml").read_bytes()
+    assert adaptor == PLACEHOLDER_TOML
+    parsed = parse_initdata(placeholder_blob(), MAX)
+    assert parsed.digest_hex == hashlib.sha256(adaptor).hexdigest() == (
+        "adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d")
+    assert parsed.files == {"aa.toml": b""}
+    assert placeholder_blob() == placeholder_blob()   # no timestamp: the same file every boot
+
+
+def test_the_adaptors_own_initdata_vector_gives_its_checksum():
+    blob = (UPSTREAM / "provision_test-ccInitData.b64").read_bytes()
+    assert parse_initdata(blob, MAX).digest_hex == ADAPTOR_TEST_CHECKSUM
+
+
+def test_a_long_digest_is_cut_to_the_32_bytes_the_adaptor_extends():
+    # tpm2_pcrextend 8:sha256=$(head -c64 initdata.digest): the first 64 hex digits
+    assert bound_digest(ADAPTOR_TEST_CHECKSUM) == bytes.fromhex(ADAPTOR_TEST_CHECKSUM[:64])
+    assert bound_digest("ab" * 32) == bytes.fromhex("ab" * 32)
+    assert bound_digest("cd" * 64 + "\n") == bytes.fromhex("cd" * 32)
+
+
+@pytest.mark.parametrize("text", ["", "ab" * 31, "ab" * 40, "zz" * 32, "ab" * 33])
+def test_a_digest_file_that_is_no_digest_is_refused(text):
+    with pytest.raises(ValueError):
+        bound_digest(text)
+
+
+def test_the_bound_value_is_trustees():
+    # trustee deps/verifier/src/az_snp_vtpm/mod.rs test_verify_init_data (commit 78962cd4):
+    # sha256(0x00 * 32 || "8505...") == "bdda..."
+    digest = bytes.fromhex("8505e4e25e50a27c5dc8147af88efbece627fbea55291911eff832d9ee127781")
+    assert bound_value(digest).hex() == "bddaccb9c52249e97a31baea61b7d91be8221a16e703d92148d04fb8e9c1dfdd"

@@ -1,30 +1,37 @@
 """The measurement step (podvm_bootstrap.launch_measurement) against a real
 software TPM (swtpm on 127.0.0.1), read back independently with tpm2-tools:
-the log replays to the PCR, a restart in the same boot measures nothing
-again, a crash between a line's write and its extend is completed, a failed
-extend is one error with nothing started, and without a TPM the log is still
-written and the launch reported unmeasured."""
+the records replay to the PCR, a restart in the same boot measures nothing
+again, a crash between a record's write and its extend is completed, the
+register must read zero before the first record, the attestation agent's
+records after ours keep the launch confirmed, and without a TPM the records
+are still written and the launch reported unmeasured."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import struct
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.eventlog import ZERO, init_line, launch_lines, parse_log, predict, replay
+from podvm_bootstrap.eventlog import launch_order, predict
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.launch_measurement import MeasurementError, launch_entries, measure_launch
+from podvm_bootstrap.launch_set import read_launch
 from podvm_bootstrap.model import Component, PlannedComponent
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import MeasureSettings, Settings
+from podvm_bootstrap.tcg_log import encode_record, event_digest, parse_records, replay
 
 DIGESTS = {name: "sha256:" + hashlib.sha256(name.encode()).hexdigest()
            for name in ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder",
                         "api-server-rest")}
 START_ORDER = (("attestation-agent",), ("confidential-data-hub", "kata-agent"), ("agent-protocol-forwarder",),
                ("api-server-rest",))
+AGENT_EVENT = 'github.com/confidential-containers/attestation-agent SetPolicy {"x":1}'
 
 
 def planned(name: str, source: str = "default", digest: str | None = None) -> PlannedComponent:
@@ -35,11 +42,15 @@ def planned(name: str, source: str = "default", digest: str | None = None) -> Pl
 FIVE = [planned(name) for name in DIGESTS]
 
 
+def prediction(pcr: int = 23):
+    return predict(pcr, launch_order(launch_entries(FIVE), START_ORDER))
+
+
 class Bed:
     def __init__(self, root: Path, tpm: str, pcr: int = 23) -> None:
         self.root = root
         self.paths = Paths.build(root=str(root))
-        self.settings = Settings(measure=MeasureSettings(tpm=tpm, pcr=pcr))
+        self.settings = Settings(measure=MeasureSettings(tpm=tpm, pcr=pcr, initdata_pcr=None))
         self.refused: dict[str, str] = {}
         self.set_boot("boot-1")
 
@@ -54,31 +65,32 @@ class Bed:
 
     @property
     def log(self) -> Path:
-        return self.paths.state_dir / "eventlog"
+        return self.root / "run/attestation-agent/eventlog"
 
-    def lines(self) -> list[str]:
-        return self.log.read_text().splitlines()
+    def begin(self, data: bytes) -> None:
+        """A log of this boot left by an earlier daemon."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.write_bytes(data)
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.paths.state_dir / "eventlog.boot_id").write_text("boot-1\n")
 
 
-def test_log_replays_to_the_pcr_a_quote_shows_and_plan_predicted(tmp_path, swtpm):
+def test_records_replay_to_the_pcr_a_quote_shows_and_plan_predicted(tmp_path, swtpm):
     bed = Bed(tmp_path, swtpm.tcti)
     record = bed.measure()
-    lines = bed.lines()
-    assert lines == predict(launch_entries_in_order())[0]  # fresh TPM: PCR 23 starts at zero
-    assert [line.split(" ")[1] for line in lines[1:]] == ["LaunchComponent"] * 5 + ["LaunchComplete"]
-    assert '"component":"confidential-data-hub"' in lines[2] and '"component":"kata-agent"' in lines[3]
-    value = replay(ZERO, lines)[-1]
-    assert swtpm.pcrread(23) == value
-    assert swtpm.quoted_pcr(23) == value
-    assert record["measured"] is True and record["value"] == "sha256:" + value.hex()
+    expected = prediction()
+    data = bed.log.read_bytes()
+    assert data == b"".join(expected.records)   # fresh TPM: PCR 23 starts at zero
+    launch = read_launch(parse_records(data), 23)
+    assert launch.complete and [c.component for c in launch.components] == [
+        "attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder", "api-server-rest"]
+    assert replay(parse_records(data).records, 23) == expected.value
+    assert swtpm.pcrread(23) == expected.value
+    assert swtpm.quoted_pcr(23) == expected.value
+    assert record["measured"] is True and record["value"] == "sha256:" + expected.value.hex()
     assert record["components"] == DIGESTS and record["error"] is None and not bed.refused
-    assert bed.log.stat().st_mode & 0o777 == 0o644
-
-
-def launch_entries_in_order():
-    from podvm_bootstrap.eventlog import launch_order
-
-    return launch_order(launch_entries(FIVE), START_ORDER)
+    assert record["eventlog"] == str(bed.log)
+    assert stat.S_IMODE(bed.log.stat().st_mode) == 0o644 and stat.S_IMODE(bed.log.parent.stat().st_mode) == 0o755
 
 
 def test_restart_in_the_same_boot_measures_nothing_again(tmp_path, swtpm):
@@ -101,51 +113,83 @@ def test_restart_refuses_a_component_whose_digest_the_boot_did_not_measure(tmp_p
     assert swtpm.pcrread(23) == pcr_before and record["components"] == DIGESTS
 
 
-def test_new_boot_starts_a_new_log_from_the_pcrs_value(tmp_path, swtpm):
+def test_a_new_boot_needs_the_register_at_zero_and_replaces_the_old_file(tmp_path, swtpm):
     bed = Bed(tmp_path, swtpm.tcti)
     bed.measure()
-    carried = swtpm.pcrread(23)  # swtpm keeps PCR 23 (no reboot of the TPM here): INIT says so
+    with bed.log.open("ab") as f:   # the agent's record of the old boot
+        f.write(encode_record(23, AGENT_EVENT))
     bed.set_boot("boot-2")
-    bed.measure()
-    lines = bed.lines()
-    assert lines[0] == init_line(carried)
-    assert swtpm.pcrread(23) == parse_log(bed.log.read_bytes()).value
+    carried = swtpm.pcrread(23)   # swtpm keeps PCR 23 (the TPM did not reboot)
+    with pytest.raises(MeasurementError, match=r"^measured launch: PCR 23 reads sha256:[0-9a-f]{64} before the "
+                                               r"first record of this boot, not zero; nothing started$"):
+        bed.measure()
+    assert swtpm.pcrread(23) == carried
+    swtpm.tool("tpm2_pcrreset", "23")   # what a reboot does
+    assert bed.measure()["measured"] is True
+    assert bed.log.read_bytes() == b"".join(prediction().records)
+    assert swtpm.pcrread(23) == prediction().value
 
 
-def test_a_line_written_but_not_extended_is_extended_by_the_next_daemon(tmp_path, swtpm):
-    """A daemon killed between a line's fsync and its extend: the log says one
-    line more than the PCR; the next daemon of the boot extends it and goes on."""
+def test_a_record_written_but_not_extended_is_extended_by_the_next_daemon(tmp_path, swtpm):
+    """A daemon killed between a record's fsync and its extend: the file says
+    one record more than the PCR; the next daemon of the boot extends it and goes on."""
     bed = Bed(tmp_path, swtpm.tcti)
-    expected = launch_lines(ZERO, launch_entries_in_order())
-    bed.log.parent.mkdir(parents=True)
-    (bed.log.parent / "eventlog.boot_id").write_text("boot-1\n")
-    bed.log.write_text("\n".join(expected[:3]) + "\n")
-    for line in expected[:2]:  # the third line was written, never extended
-        swtpm.extend(23, hashlib.sha256(line.encode()).hexdigest())
+    expected = prediction()
+    bed.begin(b"".join(expected.records[:3]))
+    for text in expected.texts[:2]:  # the third record was written, never extended
+        swtpm.extend(23, event_digest(text).hex())
     record = bed.measure()
-    assert bed.lines() == expected
-    assert swtpm.pcrread(23) == replay(ZERO, expected)[-1]
-    assert record["measured"] is True
+    assert bed.log.read_bytes() == b"".join(expected.records)
+    assert swtpm.pcrread(23) == expected.value and record["measured"] is True
+
+
+def test_a_torn_record_is_cut_and_the_launch_goes_on(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    expected = prediction()
+    bed.begin(b"".join(expected.records[:2]) + expected.records[2][:40])   # cut before its fsync
+    for text in expected.texts[:2]:
+        swtpm.extend(23, event_digest(text).hex())
+    assert bed.measure()["measured"] is True
+    assert bed.log.read_bytes() == b"".join(expected.records) and swtpm.pcrread(23) == expected.value
+
+
+def test_launch_complete_written_but_not_extended_is_extended_on_restart(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    expected = prediction()
+    bed.begin(b"".join(expected.records))
+    for text in expected.texts[:-1]:
+        swtpm.extend(23, event_digest(text).hex())
+    assert bed.measure()["measured"] is True
+    assert swtpm.pcrread(23) == expected.value
 
 
 def test_unfinished_log_of_another_launch_set_stops_the_boot(tmp_path, swtpm):
     bed = Bed(tmp_path, swtpm.tcti)
-    other = launch_lines(ZERO, launch_entries([planned("kata-agent", digest="sha256:" + "f" * 64)]))
-    bed.log.parent.mkdir(parents=True)
-    (bed.log.parent / "eventlog.boot_id").write_text("boot-1\n")
-    bed.log.write_text(other[0] + "\n" + other[1] + "\n")
-    with pytest.raises(MeasurementError, match="another launch set; nothing started"):
+    other = predict(23, launch_entries([planned("kata-agent", digest="sha256:" + "f" * 64)]))
+    bed.begin(other.records[0])
+    with pytest.raises(MeasurementError, match="unfinished launch of another launch set; nothing started"):
         bed.measure()
 
 
-def test_failed_extend_is_one_error_and_the_log_says_no_less_than_the_pcr(tmp_path, swtpm):
-    bed = Bed(tmp_path, swtpm.tcti, pcr=17)  # PCR 17 cannot be extended from locality 0
+def test_a_register_not_zero_before_the_first_record_stops_the_boot_and_writes_nothing(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti, pcr=17)  # PCRs 17-22 read all ones until a locality-4 reset
     with pytest.raises(MeasurementError) as info:
         bed.measure()
     message = str(info.value)
     assert "\n" not in message and "nothing started" in message and "PCR 17" in message
     assert swtpm.pcrread(17) == b"\xff" * 32  # untouched
-    assert bed.lines() == [init_line(b"\xff" * 32)]  # written (durable) before the extend that failed
+    assert not bed.log.exists()
+
+
+@pytest.mark.parametrize("tpm", ["none", "swtpm"])
+def test_an_event_log_that_cannot_be_written_is_one_error_and_nothing_starts(tmp_path, swtpm, tpm):
+    bed = Bed(tmp_path, swtpm.tcti if tpm == "swtpm" else "none")
+    bed.log.parent.parent.mkdir(parents=True)
+    bed.log.parent.write_text("a file where the directory goes")
+    with pytest.raises(MeasurementError, match=r"^measured launch failed, nothing started: cannot write the "
+                                               r"event log .*/run/attestation-agent/eventlog: "):
+        bed.measure()
+    assert swtpm.pcrread(23) == bytes(32)
 
 
 def test_unreachable_tpm_is_one_error_and_no_log(tmp_path):
@@ -158,32 +202,61 @@ def test_unreachable_tpm_is_one_error_and_no_log(tmp_path):
 
 
 @pytest.mark.parametrize("tpm", ["none", "auto"])
-def test_without_a_tpm_the_log_is_written_and_the_launch_unmeasured(tmp_path, tpm):
+def test_without_a_tpm_the_records_are_written_and_the_launch_unmeasured(tmp_path, tpm):
     bed = Bed(tmp_path, tpm)  # auto: no <root>/dev/tpmrm0
     record = bed.measure()
-    assert bed.lines() == predict(launch_entries_in_order())[0]
+    assert bed.log.read_bytes() == b"".join(prediction().records)
     assert record["measured"] is False and record["tpm"].startswith("none")
-    record = bed.measure([*FIVE[:4], replace(FIVE[4], image=parse_reference(
-        "quay.io/confidential-containers/api-server-rest@sha256:" + "d" * 64))])
-    assert not bed.refused  # nothing is measured: nothing to refuse
-    assert bed.lines() == predict(launch_entries_in_order())[0]  # and the boot's log is kept
+    assert record["value"] == "sha256:" + prediction().value.hex()
+    changed = [*FIVE[:4], replace(FIVE[4], image=parse_reference(
+        "quay.io/confidential-containers/api-server-rest@sha256:" + "d" * 64))]
+    bed.measure(changed)
+    assert list(bed.refused) == ["api-server-rest"]    # the records must not lie about what runs
+    assert bed.log.read_bytes() == b"".join(prediction().records)  # and the boot's log is kept
 
 
-def test_attestation_agent_log_continuing_ours_keeps_the_launch_confirmed(tmp_path, swtpm):
+def test_the_agents_records_after_ours_keep_the_launch_confirmed(tmp_path, swtpm):
+    """The agent appends its own records to the same file and extends them
+    (on our register, or on its own); a restarted daemon replays them all."""
     bed = Bed(tmp_path, swtpm.tcti)
     bed.measure()
-    ours = swtpm.pcrread(23)
-    aa = [init_line(ours), 'github.com/confidential-containers/attestation-agent AddImage {"x":1}']
-    for line in aa:
-        swtpm.extend(23, hashlib.sha256(line.encode()).hexdigest())
-    aa_log = tmp_path / "run/attestation-agent/eventlog"
-    aa_log.parent.mkdir(parents=True)
-    aa_log.write_text("\n".join(aa) + "\n")
-    assert bed.measure()["measured"] is True
-    swtpm.extend(23, "ab" * 32)  # something nobody logged
+    for register in (23, 17 - 1):
+        with bed.log.open("ab") as f:
+            f.write(encode_record(register, AGENT_EVENT))
+        swtpm.extend(register, event_digest(AGENT_EVENT).hex())
     record = bed.measure()
-    assert record["measured"] is False
-    assert "no attestation agent log continues it" in record["error"]
+    assert record["measured"] is True and record["value"] == "sha256:" + prediction().value.hex()
+    swtpm.extend(23, "ab" * 32)  # something nobody logged
+    with pytest.raises(MeasurementError, match=r"PCR 23 reads .*; this boot's event log gives .*; nothing started"):
+        bed.measure()
+
+
+def test_a_record_the_agent_extended_and_has_not_written_yet_is_in_its_write_ahead_file(tmp_path, swtpm):
+    """The agent extends first and writes after, keeping the register's value it
+    expects in /run/attestation-agent/.wal_event_entry meanwhile (mod.rs)."""
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    swtpm.extend(23, event_digest(AGENT_EVENT).hex())
+    wal = bed.log.parent / ".wal_event_entry"
+    expected = swtpm.pcrread(23)
+    wal.write_bytes(struct.pack(">Q", bed.log.stat().st_size) + expected + AGENT_EVENT.encode())
+    assert bed.measure()["measured"] is True
+    wal.write_bytes(struct.pack(">Q", bed.log.stat().st_size) + bytes(32) + AGENT_EVENT.encode())
+    with pytest.raises(MeasurementError):
+        bed.measure()
+
+
+def test_fifos_planted_as_the_log_or_the_agents_file_do_not_hang_the_step(tmp_path, swtpm):
+    bed = Bed(tmp_path, swtpm.tcti)
+    bed.measure()
+    swtpm.extend(23, "cd" * 32)
+    os.mkfifo(bed.log.parent / ".wal_event_entry")
+    with pytest.raises(MeasurementError, match="nothing started"):   # would block in open() otherwise
+        bed.measure()
+    bed.log.unlink()
+    os.mkfifo(bed.log)
+    with pytest.raises(MeasurementError, match="cannot read this boot's event log"):
+        bed.measure()
 
 
 def test_preloading_the_bindings_only_when_a_tpm_is_used(tmp_path, swtpm):
@@ -193,19 +266,6 @@ def test_preloading_the_bindings_only_when_a_tpm_is_used(tmp_path, swtpm):
     assert preload_bindings("auto", tmp_path) is False      # no <root>/dev/tpmrm0
     assert preload_bindings(swtpm.tcti, tmp_path) is True
     assert preload_bindings("bogus", tmp_path) is False     # settings report it, not this
-
-
-def test_a_fifo_planted_as_the_agents_log_does_not_hang_the_check(tmp_path, swtpm):
-    import os
-
-    bed = Bed(tmp_path, swtpm.tcti)
-    bed.measure()
-    swtpm.extend(23, "cd" * 32)
-    fifo = tmp_path / "run/attestation-agent/eventlog"
-    fifo.parent.mkdir(parents=True)
-    os.mkfifo(fifo)
-    record = bed.measure()  # bounded: would block in open() on the FIFO otherwise
-    assert record["measured"] is False and "no attestation agent log continues it" in record["error"]
 
 
 def logged(caplog, fn):

@@ -47,7 +47,8 @@ def test_sample_manifest_loads_as_designed():
     assert aa.ready == Probe("unix_socket", "/run/confidential-containers/attestation-agent/attestation-agent.sock")
     assert aa.container.command == ("attestation-agent", "-c", "/run/peerpod/aa.toml")
     assert aa.container.volumes == ("/run/confidential-containers:/run/confidential-containers",
-                                    "/run/peerpod:/run/peerpod:ro")
+                                    "/run/peerpod:/run/peerpod:ro",
+                                    "/run/attestation-agent:/run/attestation-agent")  # the agent's event log
     assert not aa.essential
     assert [v.tee for v in aa.variants] == ["az-snp-vtpm", "az-tdx-vtpm", "tdx", "snp", "se"]
     for v in aa.variants:

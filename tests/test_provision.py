@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile
+from podvm_bootstrap.initdata import PLACEHOLDER_TOML
 from podvm_bootstrap.provision import ProvisionResult, file_mode, provision_files
 from podvm_bootstrap.settings import DEFAULT_ALLOWED_PATHS
 
@@ -277,3 +278,51 @@ def test_initdata_not_extracted_when_initdata_is_not_allowed(root):
     results = provision_files([wf("/run/peerpod/initdata", initdata_blob())], allowed, root)
     assert len(results) == 1 and not results[0].written
     assert not peerpod(root).exists()
+
+
+# --- the adaptor's placeholder initdata -----------------------------------------
+
+PLACEHOLDER_DIGEST = b"adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d"  # the adaptor's
+
+
+def test_without_initdata_the_adaptors_placeholder_is_written_and_extracted(root):
+    results = provision_files([wf("/run/peerpod/apf.json")], ALLOWED, root, placeholder=True)
+    assert [r.line() for r in results] == [
+        "wrote /run/peerpod/apf.json (4 bytes, mode 0644)",
+        "wrote /run/peerpod/initdata (108 bytes, mode 0644, the cloud-api-adaptor's placeholder: "
+        "the user-data carries no initdata)",
+        "wrote /run/peerpod/aa.toml (0 bytes, mode 0644)",
+        "wrote /run/peerpod/initdata.digest (64 bytes, mode 0644)",
+    ]
+    d = peerpod(root)
+    assert gzip.decompress(base64.b64decode((d / "initdata").read_bytes())) == PLACEHOLDER_TOML
+    assert (d / "initdata.digest").read_bytes() == PLACEHOLDER_DIGEST
+    assert (d / "aa.toml").read_bytes() == b""
+
+
+def test_the_placeholders_empty_aa_toml_does_not_replace_the_user_datas(root):
+    results = provision_files([wf("/run/peerpod/aa.toml", b"[token_configs]")], ALLOWED, root, placeholder=True)
+    assert [r.path for r in results] == ["/run/peerpod/aa.toml", "/run/peerpod/initdata",
+                                         "/run/peerpod/initdata.digest"]
+    assert (peerpod(root) / "aa.toml").read_bytes() == b"[token_configs]"
+    assert (peerpod(root) / "initdata.digest").read_bytes() == PLACEHOLDER_DIGEST
+
+
+def test_the_user_datas_initdata_means_no_placeholder(root):
+    provision_files([wf("/run/peerpod/initdata", initdata_blob())], ALLOWED, root, placeholder=True)
+    assert (peerpod(root) / "initdata").read_bytes() == initdata_blob()
+    assert (peerpod(root) / "initdata.digest").read_bytes() == hashlib.sha384(INITDATA_TOML).hexdigest().encode()
+
+
+def test_an_initdata_the_allow_list_refuses_is_no_initdata(root):
+    allowed = [p for p in ALLOWED if not p.endswith("/initdata")]
+    results = provision_files([wf("/run/peerpod/initdata", initdata_blob())], allowed, root, placeholder=True)
+    assert results[0].line() == "refused /run/peerpod/initdata: not in the allow-list"
+    assert (peerpod(root) / "initdata.digest").read_bytes() == PLACEHOLDER_DIGEST
+
+
+def test_an_invalid_initdata_is_not_replaced_by_the_placeholder(root):
+    """The owner sent initdata that cannot be read: no digest, nothing a relying party would accept."""
+    provision_files([wf("/run/peerpod/initdata", b"@@not base64@@")], ALLOWED, root, placeholder=True)
+    assert (peerpod(root) / "initdata").read_bytes() == b"@@not base64@@"
+    assert not (peerpod(root) / "initdata.digest").exists()

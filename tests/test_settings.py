@@ -56,6 +56,18 @@ def test_values_are_read(tmp_path):
     ("provision: {allowed_paths: [/run/peerpod/../etc/shadow]}\n", "provision.allowed_paths[0]"),
     ("provision: {allowed_paths: [/run/ok, 3]}\n", "provision.allowed_paths[1]"),
     ("runtime: {pull_retries: -1}\n", "runtime.pull_retries"),
+    ("measure: {pcr: 24}\n", "measure.pcr"),
+    ("measure: {tpm: 'swtpm:127.0.0.1'}\n", "measure.tpm"),
+    ("measure: {eventlog: run/attestation-agent/eventlog}\n", "measure.eventlog"),
+    ("measure: {eventlog: /run/../etc/eventlog}\n", "measure.eventlog"),
+    ("measure: {eventlog: /run/attestation-agent/}\n", "measure.eventlog"),
+    ("measure: {initdata_pcr: 24}\n", "measure.initdata_pcr"),
+    ("measure: {initdata_pcr: -1}\n", "measure.initdata_pcr"),
+    ("measure: {initdata_pcr: off}\n", "measure.initdata_pcr"),
+    ("measure: {initdata_pcr: eight}\n", "measure.initdata_pcr"),
+    ("measure: {initdata_pcr: 23}\n", "measure.initdata_pcr"),
+    ("measure: {pcr: 8}\n", "measure.initdata_pcr"),
+    ("measure: {initdata: 8}\n", "measure.initdata"),
     ("user_data: {}\n", "user_data"),
 ])
 def test_each_mistake_is_a_config_error_naming_file_and_key(tmp_path, text, key):
@@ -88,3 +100,15 @@ def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path):
     path.write_text("- userdata\n")
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         load_settings(path)
+
+
+def test_measure_defaults_and_values(tmp_path):
+    measure = load_settings(tmp_path / "absent.yaml").measure
+    assert (measure.tpm, measure.pcr, measure.eventlog, measure.initdata_pcr) == (
+        "auto", 23, "/run/attestation-agent/eventlog", 8)
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text("measure:\n  pcr: 16\n  eventlog: /run/x/log\n  initdata_pcr: none\n")
+    measure = load_settings(path).measure
+    assert (measure.pcr, measure.eventlog, measure.initdata_pcr) == (16, "/run/x/log", None)
+    path.write_text("measure:\n  initdata_pcr: 9\n")
+    assert load_settings(path).measure.initdata_pcr == 9

@@ -1,5 +1,6 @@
 """`status`: a component is `measured` only when this boot's launch went into
-the TPM and its log names the digest the component runs."""
+the TPM and its records name the digest the component runs; the initdata
+binding is shown beside it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def state(tmp_path, measurement):
 
 
 def record(measured: bool, **extra):
-    return {"eventlog": "/run/podvm-bootstrap/eventlog", "tpm": "swtpm:host=127.0.0.1,port=1", "pcr": 23,
+    return {"eventlog": "/run/attestation-agent/eventlog", "tpm": "swtpm:host=127.0.0.1,port=1", "pcr": 23,
             "measured": measured, "value": "sha256:" + "a" * 64, "components": {"aa": D1, "ka": D1},
             "error": None, **extra}
 
@@ -37,3 +38,19 @@ def test_unmeasured_launch_says_why(tmp_path):
     assert "measured launch: NOT measured (measure.tpm: none)" in format_status(st)
     st = state(tmp_path, None)
     assert [c["measured"] for c in st["components"]] == [False, False] and st["measurement"] is None
+
+
+INITDATA = {"pcr": 8, "digest": "sha256:" + "b" * 64, "expected": "sha256:" + "c" * 64}
+
+
+def test_the_initdata_binding_is_shown(tmp_path):
+    text = format_status(state(tmp_path, record(True, initdata={**INITDATA, "bound": True, "error": None})))
+    assert f"initdata: sha256:{'b' * 64} bound into PCR 8: sha256:{'c' * 64}" in text.splitlines()
+    text = format_status(state(tmp_path, record(False, tpm="none", initdata={**INITDATA, "bound": False,
+                                                                             "error": None})))
+    assert f"initdata: NOT bound into PCR 8 (measure.tpm: none); digest sha256:{'b' * 64}" in text.splitlines()
+    unreadable = {"pcr": 8, "digest": None, "expected": None, "bound": False,
+                  "error": "/run/peerpod/initdata.digest does not exist"}
+    text = format_status(state(tmp_path, record(True, initdata=unreadable)))
+    assert "initdata: NOT bound into PCR 8 (/run/peerpod/initdata.digest does not exist); digest None" in text
+    assert "initdata:" not in format_status(state(tmp_path, record(True, initdata=None)))

@@ -5,6 +5,7 @@ as the independent reader of it.
         tpm.tcti                      # "swtpm:host=127.0.0.1,port=P" (measure.tpm)
         tpm.pcrread(23)               # bytes, read with tpm2_pcrread
         tpm.quoted_pcr(23)            # bytes, from a quote checked with tpm2_checkquote
+        tpm.quoted_pcrs(8, 23)        # {8: bytes, 23: bytes}, from one quote
 
 swtpm is started on free ports and stopped by its PID. It serves one
 connection at a time: every client opens, uses and closes it."""
@@ -69,9 +70,14 @@ class Swtpm:
         self.tool("tpm2_pcrextend", f"{pcr}:sha256={digest_hex}")
 
     def quoted_pcr(self, pcr: int) -> bytes:
-        """PCR `pcr` as a relying party sees it: a quote over a fresh nonce by
+        """PCR `pcr` as a relying party sees it (see quoted_pcrs)."""
+        return self.quoted_pcrs(pcr)[pcr]
+
+    def quoted_pcrs(self, *pcrs: int) -> dict[int, bytes]:
+        """PCRs as a relying party sees them: one quote over a fresh nonce by
         an attestation key made under the endorsement key, checked with
-        tpm2_checkquote (signature, nonce, PCR digest). Returns the quoted value."""
+        tpm2_checkquote (signature, nonce, PCR digest). Returns the quoted
+        sha256 values."""
         if self._ak is None:
             # No resource manager in front of swtpm: transient objects are
             # flushed after each command, or the TPM runs out of object slots.
@@ -83,15 +89,19 @@ class Swtpm:
             self.tool("tpm2_flushcontext", "-s")
             self._ak = self.workdir / "ak.pem"
         nonce = secrets.token_hex(16)
-        self.tool("tpm2_quote", "-c", "ak.ctx", "-l", f"sha256:{pcr}", "-q", nonce, "-m", "quote.msg",
+        selection = "sha256:" + ",".join(str(p) for p in pcrs)
+        self.tool("tpm2_quote", "-c", "ak.ctx", "-l", selection, "-q", nonce, "-m", "quote.msg",
                   "-s", "quote.sig", "-o", "quote.pcrs", "-g", "sha256")
         self.tool("tpm2_flushcontext", "-t")
         out = self.tool("tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig",
                         "-f", "quote.pcrs", "-g", "sha256", "-q", nonce).stdout
-        match = re.search(rf"^\s*{pcr}\s*:\s*0x([0-9A-Fa-f]{{64}})\s*$", out, re.M)
-        if match is None:
-            raise BedError(f"tpm2_checkquote printed no sha256 value for PCR {pcr}: {out!r}")
-        return bytes.fromhex(match.group(1))
+        values = {}
+        for pcr in pcrs:
+            match = re.search(rf"^\s*{pcr}\s*:\s*0x([0-9A-Fa-f]{{64}})\s*$", out, re.M)
+            if match is None:
+                raise BedError(f"tpm2_checkquote printed no sha256 value for PCR {pcr}: {out!r}")
+            values[pcr] = bytes.fromhex(match.group(1))
+        return values
 
     def stop(self) -> None:
         self.service.stop()
