@@ -65,7 +65,8 @@ def test_the_readme_example_merges_into_its_user_data_and_plans_as_documented(tm
     assert apf["override"]["accepted"] is True
     assert aa["source"] == "default" and aa["image"] != requests["attestation-agent"]
     assert aa["override"] == {"requested": requests["attestation-agent"], "accepted": False,
-                              "reason": "the policy allows no override for attestation-agent (repositories is empty)"}
+                              "reason": "the policy allows no override for attestation-agent (repositories is empty)",
+                              "requested_by": "user-data"}
     # the README quotes that reason word for word
     assert aa["override"]["reason"] in " ".join(README.read_text().split())
     assert plan["version"] and plan["tee"] == "none"
