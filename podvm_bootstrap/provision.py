@@ -88,21 +88,6 @@ def check_path(path: str, allowed: frozenset[str]) -> str:
     return normalized
 
 
-def content_for(files: Sequence[WriteFile], allowed_paths: Sequence[str], target: str) -> bytes | None:
-    """The content provision_files would write at `target` (an allowed path):
-    that of the last entry whose path is `target`, None when none is (pure;
-    `plan` reads the initdata it would provision this way)."""
-    allowed = frozenset(allowed_paths)
-    content = None
-    for wf in files:
-        try:
-            if check_path(wf.path, allowed) == target:
-                content = wf.content
-        except _Refused:
-            continue
-    return content
-
-
 def provision_files(files: Sequence[WriteFile], allowed_paths: Sequence[str], root: Path) -> list[ProvisionResult]:
     allowed = frozenset(allowed_paths)
     results: list[ProvisionResult | None] = [None] * len(files)
@@ -134,6 +119,21 @@ def provision_files(files: Sequence[WriteFile], allowed_paths: Sequence[str], ro
     if initdata_blob is not None:
         out.extend(_extract_initdata(root, initdata_blob))
     return out
+
+
+def initdata_entry(files: Sequence[WriteFile], allowed_paths: Sequence[str]) -> bytes | None:
+    """The initdata the user-data carries: the content of the last write_files
+    entry for the initdata file that the allow-list accepts; None when there is
+    none (the placeholder is written then)."""
+    allowed = frozenset(allowed_paths)
+    found = None
+    for wf in files:
+        try:
+            if check_path(wf.path, allowed) == INITDATA_PATH:
+                found = wf.content
+        except _Refused:
+            continue
+    return found
 
 
 def _extract_initdata(root: Path, blob: bytes) -> list[ProvisionResult]:

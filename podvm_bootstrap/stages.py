@@ -215,14 +215,14 @@ def initdata_requests(paths: Paths, settings: Settings, userdata: UserData | Non
     the defaults go on."""
     from podvm_bootstrap import initdata
     from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE
-    from podvm_bootstrap.provision import INITDATA_PATH, content_for, read_provisioned
+    from podvm_bootstrap.provision import INITDATA_PATH, initdata_entry, read_provisioned
 
     try:
         if provisioned:
             blob = read_provisioned(paths.root, INITDATA_PATH, MAX_FILE_SIZE)
         else:
             blob = (None if userdata is None else
-                    content_for(userdata.write_files, settings.provision.allowed_paths, INITDATA_PATH))
+                    initdata_entry(userdata.write_files, settings.provision.allowed_paths))
         if blob is None:
             return {}
         parsed = initdata.parse_initdata(blob, MAX_FILE_SIZE)
