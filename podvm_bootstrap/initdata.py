@@ -25,11 +25,14 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from podvm_bootstrap.cloudconfig import ImageRequests, parse_image_requests
 from podvm_bootstrap.codec import GZIP_MAGIC, CodecError, b64decode_strict, gunzip_bounded
 from podvm_bootstrap.errors import UserDataError, one_line, show
 from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
+
+if TYPE_CHECKING:   # the YAML reader of the requests loads only when an initdata carries some
+    from podvm_bootstrap.cloudconfig import ImageRequests
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
 DATA_FILES = ("aa.toml", "cdh.toml", "policy.rego")
@@ -109,6 +112,8 @@ def image_requests(parsed: Initdata, max_size: int) -> ImageRequests:
     (none when absent), read with the user-data's YAML loader and its bounds
     (`max_size`). UserDataError, one line, when the entry is unusable as a
     whole; a bad item inside is one line of `problems`."""
+    from podvm_bootstrap.cloudconfig import ImageRequests, parse_image_requests
+
     where = f"initdata {REQUESTS_ENTRY}"
     if parsed.requests is None:
         return ImageRequests()
