@@ -194,7 +194,6 @@ def find_cycle(after: dict[str, tuple[str, ...]]) -> list[str] | None:
 # or the pod's owner, in the initdata's [data] entry "podvm-bootstrap.yaml"
 # (covered by the initdata digest the TEE or the TPM binds).
 RequestSource = Literal["user-data", "initdata"]
-REQUEST_SOURCES: tuple[str, ...] = ("user-data", "initdata")
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ Overrides are asked for in the user-data (the host's word) and in the
 initdata (the pod owner's, covered by the initdata digest): when both ask for
 a component, the initdata's request is the one judged, and the decision says
 which source asked (`requested_by`). Every override is accounted for:
-accepted, or refused with a line in plan.errors. Under `on_rejected_override: fail`, any override that is not
-accepted (including one naming a component the manifest does not have) sets
-plan.refused, and the caller exits 3.
+accepted, or refused with a line in plan.errors. Under
+`on_rejected_override: fail`, any override that is not accepted (including
+one naming a component the manifest does not have) sets plan.refused, and
+the caller exits 3.
 
 The boot's TEE picks each component's variant first (podvm_bootstrap.variants):
 the variant is then that component's baked image (`source: variant`), and an
