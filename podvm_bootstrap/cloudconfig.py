@@ -261,25 +261,61 @@ def _content(value: object, encoding: object, where: str, limit: int) -> bytes:
     return data
 
 
-def _podvm_bootstrap(value: object, problems: list[str]) -> dict[str, object]:
+def _podvm_bootstrap(value: object, problems: list[str], where: str = "podvm_bootstrap") -> dict[str, object]:
+    """The `images:` requests of a mapping {images: {component: reference}}:
+    the user-data's `podvm_bootstrap` key, or the initdata's
+    podvm-bootstrap.yaml (`where` names it in problems)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problems.append(f"podvm_bootstrap: expected a mapping, got {_type_name(value)}; ignored")
+        problems.append(f"{where}: expected a mapping, got {_type_name(value)}; ignored")
         return {}
     for key in value:
         if key != "images":
-            problems.append(f"podvm_bootstrap: unknown key {show(key)} ignored (known: images)")
+            problems.append(f"{where}: unknown key {show(key)} ignored (known: images)")
     images = value.get("images")
     if images is None:
         return {}
     if not isinstance(images, dict):
-        problems.append(f"podvm_bootstrap.images: expected a mapping, got {_type_name(images)}; ignored")
+        problems.append(f"{where}.images: expected a mapping, got {_type_name(images)}; ignored")
         return {}
     result: dict[str, object] = {}
     for name, ref in images.items():
         if not isinstance(name, str) or not name:
-            problems.append(f"podvm_bootstrap.images: component name must be a string, got {show(name)}; ignored")
+            problems.append(f"{where}.images: component name must be a string, got {show(name)}; ignored")
         else:
             result[name] = ref.strip() if isinstance(ref, str) else ref
     return result
+
+
+@dataclass(frozen=True)
+class ImageRequests:
+    """The overrides a document asks for; `problems`, one line per unusable
+    part (skipped)."""
+
+    images: dict[str, object] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+
+def parse_image_requests(text: str, where: str, max_size: int) -> ImageRequests:
+    """A YAML document holding the same `images:` mapping as the user-data's
+    `podvm_bootstrap` (the initdata's "podvm-bootstrap.yaml"), read with the
+    user-data's loader and bounds: at most `max_size` bytes, no aliases.
+    UserDataError (one line naming `where`) when the document is unusable as
+    a whole."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_size:
+        raise UserDataError(f"{where} is larger than {max_size} bytes")
+    if "\0" in text:
+        raise UserDataError(f"{where} contains a NUL character")
+    try:
+        document = load_yaml_text(text.removeprefix("\ufeff"), aliases=False)
+    except YamlProblem as exc:
+        raise UserDataError(f"{where} is not valid YAML: {exc}") from None
+    problems: list[str] = []
+    if document is None:
+        return ImageRequests()
+    if not isinstance(document, dict):
+        raise UserDataError(f"{where} must be a YAML mapping (images: {{component: image}}), "
+                            f"got {_type_name(document)}")
+    return ImageRequests(_podvm_bootstrap(document, problems, where), tuple(problems))

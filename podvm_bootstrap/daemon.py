@@ -35,7 +35,7 @@ from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent
+from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent, source_label
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
@@ -345,7 +345,8 @@ class Daemon:
         self.planned[name] = planned
         self.supervisor.image_ready(name)
         signed = f", signed by {planned.signature}" if planned.signature else ""
-        log.info("image %s verified (%s%s)", planned.image, planned.source, signed, **_log(name))
+        source = source_label(planned.source, None, planned.override.requested_by if planned.override else None)
+        log.info("image %s verified (%s%s)", planned.image, source, signed, **_log(name))
 
     def _ensure_one(self, planned: PlannedComponent) -> PlannedComponent:
         allow_tag = self.policy.mutable_tags
@@ -358,9 +359,10 @@ class Daemon:
                 raise ImageError(f"override {planned.image} unusable and the policy says fail: {exc}") from None
             log.error("override %s unusable (%s); falling back to the default %s",
                       planned.image, exc, planned.component.image, **_log(planned.name))
-            requested = planned.override.requested if planned.override else str(planned.image)
-            fallback = PlannedComponent(planned.component, planned.component.image, "default",
-                                        OverrideDecision(requested, False, f"image unusable: {exc}"),
+            refused = (OverrideDecision(str(planned.image), False, f"image unusable: {exc}")
+                       if planned.override is None else
+                       replace(planned.override, accepted=False, reason=f"image unusable: {exc}"))
+            fallback = PlannedComponent(planned.component, planned.component.image, "default", refused,
                                         signed_by=planned.signed_by)
             return self._stored(fallback, allow_tag)
 

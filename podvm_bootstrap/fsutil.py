@@ -123,19 +123,21 @@ def read_json(path: Path, limit: int) -> object | None:
         return None
 
 
-def read_regular_file(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
+def read_regular_file(path: Path | str, limit: int, *, follow_symlinks: bool = True,
+                      dir_fd: int | None = None) -> bytes:
     """At most `limit` bytes of `path`, which must be a regular file: a FIFO or
     a device planted there can neither block the read nor feed it forever
     (O_NONBLOCK makes opening a FIFO return at once, O_NOCTTY keeps a
     terminal from becoming ours). With follow_symlinks=False a symbolic link
     at `path` fails the open (ELOOP). OSError otherwise (NotARegularFile when
-    it is something else than a regular file)."""
+    it is something else than a regular file). `dir_fd`: `path` is relative
+    to that directory."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotARegularFile(path, file_kind(mode))
+            raise NotARegularFile(Path(path), file_kind(mode))
         chunks, left = [], limit
         while left > 0:
             chunk = os.read(fd, min(left, 1024 * 1024))

@@ -10,8 +10,14 @@
     "policy.rego" = '''...'''
 
 Its digest is the named hash of the decompressed TOML bytes, as hex. Keys of
-[data] other than the three known files are ignored (nothing here consumes
-them, and a name from user-data never becomes a file name).
+[data] other than the three known files and "podvm-bootstrap.yaml" are
+ignored (nothing here consumes them, and a name from user-data never becomes
+a file name).
+
+"podvm-bootstrap.yaml" is the pod owner's image requests (the same `images:`
+mapping as the user-data's `podvm_bootstrap`): read by `image_requests`,
+never written as a file. A problem with that entry alone leaves the rest of
+the initdata usable.
 
 When the user-data carries no initdata, the cloud-api-adaptor's
 process-user-data writes a placeholder (PLACEHOLDER_TOML, byte for byte), so
@@ -29,13 +35,18 @@ import gzip
 import hashlib
 import tomllib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from podvm_bootstrap.codec import GZIP_MAGIC, CodecError, b64decode_strict, gunzip_bounded
 from podvm_bootstrap.errors import UserDataError, one_line, show
 from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
 
+if TYPE_CHECKING:   # the YAML reader of the requests loads only when an initdata carries some
+    from podvm_bootstrap.cloudconfig import ImageRequests
+
 ALGORITHMS = ("sha256", "sha384", "sha512")
 DATA_FILES = ("aa.toml", "cdh.toml", "policy.rego")
+REQUESTS_ENTRY = "podvm-bootstrap.yaml"
 DIGEST_FILE = "initdata.digest"
 # Every file extract() may produce, all beside the initdata file.
 DERIVED_FILES = (*DATA_FILES, DIGEST_FILE)
@@ -56,6 +67,7 @@ class Initdata:
     version: str
     files: dict[str, bytes]  # known [data] names -> content
     digest_hex: str
+    requests: object = None  # [data] "podvm-bootstrap.yaml" as the TOML gave it (None: absent)
 
 
 def parse_initdata(blob: bytes, max_size: int) -> Initdata:
@@ -107,7 +119,22 @@ def parse_initdata(blob: bytes, max_size: int) -> Initdata:
             raise InitdataError(f"initdata data.{name!r} must be a string")
         files[name] = data[name].encode("utf-8")
     return Initdata(algorithm=algorithm, version=version, files=files,
-                    digest_hex=hashlib.new(algorithm, toml_bytes).hexdigest())
+                    digest_hex=hashlib.new(algorithm, toml_bytes).hexdigest(), requests=data.get(REQUESTS_ENTRY))
+
+
+def image_requests(parsed: Initdata, max_size: int) -> ImageRequests:
+    """The overrides the pod's owner asks for in [data] "podvm-bootstrap.yaml"
+    (none when absent), read with the user-data's YAML loader and its bounds
+    (`max_size`). UserDataError, one line, when the entry is unusable as a
+    whole; a bad item inside is one line of `problems`."""
+    from podvm_bootstrap.cloudconfig import ImageRequests, parse_image_requests
+
+    where = f"initdata {REQUESTS_ENTRY}"
+    if parsed.requests is None:
+        return ImageRequests()
+    if not isinstance(parsed.requests, str):
+        raise InitdataError(f"{where} must be a string (a YAML document), got {type(parsed.requests).__name__}")
+    return parse_image_requests(parsed.requests, where, max_size)
 
 
 def extract(blob: bytes, max_size: int) -> dict[str, bytes]:

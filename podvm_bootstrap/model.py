@@ -190,12 +190,18 @@ def find_cycle(after: dict[str, tuple[str, ...]]) -> list[str] | None:
     return None
 
 
+# Who asked for an override: the host, in the user-data's `podvm_bootstrap.images`;
+# or the pod's owner, in the initdata's [data] entry "podvm-bootstrap.yaml"
+# (covered by the initdata digest the TEE or the TPM binds).
+RequestSource = Literal["user-data", "initdata"]
+
+
 @dataclass(frozen=True)
 class OverrideDecision:
     requested: str
     accepted: bool
     reason: str
-    requested_by: str = "user-data"
+    requested_by: RequestSource = "user-data"
 
 
 @dataclass(frozen=True)
@@ -245,9 +251,19 @@ class PlannedComponent:
                 "requested": self.override.requested,
                 "accepted": self.override.accepted,
                 "reason": self.override.reason,
+                "requested_by": self.override.requested_by,
             },
             "after": list(self.component.after),
         }
+
+
+def source_label(source: object, variant: object, requested_by: object) -> str:
+    """How `plan` and `status` show where a component's image comes from:
+    `default`, `variant (tdx)`, `override from initdata (tdx)`."""
+    label = str(source)
+    if source == "override" and requested_by is not None:
+        label += f" from {requested_by}"
+    return label + (f" ({variant})" if variant else "")
 
 
 _Named = TypeVar("_Named", Component, PlannedComponent)

@@ -1,9 +1,13 @@
 """Resolution: (manifest, policy, requested overrides) → the plan. Pure.
 
-Every override is accounted for: accepted, or refused with a line in
-plan.errors. Under `on_rejected_override: fail`, any override that is not
-accepted (including one naming a component the manifest does not have) sets
-plan.refused, and the caller exits 3.
+Overrides are asked for in the user-data (the host's word) and in the
+initdata (the pod owner's, covered by the initdata digest): when both ask for
+a component, the initdata's request is the one judged, and the decision says
+which source asked (`requested_by`). Every override is accounted for:
+accepted, or refused with a line in plan.errors. Under
+`on_rejected_override: fail`, any override that is not accepted (including
+one naming a component the manifest does not have) sets plan.refused, and
+the caller exits 3.
 
 The boot's TEE picks each component's variant first (podvm_bootstrap.variants):
 the variant is then that component's baked image (`source: variant`), and an
@@ -12,39 +16,51 @@ accepted override replaces it like it replaces a default."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from podvm_bootstrap.errors import ConfigError, show
 from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.model import Manifest, Plan, PlannedComponent, check_components
+from podvm_bootstrap.model import Manifest, Plan, PlannedComponent, check_components, source_label
 from podvm_bootstrap.policy import Policy, evaluate_override
 from podvm_bootstrap.texttable import text_table
 from podvm_bootstrap.variants import resolve_variants
 
 
-def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[Any, object], tee: str = "none") -> Plan:
+def make_plan(manifest: Manifest, policy: Policy, overrides: Mapping[Any, object], tee: str = "none",
+              initdata_overrides: Mapping[Any, object] | None = None) -> Plan:
+    """`overrides`: the user-data's requests; `initdata_overrides`: the
+    initdata's, which win per component."""
     _check_defaults_pinned(manifest, policy)
+    from_initdata = initdata_overrides or {}
     planned: list[PlannedComponent] = []
     errors: list[str] = []
     refused = False
     for component in resolve_variants(manifest, tee).components:
         signed_by = policy.signed_by(component.name)
-        if component.name not in overrides:
+        if component.name in from_initdata:
+            decision = evaluate_override(policy, component.name, from_initdata[component.name], "initdata")
+            if component.name in overrides:
+                decision = replace(decision, reason=decision.reason + "; the user-data asked too, the initdata wins")
+        elif component.name in overrides:
+            decision = evaluate_override(policy, component.name, overrides[component.name], "user-data")
+        else:
             planned.append(PlannedComponent(component, component.image, "default", signed_by=signed_by))
             continue
-        decision = evaluate_override(policy, component.name, overrides[component.name])
         if decision.accepted:
             image = parse_reference(decision.requested)
             planned.append(PlannedComponent(component, image, "override", decision, signed_by=signed_by))
         else:
             planned.append(PlannedComponent(component, component.image, "default", decision, signed_by=signed_by))
             errors.append(f"override for {component.name} refused: {decision.reason}; "
-                          f"requested {decision.requested}")
+                          f"requested {decision.requested} (in the {decision.requested_by})")
             refused = True
-    for name in overrides:
-        if not isinstance(name, str) or manifest.get(name) is None:
-            errors.append(f"override for unknown component {show(name, quote=True)} ignored")
-            refused = True
+    for source, requests in (("initdata", from_initdata), ("user-data", overrides)):
+        for name in requests:
+            if not isinstance(name, str) or manifest.get(name) is None:
+                errors.append(f"override for unknown component {show(name, quote=True)} ignored "
+                              f"(in the {source})")
+                refused = True
     return Plan(
         components=tuple(planned),
         start_order=start_order(manifest),
@@ -91,11 +107,13 @@ def format_table(plan: Plan) -> str:
     """The human view of `plan`: one row per component, then refused overrides
     and other errors, then the start order."""
     header = ("COMPONENT", "UNIT", "SOURCE", "IMAGE")
-    lines = text_table([header] + [(c.name, c.unit, c.source + (f" ({c.variant})" if c.variant else ""),
-                                    str(c.image)) for c in plan.components])
+    lines = text_table([header] + [
+        (c.name, c.unit, source_label(c.source, c.variant, c.override.requested_by if c.override else None),
+         str(c.image)) for c in plan.components])
     for c in plan.components:
         if c.override is not None and not c.override.accepted:
-            lines.append(f"refused override for {c.name}: {c.override.requested}: {c.override.reason}")
+            lines.append(f"refused override for {c.name} (asked in the {c.override.requested_by}): "
+                         f"{c.override.requested}: {c.override.reason}")
     refused_lines = {f"override for {c.name} refused" for c in plan.components
                      if c.override is not None and not c.override.accepted}
     for error in plan.errors:

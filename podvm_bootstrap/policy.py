@@ -21,6 +21,9 @@ Decisions taken where DESIGN.md is silent:
   public key is a configuration error, even when no component names it);
   keyless forms (fulcio, pki, rekor) cannot be verified offline and are
   configuration errors. The verification itself is signatures.py's.
+- `override_from: initdata` refuses a component's requests from the
+  user-data whatever they ask for (the reason says so first); an initdata
+  request is then judged by the other rules, like any request.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from podvm_bootstrap.errors import ConfigError, one_line, show
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef, ReferenceError, parse_reference
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.model import COMPONENT_NAME, OverrideDecision, component_name_problem
+from podvm_bootstrap.model import COMPONENT_NAME, OverrideDecision, RequestSource, component_name_problem
 from podvm_bootstrap.paths import under_root
 from podvm_bootstrap.signatures import SignedIdentity, Trust
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
@@ -48,6 +51,9 @@ log = get_logger("policy")
 
 POLICY_VERSION = 1
 ON_REJECTED_CHOICES = ("use-default", "fail")
+# Whose requests count for a component: any (user-data or initdata), or only
+# the pod's owner's, in the measured initdata.
+OVERRIDE_FROM_CHOICES = ("any", "initdata")
 # User-data is untrusted: longer requests are refused before parsing, and
 # what is echoed back in reasons and logs is cut to this many characters.
 MAX_REQUEST_LENGTH = 1024
@@ -86,6 +92,7 @@ class ComponentPolicy:
     digests: tuple[str, ...] = ()
     signed_by: tuple[str, ...] = ()    # non-empty: every image of the component needs a signature by one
     signed_identity: SignedIdentity = SignedIdentity()
+    override_from: str = "any"         # any | initdata (OVERRIDE_FROM_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -248,7 +255,7 @@ def _signed_identity(sec: Section) -> SignedIdentity:
 
 
 def _component_policy(sec: Section, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> ComponentPolicy:
-    sec.only(("repositories", "digests", "signed_by", "signed_identity"))
+    sec.only(("repositories", "digests", "signed_by", "signed_identity", "override_from"))
     patterns = []
     for index, text in enumerate(sec.string_list("repositories")):
         try:
@@ -264,17 +271,24 @@ def _component_policy(sec: Section, keys: Mapping[str, ec.EllipticCurvePublicKey
         if name not in keys:
             raise sec.error(f"signed_by[{index}]", f"key {name!r} is not defined under keys")
     return ComponentPolicy(repositories=tuple(patterns), digests=digests, signed_by=signed_by,
-                           signed_identity=_signed_identity(sec))
+                           signed_identity=_signed_identity(sec),
+                           override_from=sec.string("override_from", "any", choices=OVERRIDE_FROM_CHOICES))
 
 
-def evaluate_override(policy: Policy, component_name: str, requested: object) -> OverrideDecision:
-    """Accept or refuse one requested image for a component; pure. An accepted
-    decision carries `requested` verbatim (a valid reference); a refused one
-    carries it escaped and shortened."""
+def evaluate_override(policy: Policy, component_name: str, requested: object,
+                      requested_by: RequestSource = "user-data") -> OverrideDecision:
+    """Accept or refuse one requested image for a component, asked for by
+    `requested_by`; pure. An accepted decision carries `requested` verbatim
+    (a valid reference); a refused one carries it escaped and shortened."""
 
     def refuse(reason: str) -> OverrideDecision:
-        return OverrideDecision(requested=show(requested, MAX_ECHO_LENGTH), accepted=False, reason=reason)
+        return OverrideDecision(requested=show(requested, MAX_ECHO_LENGTH), accepted=False, reason=reason,
+                                requested_by=requested_by)
 
+    rules = policy.components.get(component_name)
+    if rules is not None and rules.override_from == "initdata" and requested_by != "initdata":
+        return refuse(f"the policy takes overrides for {component_name} only from the pod's initdata "
+                      f"(override_from: initdata); this request is from the {requested_by}")
     if not isinstance(requested, str):
         return refuse(f"not an image reference string ({type(requested).__name__})")
     if len(requested) > MAX_REQUEST_LENGTH:
@@ -283,7 +297,6 @@ def evaluate_override(policy: Policy, component_name: str, requested: object) ->
         ref = parse_reference(requested)
     except ReferenceError as exc:
         return refuse(f"not a valid image reference: {one_line(exc, MAX_ECHO_LENGTH)}")
-    rules = policy.components.get(component_name)
     if rules is None:
         return refuse(f"the policy allows no override for {component_name}")
     if not rules.repositories:
@@ -297,7 +310,9 @@ def evaluate_override(policy: Policy, component_name: str, requested: object) ->
         if rules.digests:
             return refuse("a tag cannot be checked against the policy's digest list; pin it by digest")
         return OverrideDecision(requested=requested, accepted=True,
-                                reason=f"allowed by {matched.text} (mutable tag, resolved at pull)")
+                                reason=f"allowed by {matched.text} (mutable tag, resolved at pull)",
+                                requested_by=requested_by)
     if rules.digests and ref.digest not in rules.digests:
         return refuse(f"digest {ref.digest} is not in the policy's digests for {component_name}")
-    return OverrideDecision(requested=requested, accepted=True, reason=f"allowed by {matched.text}")
+    return OverrideDecision(requested=requested, accepted=True, reason=f"allowed by {matched.text}",
+                            requested_by=requested_by)

@@ -46,6 +46,7 @@ from pathlib import Path
 from podvm_bootstrap import initdata
 from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile
 from podvm_bootstrap.errors import UserDataError, show
+from podvm_bootstrap.fsutil import NotARegularFile, read_regular_file
 
 INITDATA_PATH = "/run/peerpod/initdata"
 DEFAULT_MODE = 0o644
@@ -254,6 +255,35 @@ def _safe_write(root: Path, target: str, content: bytes, mode: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_provisioned(root: Path, target: str, limit: int) -> bytes | None:
+    """The content of the file provisioning wrote at `target` under `root`,
+    reached the way it is written (no symlink followed anywhere below `root`,
+    only a regular file, at most `limit` bytes); None when there is none.
+    UserDataError (one line) when it cannot be read as such."""
+    try:
+        dir_fd = _open_parent(root, target, create=False)
+    except FileNotFoundError:
+        return None
+    except _Refused as exc:
+        raise UserDataError(f"{target} not read: {exc}") from None
+    except OSError as exc:
+        raise UserDataError(f"{target} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = read_regular_file(posixpath.basename(target), limit + 1, follow_symlinks=False, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except NotARegularFile as exc:
+        raise UserDataError(f"{target} is {exc.kind}, not a regular file; not read") from None
+    except OSError as exc:
+        what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise UserDataError(f"{target} cannot be read: {what}") from None
+    finally:
+        os.close(dir_fd)
+    if len(data) > limit:
+        raise UserDataError(f"{target} is larger than {limit} bytes; not read")
+    return data
 
 
 def _remove_stale(root: Path, target: str) -> None:

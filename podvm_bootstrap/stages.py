@@ -206,6 +206,44 @@ def provision(paths: Paths, settings: Settings, userdata: UserData | None) -> li
     return provision_files(files, settings.provision.allowed_paths, paths.root, placeholder=True)
 
 
+def initdata_requests(paths: Paths, settings: Settings, userdata: UserData | None, *,
+                      provisioned: bool) -> dict[str, object]:
+    """The overrides the pod's owner asks for in this boot's initdata ([data]
+    "podvm-bootstrap.yaml"). `provisioned` (the daemon, after provisioning):
+    read from the initdata file provisioning left under --root, the one whose
+    digest is bound at boot; otherwise (`plan`, `render`: no side effects) from
+    the content the user-data's write_files would provision there. Anything
+    unusable is one error line and no request: the user-data's requests and
+    the defaults go on."""
+    from podvm_bootstrap import initdata
+    from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE
+    from podvm_bootstrap.provision import INITDATA_PATH, initdata_entry, read_provisioned
+
+    try:
+        if provisioned:
+            blob = read_provisioned(paths.root, INITDATA_PATH, MAX_FILE_SIZE)
+        else:
+            blob = (None if userdata is None else
+                    initdata_entry(userdata.write_files, settings.provision.allowed_paths))
+        if blob is None:
+            return {}
+        parsed = initdata.parse_initdata(blob, MAX_FILE_SIZE)
+    except UserDataError as exc:
+        if provisioned:   # provisioning has said why already
+            log.info("no override is read from the initdata: %s", exc)
+        else:
+            log.error("%s; no override is read from the initdata", exc)
+        return {}
+    try:
+        requests = initdata.image_requests(parsed, settings.userdata.max_size)
+    except UserDataError as exc:
+        log.error("%s; the initdata asks for no override", exc)
+        return {}
+    for problem in requests.problems:
+        log.error("%s", problem)
+    return requests.images
+
+
 @dataclass(frozen=True)
 class Baked:
     """What the image carries, apart from the policy: settings, manifest, and
@@ -273,14 +311,18 @@ def plan(paths: Paths, source: UserDataSource, settings: Settings | None = None,
         for result in provisioned:
             (log.info if result.written else log.error)("provision: %s", result.line())
     overrides = obtained.userdata.images if obtained.userdata is not None else {}
+    from_initdata = initdata_requests(paths, settings, obtained.userdata, provisioned=provision_files)
     if obtained.userdata is not None and (notice := userdata_tee_notice(obtained.userdata)):
         log.warning("%s", notice)
     tee = baked.tee
-    boot_plan = make_plan(baked.manifest, policy, overrides, tee=tee.tee)
+    boot_plan = make_plan(baked.manifest, policy, overrides, tee=tee.tee, initdata_overrides=from_initdata)
     log.info("TEE: %s (%s)", tee.tee, tee.reason)
     for planned in boot_plan.components:
         if planned.variant is not None:
             log.info("%s: %s variant, image %s (%s)", planned.name, planned.variant, planned.image, planned.source)
+        if planned.override is not None and planned.override.accepted:
+            log.info("override for %s accepted (asked in the %s): %s; image %s", planned.name,
+                     planned.override.requested_by, planned.override.reason, planned.image)
     for error in boot_plan.errors:
         log.error("%s", error)
     return BootPlan(settings=settings, userdata=obtained.userdata, plan=boot_plan, policy=policy,

@@ -19,6 +19,7 @@ from typing import Any
 
 from podvm_bootstrap.errors import EXIT_OK, EXIT_RUNTIME, one_line
 from podvm_bootstrap.fsutil import read_json
+from podvm_bootstrap.model import source_label
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.state import MAX_STATE_JSON, STATE_FILE, read_state
 from podvm_bootstrap.systemd_dbus import SystemdError, UnitState, read_unit_states
@@ -132,15 +133,25 @@ def format_status(status: dict[str, Any]) -> str:
         signature = c.get("signature")
         signed_by = str(signature.get("key")) if isinstance(signature, dict) else "-"
         rows.append((name, str(c.get("unit")), str(c.get("state")), str(c.get("health")), str(c.get("restarts", 0)),
-                     active, str(c.get("source")) + (f" ({c['variant']})" if c.get("variant") else ""),
+                     active, source_label(c.get("source"), c.get("variant"), _requested_by(c)),
                      signed_by, str(c.get("image")), str(c.get("last_error") or "-")))
     lines += text_table(rows)
     lines.append("* essential")
+    for c in status["components"]:
+        override = c.get("override")
+        if isinstance(override, dict) and override.get("accepted") is False:
+            lines.append(f"refused override for {c['name']} (asked in the {override.get('requested_by')}): "
+                         f"{override.get('requested')}: {override.get('reason')}")
     lines.append(measurement_line(status.get("measurement")))
     if (line := initdata_line(status.get("measurement"))) is not None:
         lines.append(line)
     lines.append(f"podvm-bootstrap {status['version']}, tee: {status.get('tee') or 'unknown'}")
     return "\n".join(lines) + "\n"
+
+
+def _requested_by(component: dict[str, Any]) -> object:
+    override = component.get("override")
+    return override.get("requested_by") if isinstance(override, dict) else None
 
 
 def status_exit(status: dict[str, Any] | None) -> int:

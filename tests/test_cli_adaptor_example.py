@@ -1,16 +1,42 @@
-"""README "For the cloud-api-adaptor": the documented override example is run
-as written. Its config map and pod annotation are merged the way the README
-tells the adaptor to (the annotation wins per component), the result must be
-the README's user-data, and `podvm-bootstrap plan --json` on that user-data,
-with the sample baked configuration, must do what the README says."""
+"""README "For the cloud-api-adaptor": the documented override examples are
+run as written.
+
+- The initdata route (what works with the adaptor as it ships): the pod's
+  initdata annotation, decoded the way Kata's runtime decodes it, must be the
+  README's initdata TOML; the README's user-data must be what the adaptor's
+  cloud-config template writes for it, its initdata the same TOML again; and
+  `plan` and `provision` on that user-data, with the sample baked
+  configuration, must print what the README shows.
+- The user-data route (needs an adaptor change): its config map and pod
+  annotation are merged the way the README tells the adaptor to (the
+  annotation wins per component), the result must be the README's user-data,
+  and `podvm-bootstrap plan --json` on that user-data must do what the README
+  says.
+
+Upstream behaviour mirrored here, as read from the sources:
+- kata-containers src/runtime/pkg/oci/utils.go (addHypervisorInitdataOverrides,
+  commit 7c6ba40c54ea29b459b4997cff948caaba4e658b): the annotation is
+  standard base64 of gzip; the TOML inside goes to the remote hypervisor
+  (src/runtime/virtcontainers/remote.go) as the same annotation, in clear.
+- cloud-api-adaptor (commit fbdde756207826872ba4bcee1f5c6788d7aee707):
+  pkg/util/cloud.go GetInitdataFromAnnotation gzips and base64-encodes that
+  TOML again (pkg/initdata Encode), pkg/adaptor/cloud/cloud.go adds it as the
+  write_files entry /run/peerpod/initdata, and
+  src/cloud-providers/util/cloudinit/cloudconfig.go (cloudInitText) renders
+  the cloud-config."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -19,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 ANNOTATION = "io.katacontainers.config.podvm_bootstrap.images"
 CONFIG_MAP_KEY = "PODVM_BOOTSTRAP_IMAGES"
+INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 
 
 def example(name: str) -> str:
@@ -65,7 +92,98 @@ def test_the_readme_example_merges_into_its_user_data_and_plans_as_documented(tm
     assert apf["override"]["accepted"] is True
     assert aa["source"] == "default" and aa["image"] != requests["attestation-agent"]
     assert aa["override"] == {"requested": requests["attestation-agent"], "accepted": False,
-                              "reason": "the policy allows no override for attestation-agent (repositories is empty)"}
+                              "reason": "the policy allows no override for attestation-agent (repositories is empty)",
+                              "requested_by": "user-data"}
     # the README quotes that reason word for word
     assert aa["override"]["reason"] in " ".join(README.read_text().split())
     assert plan["version"] and plan["tee"] == "none"
+
+
+def kata_decode_initdata(annotation: str) -> str:
+    """What Kata's runtime does with the annotation: standard base64 (no
+    other form), then gzip; the TOML it hands the adaptor."""
+    try:
+        return gzip.decompress(base64.b64decode(annotation, validate=True)).decode()
+    except (binascii.Error, OSError, UnicodeDecodeError) as exc:
+        raise AssertionError(f"Kata's runtime would refuse this annotation: {exc}") from None
+
+
+def adaptor_cloud_config(files: list[tuple[str, str]]) -> str:
+    """The adaptor's cloud-config template (cloudInitText) for write_files
+    entries that have only a path and a content: the content as a `|` block,
+    one line per line of it."""
+    out = "#cloud-config\n\nwrite_files:\n"
+    for path, content in files:
+        out += f"  - path: {path}\n"
+        if content:
+            lines = content.split("\n")
+            if lines[-1] == "":
+                lines = lines[:-1]
+            out += "    content: |\n" + "".join(f"      {line}\n" for line in lines)
+    return out
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID", "NOTIFY_SOCKET")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "podvm_bootstrap", "--root", str(tmp_path / "root"),
+                           "--config-dir", str(REPO / "image/config"), *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def console(name: str, command: str) -> str:
+    """The output a README console block shows for `$ command`."""
+    first, _, rest = example(name).partition("\n")
+    assert first == f"$ {command}", f"README block {name!r} must start with '$ {command}'"
+    return rest
+
+
+def test_the_initdata_route_works_with_the_adaptor_as_it_ships(tmp_path):
+    toml_text = example("initdata")
+    data = tomllib.loads(toml_text)["data"]
+    assert set(data) == {"aa.toml", "cdh.toml", "policy.rego", "podvm-bootstrap.yaml"}
+    requests = yaml.safe_load(data["podvm-bootstrap.yaml"])["images"]
+    assert set(requests) == {"agent-protocol-forwarder", "attestation-agent"}
+
+    # the pod's annotation, as Kata's runtime reads it
+    pod = yaml.safe_load(example("pod-initdata"))
+    assert pod["spec"]["runtimeClassName"] == "kata-remote"
+    handed_to_adaptor = kata_decode_initdata(pod["metadata"]["annotations"][INITDATA_ANNOTATION])
+    assert handed_to_adaptor == toml_text
+
+    # the user-data, as the adaptor's template writes it: its files, then the initdata encoded again
+    userdata_text = example("user-data-initdata")
+    entries = yaml.safe_load(userdata_text)["write_files"]
+    files = [(e["path"], e["content"].removesuffix("\n")) for e in entries]
+    assert [path for path, _ in files] == ["/run/peerpod/apf.json", "/run/peerpod/initdata"]
+    assert userdata_text == adaptor_cloud_config(files)
+    assert kata_decode_initdata(dict(files)["/run/peerpod/initdata"]) == handed_to_adaptor
+    assert "podvm_bootstrap" not in userdata_text   # nothing of ours: the adaptor is unchanged
+
+    ud = tmp_path / "user-data"
+    ud.write_text(userdata_text)
+    (tmp_path / "root").mkdir()
+    result = cli(tmp_path, "plan", "--user-data", str(ud))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == console("plan-initdata", "podvm-bootstrap plan")
+
+    result = cli(tmp_path, "plan", "--json", "--user-data", str(ud))
+    assert result.returncode == 0, result.stderr
+    by_name = {c["name"]: c for c in json.loads(result.stdout)["components"]}
+    apf, aa = by_name["agent-protocol-forwarder"], by_name["attestation-agent"]
+    assert apf["source"] == "override" and apf["image"] == requests["agent-protocol-forwarder"]
+    assert apf["override"]["accepted"] is True and apf["override"]["requested_by"] == "initdata"
+    assert aa["source"] == "default" and aa["override"] == {
+        "requested": requests["attestation-agent"], "accepted": False, "requested_by": "initdata",
+        "reason": "the policy allows no override for attestation-agent (repositories is empty)"}
+    assert aa["override"]["reason"] in " ".join(README.read_text().split())
+
+    result = cli(tmp_path, "provision", "--user-data", str(ud))
+    assert result.returncode == 0, result.stderr
+    peerpod = tmp_path / "root/run/peerpod"
+    digest = (peerpod / "initdata.digest").read_text()
+    assert digest + "\n" == console("digest-initdata", "cat /run/peerpod/initdata.digest")
+    assert digest == hashlib.sha384(toml_text.encode()).hexdigest()
+    for name in ("aa.toml", "cdh.toml", "policy.rego"):
+        assert (peerpod / name).read_text() == data[name]
+    assert not (peerpod / "podvm-bootstrap.yaml").exists()

@@ -7,6 +7,8 @@ state.json with a note. The full daemon is exercised in the pod VM
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import subprocess
@@ -81,6 +83,61 @@ def test_run_provisions_saves_user_data_and_plan_then_needs_systemd(tmp_path: Pa
     apf = next(c for c in plan["components"] if c["name"] == "agent-protocol-forwarder")
     assert apf["source"] == "override" and apf["digest"] == DIGEST_C
     assert plan["start_order"] == [["attestation-agent"], ["agent-protocol-forwarder"]]
+
+
+def initdata_blob(images: dict[str, str]) -> str:
+    entry = "images:\n" + "".join(f"  {name}: {ref}\n" for name, ref in images.items())
+    toml = f'algorithm = "sha256"\nversion = "0.1.0"\n[data]\n"podvm-bootstrap.yaml" = \'\'\'\n{entry}\'\'\'\n'
+    return base64.b64encode(gzip.compress(toml.encode(), mtime=0)).decode()
+
+
+def test_run_takes_the_initdata_request_over_the_user_data_one(tmp_path: Path, config: Path) -> None:
+    root = tmp_path / "root"
+    owner, host = f"ghcr.io/example/apf@{DIGEST_C}", f"ghcr.io/example/other@{DIGEST_A}"
+    userdata = tmp_path / "user-data"
+    userdata.write_text("#cloud-config\nwrite_files:\n  - path: /run/peerpod/initdata\n"
+                        f"    content: {initdata_blob({'agent-protocol-forwarder': owner})}\n"
+                        f"podvm_bootstrap:\n  images:\n    agent-protocol-forwarder: {host}\n"
+                        f"    attestation-agent: {host}\n")
+    result = cli("--root", str(root), "--config-dir", str(config), "run", "--user-data", str(userdata))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert ("podvm-bootstrap: info: override for agent-protocol-forwarder accepted (asked in the initdata): "
+            "allowed by ghcr.io/example/*; the user-data asked too, the initdata wins; "
+            f"image {owner}") in result.stderr.splitlines()
+    plan = json.loads((root / "run/podvm-bootstrap/plan.json").read_text())
+    by_name = {c["name"]: c for c in plan["components"]}
+    assert by_name["agent-protocol-forwarder"]["image"] == owner
+    assert by_name["agent-protocol-forwarder"]["override"] == {
+        "requested": owner, "accepted": True, "requested_by": "initdata",
+        "reason": "allowed by ghcr.io/example/*; the user-data asked too, the initdata wins"}
+    assert by_name["attestation-agent"]["override"]["requested_by"] == "user-data"
+    assert by_name["attestation-agent"]["override"]["accepted"] is False
+
+
+def test_status_says_which_source_asked(tmp_path: Path, config: Path) -> None:
+    from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.planner import make_plan
+    from podvm_bootstrap.policy import load_policy
+    from podvm_bootstrap.state import state_record
+
+    owner, host = f"ghcr.io/example/apf@{DIGEST_C}", f"ghcr.io/example/aa@{DIGEST_C}"
+    plan = make_plan(load_manifest(config / "components.yaml"), load_policy(config / "policy.yaml"),
+                     {"attestation-agent": host}, initdata_overrides={"agent-protocol-forwarder": owner})
+    planned = {p.name: p for p in plan.components}
+    snapshot = {name: {"state": "ready", "health": "passing", "essential": True, "restarts": 0} for name in planned}
+    write_state(tmp_path, state_record(
+        daemon={"pid": os.getpid(), "phase": "supervising", "ready": True, "status": "x"}, boot={},
+        units=[p.unit for p in plan.components], planned=planned, snapshot=snapshot, resolved_from={},
+        unit_hashes={}, live={}))
+    status = json.loads(cli("--state-dir", str(tmp_path), "status", "--json").stdout)
+    by_name = {c["name"]: c for c in status["components"]}
+    assert by_name["agent-protocol-forwarder"]["override"]["requested_by"] == "initdata"
+    assert by_name["attestation-agent"]["override"]["requested_by"] == "user-data"
+    human = cli("--state-dir", str(tmp_path), "status").stdout.splitlines()
+    apf_row = next(line for line in human if line.startswith("agent-protocol-forwarder*"))
+    assert " override from initdata " in apf_row and apf_row.split()[-2] == owner
+    assert ("refused override for attestation-agent (asked in the user-data): "
+            f"{host}: the policy allows no override for attestation-agent") in human
 
 
 def _state(state_dir: Path, apf_state: str, restarts: int = 0, pid: int | None = None) -> None:

@@ -14,9 +14,9 @@ from datetime import timedelta
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from podvm_bootstrap.cloudconfig import UserData, decode_payload, parse_userdata
+from podvm_bootstrap.cloudconfig import ImageRequests, UserData, decode_payload, parse_userdata
 from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.initdata import Initdata, InitdataError, parse_initdata
+from podvm_bootstrap.initdata import Initdata, InitdataError, image_requests, parse_initdata
 from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
 
 MAX_SIZE = 256 * 1024
@@ -57,6 +57,20 @@ YAML_DOCUMENTS = st.lists(YAML_PIECES | st.text(max_size=8), max_size=60).map(""
 def test_parse_userdata_returns_or_raises_one_line_within_memory(text):
     result, peak = within_memory(lambda: parse_userdata(text.encode("utf-8", "surrogatepass")))
     assert isinstance(result, (UserData, UserDataError)), repr(result)
+    if isinstance(result, UserDataError):
+        assert "\n" not in str(result)
+    else:
+        assert all("\n" not in problem for problem in result.problems)
+    assert peak < MEMORY_BOUND
+
+
+@FUZZ
+@given(YAML_DOCUMENTS)
+def test_the_initdatas_requests_entry_returns_or_raises_one_line_within_memory(text):
+    # the initdata's [data] "podvm-bootstrap.yaml": the same pieces, through its own reader
+    parsed = Initdata(algorithm="sha256", version="0.1.0", files={}, digest_hex="", requests=text)
+    result, peak = within_memory(lambda: image_requests(parsed, MAX_SIZE))
+    assert isinstance(result, (ImageRequests, UserDataError)), repr(result)
     if isinstance(result, UserDataError):
         assert "\n" not in str(result)
     else:

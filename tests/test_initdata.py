@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from podvm_bootstrap.errors import UserDataError
 from podvm_bootstrap.initdata import (
     DIGEST_FILE,
     PLACEHOLDER_TOML,
@@ -16,6 +17,7 @@ from podvm_bootstrap.initdata import (
     bound_digest,
     bound_value,
     extract,
+    image_requests,
     parse_initdata,
     placeholder_blob,
 )
@@ -153,3 +155,56 @@ def test_the_bound_value_is_trustees():
     # sha256(0x00 * 32 || "8505...") == "bdda..."
     digest = bytes.fromhex("8505e4e25e50a27c5dc8147af88efbece627fbea55291911eff832d9ee127781")
     assert bound_value(digest).hex() == "bddaccb9c52249e97a31baea61b7d91be8221a16e703d92148d04fb8e9c1dfdd"
+
+
+# ---- the pod owner's image requests: [data] "podvm-bootstrap.yaml" ------------
+
+APF_REF = "quay.io/confidential-containers/agent-protocol-forwarder@sha256:" + "4" * 64
+
+
+def with_requests(entry: str) -> bytes:
+    return blob(toml_doc() + f"\"podvm-bootstrap.yaml\" = '''\n{entry}'''\n".encode())
+
+
+def test_the_requests_entry_is_read_with_the_same_images_mapping_as_the_user_data():
+    parsed = parse_initdata(with_requests(f"images:\n  agent-protocol-forwarder: {APF_REF}\n"), MAX)
+    requests = image_requests(parsed, 256 * 1024)
+    assert requests.images == {"agent-protocol-forwarder": APF_REF} and requests.problems == ()
+    # it is never a file, and the known files are still there
+    assert "podvm-bootstrap.yaml" not in extract(with_requests("images: {}\n"), MAX)
+    assert parsed.files["aa.toml"] == AA.encode()
+
+
+def test_no_requests_entry_asks_for_nothing():
+    assert image_requests(parse_initdata(blob(toml_doc()), MAX), 1024).images == {}
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("images: [\n", "initdata podvm-bootstrap.yaml is not valid YAML: "),
+    ("a: &x [1]\nb: *x\n", "initdata podvm-bootstrap.yaml is not valid YAML: YAML aliases are not allowed"),
+    ("- images\n", "initdata podvm-bootstrap.yaml must be a YAML mapping (images: {component: image}), got a list"),
+    ("images: !!python/object:os.system x\n", "initdata podvm-bootstrap.yaml is not valid YAML: "),
+    ("images: {x: " + "y" * 300 + "}\n", "initdata podvm-bootstrap.yaml is larger than 256 bytes"),
+])
+def test_an_unusable_requests_entry_is_one_line(entry, words):
+    parsed = parse_initdata(with_requests(entry), MAX)
+    with pytest.raises(UserDataError) as info:
+        image_requests(parsed, 256)
+    assert str(info.value).startswith(words) and "\n" not in str(info.value)
+
+
+def test_a_requests_entry_that_is_not_a_string_leaves_the_rest_of_the_initdata_usable():
+    toml = toml_doc() + b'"podvm-bootstrap.yaml" = 7\n'
+    parsed = parse_initdata(blob(toml), MAX)
+    assert parsed.files["aa.toml"] == AA.encode()
+    with pytest.raises(InitdataError, match="initdata podvm-bootstrap.yaml must be a string"):
+        image_requests(parsed, MAX)
+
+
+def test_bad_items_are_one_line_each_and_the_rest_is_kept():
+    entry = f"images:\n  agent-protocol-forwarder: {APF_REF}\n  7: x\nextra: 1\n"
+    requests = image_requests(parse_initdata(with_requests(entry), MAX), MAX)
+    assert requests.images == {"agent-protocol-forwarder": APF_REF}
+    assert requests.problems == (
+        "initdata podvm-bootstrap.yaml: unknown key extra ignored (known: images)",
+        "initdata podvm-bootstrap.yaml.images: component name must be a string, got 7; ignored")

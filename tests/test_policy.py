@@ -106,6 +106,10 @@ def test_components_absent_means_no_overrides(tmp_path):
     ({"version": 1, "components": {APF: {"repositories": [""]}}}, f"components.{APF}.repositories[0]", "invalid"),
     ({"version": 1, "components": {APF: {"digests": ["sha256:abc"]}}}, f"components.{APF}.digests[0]", "sha256"),
     ({"version": 1, "components": {APF: {"digests": ["1" * 64]}}}, f"components.{APF}.digests[0]", "sha256"),
+    ({"version": 1, "components": {APF: {"override_from": "pod"}}}, f"components.{APF}.override_from",
+     "must be one of any, initdata, got 'pod'"),
+    ({"version": 1, "components": {APF: {"override_from": True}}}, f"components.{APF}.override_from",
+     "expected a non-empty string"),
 ])
 def test_bad_policy_names_file_and_key(tmp_path, data, key, words):
     path = write(tmp_path, data)
@@ -114,6 +118,28 @@ def test_bad_policy_names_file_and_key(tmp_path, data, key, words):
     assert info.value.file == str(path)
     assert info.value.key == key
     assert words in info.value.message
+
+
+@pytest.mark.parametrize("value, expected", [(None, "any"), ("any", "any"), ("initdata", "initdata")])
+def test_override_from_loads(tmp_path, value, expected):
+    rules = {"repositories": ["quay.io/org/apf"]} | ({} if value is None else {"override_from": value})
+    p = load_policy(write(tmp_path, {"version": 1, "components": {APF: rules}}))
+    assert p.components[APF].override_from == expected
+
+
+def test_override_from_initdata_refuses_every_user_data_request_first(tmp_path):
+    p = load_policy(write(tmp_path, {"version": 1, "components": {
+        APF: {"repositories": ["quay.io/org/apf"], "override_from": "initdata"}}}))
+    for requested in (f"quay.io/org/apf@{D1}", f"ghcr.io/evil/apf@{D1}", 7):
+        d = evaluate_override(p, APF, requested)
+        assert not d.accepted and d.requested_by == "user-data"
+        assert d.reason == (f"the policy takes overrides for {APF} only from the pod's initdata "
+                            "(override_from: initdata); this request is from the user-data")
+    d = evaluate_override(p, APF, f"quay.io/org/apf@{D1}", "initdata")
+    assert d.accepted and d.requested_by == "initdata" and d.reason == "allowed by quay.io/org/apf"
+    # from the initdata, every other rule still applies
+    d = evaluate_override(p, APF, f"ghcr.io/evil/apf@{D1}", "initdata")
+    assert not d.accepted and d.requested_by == "initdata" and "not allowed" in d.reason
 
 
 def test_policy_yaml_syntax_error(tmp_path):
