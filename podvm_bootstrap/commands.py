@@ -137,3 +137,9 @@ def cmd_measurements(args: argparse.Namespace, paths: Paths) -> int:
 
     path = Path(args.log) if args.log else paths.state_dir / DEFAULT_LOG
     return show_measurements(path, args.expect_pcr, as_json=args.json)
+
+
+def cmd_collect(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.collect import run_collect
+
+    return run_collect(paths, args.output)

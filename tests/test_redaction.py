@@ -26,41 +26,23 @@ from podvm_bootstrap.redaction import (
     scrub,
     scrub_forms,
 )
-
-# Known secrets, each distinct, planted below and searched for in every output.
-REGISTRY_AUTH = base64.b64encode(b"podvm:registry-pass-7f3a").decode()
-TLS_KEY_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDplantedkey01"
-TLS_CERT_BODY = "MIIDazCCAlOgAwIBAgIUplantedcert000000000000000000000000000000"
-CA_BODY = "MIIBszCCAVmgAwIBAgIUplantedcacert0000000000000000000000000000"
-KBS_TOKEN = "kbs-token-4c1d9e"
-CDH_SECRET = "cdh-sealed-secret-88aa"
-POLICY_TEXT = "package agent_policy\ndefault AllowRequestsFailingPolicy := planted-policy-99"
-RUNCMD_PASSWORD = "chpasswd-root-Secr3t"
-
-SECRETS = (REGISTRY_AUTH, TLS_KEY_BODY, TLS_CERT_BODY, CA_BODY, KBS_TOKEN, CDH_SECRET, "planted-policy-99",
-           RUNCMD_PASSWORD)
-
-
-def pem(kind: str, body: str) -> str:
-    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
-
-
-AUTH_JSON = json.dumps({"auths": {"registry.example:5000": {"auth": REGISTRY_AUTH}}}).encode()
-APF_JSON = json.dumps({
-    "pod-network": {"podip": "10.244.0.19/24", "interface": "eth0", "mtu": 1500, "vxlan-id": 555001},
-    "pod-namespace": "default", "pod-name": "nginx-866fdb5bfb-b98nw",
-    "tls-server-key": pem("PRIVATE KEY", TLS_KEY_BODY),
-    "tls-server-cert": pem("CERTIFICATE", TLS_CERT_BODY),
-    "tls-client-ca": pem("CERTIFICATE", CA_BODY),
-}).encode()
-AA_TOML = f'[token_configs]\n[token_configs.kbs]\nurl = "http://127.0.0.1:8080"\ntoken = "{KBS_TOKEN}"\n'.encode()
-CDH_TOML = f'socket = "unix:///run/cdh.sock"\n[kbc]\nname = "cc_kbc"\nsecret = "{CDH_SECRET}"\nretries = 3\n'.encode()
-
-
-def initdata_blob(algorithm: str = "sha384") -> tuple[bytes, bytes]:
-    toml = (f'algorithm = "{algorithm}"\nversion = "0.1.0"\n[data]\n"aa.toml" = \'\'\'\n{AA_TOML.decode()}\'\'\'\n'
-            f'"policy.rego" = \'\'\'\n{POLICY_TEXT}\n\'\'\'\n').encode()
-    return base64.b64encode(gzip.compress(toml)), toml
+from tests.planted_secrets import (
+    AA_TOML,
+    APF_JSON,
+    AUTH_JSON,
+    CA_BODY,
+    CDH_SECRET,
+    CDH_TOML,
+    KBS_TOKEN,
+    REGISTRY_AUTH,
+    RUNCMD_PASSWORD,
+    SECRETS,
+    TLS_CERT_BODY,
+    TLS_KEY_BODY,
+    initdata_blob,
+    pem,
+    userdata_text,
+)
 
 
 def everything_of(result) -> str:
@@ -156,37 +138,28 @@ def test_the_initdata_digest_file_is_kept_when_it_is_a_digest():
     assert "value" not in odd.summary and KBS_TOKEN not in everything_of(odd)
 
 
-def userdata_text() -> bytes:
-    blob, _ = initdata_blob("sha256")
-    return (
-        "#cloud-config\nwrite_files:\n"
-        f"  - path: /run/peerpod/auth.json\n    content: '{AUTH_JSON.decode()}'\n"
-        f"  - path: /run/peerpod/aa.toml\n    encoding: b64\n    content: {base64.b64encode(AA_TOML).decode()}\n"
-        f"  - path: /run/peerpod/initdata\n    content: {blob.decode()}\n"
-        f"runcmd:\n  - echo root:{RUNCMD_PASSWORD} | chpasswd\n"
-        "podvm_bootstrap:\n  images:\n    agent-protocol-forwarder: ghcr.io/example/apf@sha256:" + "a" * 64 + "\n"
-    ).encode()
-
-
 def test_userdata_keeps_the_written_paths_and_withholds_contents():
     raw = userdata_text()
     result = redact("/run/podvm-bootstrap/user-data", raw)
     info = result.summary["user-data"]
-    assert [w["path"] for w in info["write_files"]] == ["/run/peerpod/auth.json", "/run/peerpod/aa.toml",
+    assert [w["path"] for w in info["write_files"]] == ["/run/peerpod/auth.json", "/run/peerpod/apf.json",
+                                                        "/run/peerpod/aa.toml", "/run/peerpod/cdh.toml",
                                                         "/run/peerpod/initdata"]
-    assert info["write_files"][1]["size"] == len(AA_TOML)
-    assert info["write_files"][1]["sha256"] == "sha256:" + hashlib.sha256(AA_TOML).hexdigest()
+    assert info["write_files"][2]["size"] == len(AA_TOML)
+    assert info["write_files"][2]["sha256"] == "sha256:" + hashlib.sha256(AA_TOML).hexdigest()
+    assert info["write_files"][1]["shape"]["pod-network"]["podip"] == "10.244.0.19/24"
     assert info["overrides_requested"] == ["agent-protocol-forwarder"] and info["ignored_keys"] == ["runcmd"]
     assert_no_secret(everything_of(result))
     # the contents, their b64 forms and the document's own lines are searched for elsewhere
     assert base64.b64encode(AA_TOML).decode() in result.secrets
     assert f"- echo root:{RUNCMD_PASSWORD} | chpasswd" in result.secrets
+    assert base64.b64encode(CDH_TOML).decode() in result.secrets
 
 
 def test_userdata_as_base64_of_gzip_is_decoded_first():
     raw = base64.b64encode(gzip.compress(userdata_text()))
     result = redact("user-data", raw)
-    assert len(result.summary["user-data"]["write_files"]) == 3
+    assert len(result.summary["user-data"]["write_files"]) == 5
 
 
 @pytest.mark.parametrize("name,data", [
