@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -70,6 +71,13 @@ def userdata_text(*, initdata: bool = True, override: str | None = OVERRIDE) -> 
     return ("#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)).encode()
 
 
+PREFIX = "podvm-bootstrap: error: collect: "   # the line a part that cannot be had prints on stderr
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def bundle_members(data: bytes) -> dict[str, bytes]:
     """A collect bundle's members by their name inside its one top directory."""
     members: dict[str, bytes] = {}
@@ -95,3 +103,21 @@ def assert_no_secret_in_bundle(data: bytes) -> None:
             assert secret.encode() not in content, f"{secret!r} leaked into {name}"
     for secret in SECRETS:
         assert secret.encode() not in stream, f"{secret!r} leaked into the tar stream"
+
+
+def manifest_of(members: dict[str, bytes]) -> dict[str, dict]:
+    return {p["name"]: p for p in json.loads(members["MANIFEST.json"])["parts"]}
+
+
+def assert_manifest_tells_the_truth(members: dict[str, bytes], stderr: bytes) -> dict[str, dict]:
+    """Every part kept is a member with its size and sha256, nothing else is
+    in the bundle, and each part that could not be had is one stderr line."""
+    parts = manifest_of(members)
+    assert set(members) - {"MANIFEST.json"} == {n for n, p in parts.items() if "sha256" in p}
+    for name, part in parts.items():
+        if "sha256" in part:
+            assert (part["size"], part["sha256"]) == (len(members[name]), sha256(members[name])), name
+    lines = [line for line in stderr.decode().splitlines() if line.startswith(PREFIX)]
+    assert lines == [f"{PREFIX}{p['name']}: {p['error']}" for p in parts.values() if "error" in p]
+    assert "Traceback" not in stderr.decode()
+    return parts

@@ -7,7 +7,6 @@ is test_e2e_collect.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,8 +28,11 @@ from tests.planted_secrets import (
     CDH_TOML,
     KBS_TOKEN,
     OVERRIDE,
+    PREFIX,
+    assert_manifest_tells_the_truth,
     assert_no_secret_in_bundle,
     bundle_members,
+    sha256,
     userdata_text,
 )
 
@@ -56,17 +58,12 @@ components:
     repositories: [ghcr.io/example/*]
 """
 UNITS = ("attestation-agent.service", "agent-protocol-forwarder.service")
-PREFIX = "podvm-bootstrap: error: collect: "
 
 
 def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "podvm_bootstrap", *map(str, args)], capture_output=True,
                           timeout=180, cwd=cwd,
                           env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent"})
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def baked_tree(root: Path) -> Path:
@@ -79,24 +76,6 @@ def baked_tree(root: Path) -> Path:
     unit.mkdir(parents=True)
     shutil.copy(REPO / "systemd" / "podvm-bootstrap.service", unit)
     return config
-
-
-def manifest_of(members: dict[str, bytes]) -> dict[str, dict]:
-    return {p["name"]: p for p in json.loads(members["MANIFEST.json"])["parts"]}
-
-
-def assert_manifest_tells_the_truth(members: dict[str, bytes], stderr: bytes) -> dict[str, dict]:
-    """Every part kept is a member with its size and sha256, nothing else is
-    in the bundle, and each part that could not be had is one stderr line."""
-    parts = manifest_of(members)
-    assert set(members) - {"MANIFEST.json"} == {n for n, p in parts.items() if "sha256" in p}
-    for name, part in parts.items():
-        if "sha256" in part:
-            assert (part["size"], part["sha256"]) == (len(members[name]), sha256(members[name])), name
-    lines = [line for line in stderr.decode().splitlines() if line.startswith(PREFIX)]
-    assert lines == [f"{PREFIX}{p['name']}: {p['error']}" for p in parts.values() if "error" in p]
-    assert "Traceback" not in stderr.decode()
-    return parts
 
 
 def test_a_bundle_of_a_provisioned_tree_carries_every_part_and_no_secret(tmp_path: Path) -> None:
