@@ -52,7 +52,7 @@ from podvm_bootstrap import __version__
 from podvm_bootstrap.errors import BootstrapError, one_line
 from podvm_bootstrap.fsutil import NotARegularFile, atomic_write, read_json, read_regular_file
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.redaction import Redacted, redact, scrub, scrub_forms, sha256_hex
+from podvm_bootstrap.redaction import redact, scrub, scrub_forms, sha256_hex, withheld_text
 from podvm_bootstrap.settings import Settings, load_settings
 
 FORMAT_VERSION = 1
@@ -293,7 +293,7 @@ def secret_files(paths: Paths, settings: Settings) -> list[Path]:
 
 
 def summarize_secrets(c: Collector) -> None:
-    files = []
+    files: list[dict[str, Any]] = []
     for path in secret_files(c.paths, c.settings):
         shown = "/" + str(path.relative_to(c.paths.root)) if path.is_relative_to(c.paths.root) else str(path)
         try:
@@ -306,7 +306,13 @@ def summarize_secrets(c: Collector) -> None:
         if len(data) > SECRET_FILE_CAP:
             files.append({"file": shown, "error": f"larger than {SECRET_FILE_CAP} bytes: not read"})
             continue
-        result: Redacted = redact(shown, data, max_size=SECRET_FILE_CAP)
+        try:
+            result = redact(shown, data, max_size=SECRET_FILE_CAP)
+        except Exception as exc:  # noqa: BLE001 - fail closed: the file is withheld whole and searched for
+            c.secrets.update(withheld_text(data))
+            files.append({"file": shown, "size": len(data), "sha256": sha256_hex(data),
+                          "error": f"cannot be summarized ({type(exc).__name__}): withheld whole"})
+            continue
         c.secrets.update(result.secrets)
         files.append(result.summary)
     c.value("redacted.json", {"files": files, "note": "values withheld by rule; names, sizes and sha256 kept"})
@@ -488,13 +494,25 @@ def collect(paths: Paths, *, deadline: float = DEADLINE, part_cap: int = PART_CA
     if settings_error is not None:
         c.add(Part("settings", error=f"{settings_error} (defaults used for the collect)"))
     summarize_secrets(c)                 # first: what it withholds is scrubbed from everything after
-    plan = collect_state(c)
-    units = component_units(c, plan)
-    collect_journals(c, units)
-    collect_units(c, units)
-    collect_eventlog(c)
-    collect_podman(c, plan)
-    collect_tee_tpm(c, plan)
+    plan: dict[str, Any] = {}
+    units: list[str] = []
+
+    def step(name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - one step's failure must not cost the bundle its other parts
+            c.add(Part(name, error=f"cannot be collected: {type(exc).__name__}: {one_line(exc, 200)}"))
+
+    def state() -> None:
+        plan.update(collect_state(c))
+        units.extend(component_units(c, plan))
+
+    step("state", state)
+    step("journal", lambda: collect_journals(c, units))
+    step("units", lambda: collect_units(c, units))
+    step("eventlog", lambda: collect_eventlog(c))
+    step("podman", lambda: collect_podman(c, plan))
+    step("tee.json", lambda: collect_tee_tpm(c, plan))
     scrubbed = scrub_parts(c)
     return c.parts, {"secrets_searched": len(scrubbed), "deadline_s": deadline, "part_cap": part_cap,
                      "total_cap": total_cap, "elapsed_s": round(clock() - c.started, 3)}

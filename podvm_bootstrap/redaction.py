@@ -122,6 +122,15 @@ class _Unparsed(Exception):
     """The file is not what its rule expects (the message never quotes it)."""
 
 
+def withheld_text(data: bytes) -> frozenset[str]:
+    """What to search the other parts for when a file is withheld whole
+    without a rule's summary (the text and its lines)."""
+    secrets: set[str] = set()
+    _add_text(secrets, data)
+    secrets.discard("")
+    return frozenset(secrets)
+
+
 def _add_text(secrets: set[str], data: bytes | str) -> None:
     """A withheld text: the whole of it, and each of its lines (a component
     logs a line, not a file)."""

@@ -6,11 +6,13 @@ subprocesses; a fake clock for the deadline."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
+from podvm_bootstrap import collect
 from podvm_bootstrap.collect import SCRUB_RESERVE, Collector, Part, run_bounded, scrub_parts
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.settings import Settings
@@ -89,3 +91,21 @@ def test_parts_not_scrubbed_by_the_deadline_are_dropped(tmp_path):
     scrub_parts(c)
     assert first.data == b"x <redacted> y" and first.scrubbed == 1
     assert second.data is None and second.error == "dropped: not scrubbed of secrets before the collect's deadline"
+
+
+def test_a_file_its_rule_fails_on_is_withheld_whole_and_searched_for(tmp_path, monkeypatch):
+    peerpod = tmp_path / "run" / "peerpod"
+    peerpod.mkdir(parents=True)
+    (peerpod / "aa.toml").write_text('token = "planted-secret-2"\n')
+
+    def broken_rule(name, data, **kwargs):
+        raise RuntimeError("a bug in a rule")
+
+    monkeypatch.setattr(collect, "redact", broken_rule)
+    c = collector(tmp_path)
+    collect.summarize_secrets(c)
+    assert 'token = "planted-secret-2"' in c.secrets
+    (summary,) = json.loads(c.parts[0].data)["files"]
+    assert summary["file"] == "/run/peerpod/aa.toml" and summary["error"] == (
+        "cannot be summarized (RuntimeError): withheld whole")
+    assert "planted-secret-2" not in c.parts[0].data.decode()
