@@ -127,7 +127,10 @@ def run_bounded(argv: Sequence[str], *, timeout: float, cap: int, keep_tail: boo
             if left <= 0:
                 timed_out = True
                 break
-            for key, _ in sel.select(left):
+            events = sel.select(min(left, 0.5))
+            if not events and proc.poll() is not None:
+                break   # it has ended; whatever still holds its pipes (a child it left) is not waited for
+            for key, _ in events:
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
@@ -144,7 +147,7 @@ def run_bounded(argv: Sequence[str], *, timeout: float, cap: int, keep_tail: boo
                         _kill(proc)                   # ... nor written (a full pipe would block it)
                     elif len(out) > 2 * cap:
                         del out[:-cap]
-        if timed_out:
+        if sel.get_map():   # killed at its timeout, or ended leaving a child holding its pipes: end them all
             _kill(proc)
     try:
         proc.wait(5)

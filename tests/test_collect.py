@@ -109,3 +109,18 @@ def test_a_file_its_rule_fails_on_is_withheld_whole_and_searched_for(tmp_path, m
     assert summary["file"] == "/run/peerpod/aa.toml" and summary["error"] == (
         "cannot be summarized (RuntimeError): withheld whole")
     assert "planted-secret-2" not in c.parts[0].data.decode()
+
+
+def test_a_child_left_holding_the_pipes_is_not_waited_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    ran = run_bounded(["sh", "-c", "echo done; sleep 30 & echo $! > left.pid"], timeout=20, cap=1000)
+    assert ran.stdout == b"done\n" and ran.returncode == 0
+    assert time.monotonic() - started < 10
+    left = int(Path("left.pid").read_text())
+    for _ in range(50):   # the child it left, ended with its process group
+        if not Path(f"/proc/{left}").exists() or "Z" in Path(f"/proc/{left}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the child {left} was left running")
