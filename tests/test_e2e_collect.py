@@ -60,6 +60,9 @@ def test_collect_over_a_serial_line_carries_the_boot_and_no_secret(boot_pod_vm, 
     assert_no_secret_in_bundle(bundle)
     members = bundle_members(bundle)
     parts = assert_manifest_tells_the_truth(members, out.stderr.encode())
+    manifest = json.loads(members["MANIFEST.json"])
+    print(f"collect: {len(bundle)} bytes, {manifest['elapsed_s']}s, parts not had:",
+          {p["name"]: p["error"] for p in manifest["parts"] if "error" in p})
 
     # this boot's journal of the daemon and of each component's unit
     for unit in ("podvm-bootstrap.service", *(f"{n}.service" for n in NAMES)):

@@ -10,6 +10,8 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from podvm_bootstrap.redaction import (
     HEX_DIGEST,
@@ -208,3 +210,31 @@ def test_scrub_replaces_a_longer_secret_before_its_parts():
 def test_a_lone_surrogate_from_json_is_searched_for_as_it_can_appear():
     result = redact("auth.json", b'{"auth": "abc\\ud800defghi"}')
     assert scrub_forms(result.secrets)  # no UnicodeEncodeError
+
+
+# Secret-like leaves (upper case and digits) cannot collide with keys (lower
+# case) nor with a placeholder's text.
+_leaf = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=MIN_SCRUB, max_size=24)
+_doc = st.recursive(
+    _leaf | st.integers() | st.booleans() | st.none(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text("abcdefgh-_", max_size=12), inner, max_size=4),
+    max_leaves=30)
+
+
+def _leaves(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _leaves(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _leaves(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@given(doc=st.dictionaries(st.text("abcdefgh-_", max_size=12), _doc, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_no_value_of_any_auth_json_survives_in_its_summary_or_a_scrubbed_copy(doc):
+    data = json.dumps(doc).encode()
+    result = redact("auth.json", data)
+    summary = json.dumps(result.summary)
+    scrubbed, _ = scrub(json.dumps({"echo": doc}).encode(), scrub_forms(result.secrets))
+    for leaf in _leaves(doc):
+        assert leaf not in summary and leaf.encode() not in scrubbed
