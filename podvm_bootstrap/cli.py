@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", metavar="FILE", help="the manifest to bake (the tree's components.yaml)")
     p.add_argument("--store", metavar="PATH", help="a read-only store in the image (additionalimagestores)")
 
+    p = command("collect", "collect", "write a debug bundle (journals, status, plan, event log; secrets redacted)")
+    p.add_argument("--output", metavar="FILE",
+                   help="the tar.gz to write, - for stdout (default: podvm-collect-<host>-<boot>-<time>.tar.gz here)")
+
     p = command("status", "status", "per-component state of the running daemon")
     p.add_argument("--json", action="store_true")
 
@@ -85,10 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="FILE", help="the event log (/run/podvm-bootstrap/eventlog)")
     p.add_argument("--expect-pcr", metavar="HEX", help="exit 0 when the replay gives this PCR value, 1 when not")
     p.add_argument("--json", action="store_true")
-
-    p = command("collect", "collect", "write a debug bundle (journals, status, plan, event log; secrets redacted)")
-    p.add_argument("--output", metavar="FILE",
-                   help="the tar.gz to write, - for stdout (default: podvm-collect-<host>-<boot>-<time>.tar.gz here)")
     return parser
 
 
