@@ -246,7 +246,8 @@ class Collector:
             part.truncated = f"its {'last' if keep_tail else 'first'} {self.part_cap} bytes"
         if ran.returncode is None:
             part.error = f"{argv[0]} did not finish within {timeout:.0f}s (killed; its output so far is kept)"
-        elif ran.returncode not in ok_status:   # what it printed is kept; the reason is its last error line
+        elif ran.returncode not in ok_status and not (ran.truncated and ran.returncode == -signal.SIGKILL):
+            # (killed by us at the cap: not its failure) what it printed is kept; the reason is its last error line
             said = one_line(ran.stderr.strip().splitlines()[-1] if ran.stderr.strip() else "", 200)
             part.error = f"{argv[0]} exited {ran.returncode}" + (f": {said}" if said else "")
         if part.error is not None and not part.data:

@@ -55,6 +55,11 @@ def test_the_part_cap_cuts_a_file_and_says_so(tmp_path):
     assert part.manifest()["truncated"] == "its first 1000 bytes"
 
 
+def test_a_command_stopped_at_its_cap_is_cut_not_failed(tmp_path):
+    part = collector(tmp_path, part_cap=1000).command("yes", ["yes", "line"])
+    assert part.data == b"line\n" * 200 and part.truncated == "its first 1000 bytes" and part.error is None
+
+
 def test_the_bundle_cap_cuts_then_refuses_parts(tmp_path):
     c = collector(tmp_path, total_cap=1500)
     c.add(Part("a", data=b"a" * 1000))
