@@ -93,6 +93,7 @@ def test_a_bundle_of_a_provisioned_tree_carries_every_part_and_no_secret(tmp_pat
                             "components": {"attestation-agent": {"unit": UNITS[0], "state": "failed",
                                                                  "last_error": f"token {KBS_TOKEN} refused"}}})
     log = eventlog_path(Paths.build(root=str(root)), load_settings(config / "bootstrap.yaml"))
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"the launch's event log, as the daemon left it\n")
 
     result = cli("--root", root, "collect", "--output", tmp_path / "bundle.tar.gz")
