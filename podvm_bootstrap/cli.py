@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", metavar="FILE", help="the manifest to bake (the tree's components.yaml)")
     p.add_argument("--store", metavar="PATH", help="a read-only store in the image (additionalimagestores)")
 
+    p = command("collect", "collect", "write a debug bundle (journals, status, plan, event log; secrets redacted)")
+    p.add_argument("--output", metavar="FILE",
+                   help="the tar.gz to write, - for stdout (default: podvm-collect-<host>-<boot>-<time>.tar.gz here)")
+
     p = command("status", "status", "per-component state of the running daemon")
     p.add_argument("--json", action="store_true")
 

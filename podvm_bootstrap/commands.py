@@ -39,6 +39,12 @@ def cmd_bake(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+def cmd_collect(args: argparse.Namespace, paths: Paths) -> int:
+    from podvm_bootstrap.collect import run_collect
+
+    return run_collect(paths, args.output)
+
+
 def cmd_provision(args: argparse.Namespace, paths: Paths) -> int:
     settings = load_settings(paths.bootstrap_yaml)
     try:
