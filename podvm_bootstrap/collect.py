@@ -363,14 +363,8 @@ def collect_units(c: Collector, units: list[str]) -> None:
 
 
 def eventlog_path(paths: Paths, settings: Settings) -> Path:
-    """The measured launch's log: `measure.eventlog` where the settings have
-    it, else where `measurements` looks by default."""
-    configured = getattr(settings.measure, "eventlog", None)
-    if isinstance(configured, str) and configured:
-        return paths.rooted(configured)
-    from podvm_bootstrap.measurements import DEFAULT_LOG
-
-    return paths.state_dir / DEFAULT_LOG
+    """The measured launch's log: `measure.eventlog`, under --root."""
+    return paths.rooted(settings.measure.eventlog)
 
 
 def collect_eventlog(c: Collector) -> None:
