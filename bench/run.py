@@ -363,7 +363,7 @@ def bench_pull(registry: Registry, padded: standins.StandinImage, reps: int, row
     images = None
     try:
         service.wait_ready(sock.exists, 30, f"listening on {sock}")
-        images = PodmanImages(str(sock), api_timeout=300)
+        images = PodmanImages(str(sock), api_timeout=300, storage_conf=None)   # this podman's store: ask it
 
         def clean() -> None:
             subprocess.run([*podman, "rmi", "--all", "--force"], env=env, check=True, capture_output=True, timeout=120)
