@@ -124,9 +124,40 @@ def format_status(status: dict[str, Any]) -> str:
                      signed_by, str(c.get("image")), str(c.get("last_error") or "-")))
     lines += text_table(rows)
     lines.append("* essential")
+    containers = [(c["name"], c["container"]) for c in status["components"] if isinstance(c.get("container"), dict)]
+    if containers:
+        lines.append("containers (after the TEE variant; `status --json` for every value):")
+        lines += [f"  {name}: {container_summary(container)}" for name, container in containers]
     lines.append(measurement_line(status.get("measurement")))
     lines.append(f"podvm-bootstrap {status['version']}, tee: {status.get('tee') or 'unknown'}")
     return "\n".join(lines) + "\n"
+
+
+def container_summary(container: dict[str, Any]) -> str:
+    """One line of a component's container settings (status --json's
+    "container"): the command (or the image's own), then the settings that
+    are set; env by name only (its values are in --json)."""
+    import shlex
+
+    def words(key: str) -> list[str]:
+        value = container.get(key)
+        return [str(w) for w in value] if isinstance(value, list) else []
+
+    command = words("command")
+    parts = [f"command {shlex.join(command)}" if command else "the image's own entrypoint and command"]
+    env = container.get("env")
+    if isinstance(env, dict) and env:
+        parts.append("env " + " ".join(str(k) for k in env))
+    for key in ("network", "pid", "user"):
+        if container.get(key):
+            parts.append(f"{key} {container[key]}")
+    for key in ("privileged", "read_only"):
+        if container.get(key) is True:
+            parts.append(key.replace("_", "-"))
+    for key in ("capabilities", "devices", "volumes"):
+        if words(key):
+            parts.append(f"{key} " + " ".join(words(key)))
+    return one_line("; ".join(parts), 2000)
 
 
 def status_exit(status: dict[str, Any] | None) -> int:
