@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, one_line
 from podvm_bootstrap.fsutil import write_if_changed
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import Paths
@@ -82,8 +82,8 @@ def in_store(references: list[str]) -> set[str]:
         return set()
     try:
         return {r for r in references if find_in_store(store, r) is not None}
-    except StoreError as exc:
-        log.info("no early start: %s", exc)
+    except (StoreError, OSError) as exc:   # an unreadable index costs only the head start
+        log.info("no early start: %s", one_line(exc))
         return set()
 
 

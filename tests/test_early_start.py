@@ -128,3 +128,13 @@ def test_with_no_default_in_storage_systemd_is_not_even_asked(tmp_path: Path, pa
     _store_with(tmp_path, monkeypatch, [])
     head = head_start(paths, systemd_factory=no_systemd)  # type: ignore[arg-type]
     assert head.started == {} and head.systemd is None and not paths.unit_dir.exists()
+
+
+def test_an_unreadable_store_index_costs_only_the_head_start(tmp_path: Path, paths: Paths,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _store_with(tmp_path, monkeypatch, [])
+    index = tmp_path / "storage" / "vfs-images" / "images.json"
+    index.unlink()
+    index.mkdir()      # reading it fails (EISDIR): no early start, no traceback
+    head = head_start(paths, systemd_factory=no_systemd)  # type: ignore[arg-type]
+    assert head.started == {} and head.systemd is None
