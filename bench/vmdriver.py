@@ -5,7 +5,8 @@ JSON on stdin, its measurements as one JSON object on stdout. Every time is
 taken here, inside the VM, so that entering the VM (nsenter) is never timed.
 Every wait is bounded; only 127.0.0.1 and unix sockets are touched.
 
-    python3 vmdriver.py reset | daemon_boot | ideal_boot | steady | crash | hang | plan_times
+    python3 vmdriver.py reset | daemon_boot | ideal_boot | steady | crash | hang | plan_times |
+                        plain_store | forget_images
 """
 
 from __future__ import annotations
@@ -263,6 +264,17 @@ def cmd_ideal_boot(args: dict) -> dict:
     t0 = time.monotonic()
     layer_done = []
     events: dict[str, dict] = {}
+    pulls = [subprocess.Popen(["podman", "pull", "--quiet", ref], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for ref in args.get("pull") or []]   # as a script would, all at once
+    for ref, p in zip(args.get("pull") or [], pulls, strict=True):
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise DriverError(f"podman pull {ref} did not return within {timeout}s") from None
+        if p.returncode != 0:
+            raise DriverError(f"podman pull {ref} exited {p.returncode}: {err.strip()[-800:]}")
+    pulled = time.monotonic() - t0
     for layer in args["layers"]:
         for step in layer:
             for d in step["dirs"]:
@@ -283,7 +295,43 @@ def cmd_ideal_boot(args: dict) -> dict:
         for name, at in seen.items():
             events[name]["ready"] = at
         layer_done.append(time.monotonic() - t0)
-    return {"all_ready_s": layer_done[-1], "layers_s": layer_done, "events": events}
+    return {"all_ready_s": layer_done[-1], "layers_s": layer_done, "events": events, "pulled_s": pulled}
+
+
+STORAGE_CONF = "/etc/containers/storage.conf"
+STORAGE_CONF_AWAY = "/etc/containers/storage.conf.bench-plain"
+
+
+def cmd_plain_store(args: dict) -> dict:
+    """A plain image's store (on: true): no storage.conf at all (podman and
+    the daemon take every default and guess the driver from the graph
+    root's state) and the given images pulled into the graph root, since
+    the baked read-only store is then out of sight. on: false undoes it
+    (the images removed, storage.conf back)."""
+    images = args.get("images") or []
+    if args.get("on"):
+        if os.path.exists(STORAGE_CONF):
+            os.rename(STORAGE_CONF, STORAGE_CONF_AWAY)
+        sh(["systemctl", "stop", "podman.service"], check=False)   # its next start reads no storage.conf
+        for ref in images:
+            sh(["podman", "pull", "--quiet", ref], timeout=600)
+        driver = sh(["podman", "info", "--format", "{{.Store.GraphDriverName}}"]).stdout.strip()
+        return {"driver": driver, "storage_conf": os.path.exists(STORAGE_CONF)}
+    sh(["podman", "rmi", "--force", "--ignore", *images], timeout=300, check=False)
+    if os.path.exists(STORAGE_CONF_AWAY):
+        os.rename(STORAGE_CONF_AWAY, STORAGE_CONF)
+    sh(["systemctl", "stop", "podman.service"], check=False)
+    return {"storage_conf": os.path.exists(STORAGE_CONF)}
+
+
+def cmd_forget_images(args: dict) -> dict:
+    """The given images removed from podman's store: the next boot pulls them."""
+    images = args.get("images") or []
+    sh(["podman", "rmi", "--force", "--ignore", *images], timeout=300)
+    left = [ref for ref in images if sh(["podman", "image", "exists", ref], check=False).returncode == 0]
+    if left:
+        raise DriverError(f"still in storage: {left}")
+    return {"forgotten": len(images)}
 
 
 BIN_DIR = "/var/tmp/bench/bin"
@@ -524,7 +572,8 @@ def cmd_plan_times(args: dict) -> dict:
 
 COMMANDS = {"reset": cmd_reset, "daemon_boot": cmd_daemon_boot, "ideal_boot": cmd_ideal_boot,
             "binaries_boot": cmd_binaries_boot,
-            "steady": cmd_steady, "crash": cmd_crash, "hang": cmd_hang, "plan_times": cmd_plan_times}
+            "steady": cmd_steady, "crash": cmd_crash, "hang": cmd_hang, "plan_times": cmd_plan_times,
+            "plain_store": cmd_plain_store, "forget_images": cmd_forget_images}
 
 
 def main() -> int:

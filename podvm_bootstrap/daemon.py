@@ -226,9 +226,8 @@ class Daemon:
     def _end_early(self, name: str, why: str = "the final plan changed or dropped it") -> None:
         """An early start the final plan does not keep: its container is
         ended at its gate (an empty release: the gate exits 75, nothing of the
-        image ran) under a stop job, so that systemd's Restart= does not
-        bring it back and podman's stop does not wait for a gate that ignores
-        SIGTERM (it is PID 1 of its container)."""
+        image ran; or the stop's SIGTERM, which the gate traps: exit 143)
+        under a stop job, so that systemd's Restart= does not bring it back."""
         from podvm_bootstrap.gate import fifo_path, gate_dir, open_waiting_gate
 
         assert self.systemd is not None

@@ -1,6 +1,10 @@
 """The boot's head start, before the daemon proper: the baked defaults'
 units started before the user-data is fetched, so that podman sets their
-containers up meanwhile (their processes wait at their start gates).
+containers up meanwhile (their processes wait at their start gates). Only
+those whose image is in local storage already (found from the store's own
+files, containers_store.py): the unit of a default not there yet would fail
+its `podman run --pull=never`, and systemd's Restart= would then race the
+daemon's own start after its pull; the daemon starts it once pulled.
 
 Imports here are only what this step needs (the baked files, the planner,
 render, systemd over Gio): the podman client, the supervisor, the HTTP
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from podvm_bootstrap.errors import ConfigError
+from podvm_bootstrap.errors import ConfigError, one_line
 from podvm_bootstrap.fsutil import write_if_changed
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import Paths
@@ -65,6 +69,24 @@ class HeadStart:
     started: dict[str, EarlyStart] = field(default_factory=dict)   # component -> its early start
 
 
+def in_store(references: list[str]) -> set[str]:
+    """Those of the references (repo@digest) that name an image in podman's
+    store, from the store's own files (containers_store.py: a few stats and
+    its image index, no podman); none when the store cannot be told without
+    podman."""
+    from podvm_bootstrap.containers_store import StoreError, find_in_store, locate_store
+
+    store = locate_store()
+    if store is None:
+        log.info("podman's store cannot be told from its files: no early start")
+        return set()
+    try:
+        return {r for r in references if find_in_store(store, r) is not None}
+    except (StoreError, OSError) as exc:   # an unreadable index costs only the head start
+        log.info("no early start: %s", one_line(exc))
+        return set()
+
+
 def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -> HeadStart:
     """Read the baked files and, on the boot's first daemon run, start the
     baked defaults' units. ConfigError for a baked file that does not load
@@ -84,6 +106,13 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
                              gate_dir=unit_gate_dir(paths.root, paths.state_dir))
     except ConfigError:
         return head   # reported when the final plan's units are rendered
+    stored = in_store([p.image.pinned for p in plan.components if p.digest is not None])
+    absent = [p.name for p in plan.components if p.digest is not None and p.image.pinned not in stored]
+    if absent:
+        log.info("not in local storage yet, started once the daemon has pulled and verified it: %s",
+                 ", ".join(absent))
+    if not stored:
+        return head
     fresh = {p.unit: not (paths.unit_dir / p.unit).exists() for p in plan.components}
     try:
         head.systemd = systemd_factory()
@@ -91,9 +120,13 @@ def head_start(paths: Paths, systemd_factory: Callable[[], Systemd] = Systemd) -
     except SystemdError as exc:
         log.info("no early start: %s", exc)
         return head
-    early = [p for p in plan.components if may_start_early(
-        EarlyCandidate(p.name, p.unit, p.digest is not None, tuple(volume_host_dirs(p)), fresh[p.unit],
-                       *held.get(p.unit, (None, None))), settings.provision.allowed_paths, first_run)]
+    early = []
+    for p in plan.components:
+        loaded, active = held.get(p.unit, (None, None))
+        candidate = EarlyCandidate(p.name, p.unit, p.digest is not None, tuple(volume_host_dirs(p)), fresh[p.unit],
+                                   loaded, active, in_store=p.digest is not None and p.image.pinned in stored)
+        if may_start_early(candidate, settings.provision.allowed_paths, first_run):
+            early.append(p)
     if not early:
         return head
     # In start order: systemd loads and runs the first layer's jobs first, and

@@ -16,7 +16,9 @@ Why a gate:
 The gate's shell is Debian's busybox-static, bind-mounted read-only from the
 pod VM (it is part of the measured image, not of the component's image). The
 FIFO lives in the daemon's state directory (root only may write it); the
-release is one `set -- 'arg' ...` line, quoted here, then EOF.
+release is one `set -- 'arg' ...` line, quoted here, then EOF. A stop of a
+container at its gate (SIGTERM to its PID 1, the gate's shell) ends it at
+once with exit 143: nothing of the component ran.
 
 A FIFO is bound to the container it releases: its path carries a key, the
 sha256 of the container's podman argv without the FIFO (image by digest,
@@ -50,8 +52,17 @@ GATE_MOUNT = "/.podvm-gate"            # where the gate's two files appear in th
 GATE_SHELL = f"{GATE_MOUNT}/busybox"
 GATE_FIFO = f"{GATE_MOUNT}/release"
 EXIT_NOT_RELEASED = 75                  # EX_TEMPFAIL
-# $(...) opens the FIFO: it blocks until the daemon opens it for writing.
-GATE_SCRIPT = (f'p=$({GATE_SHELL} cat {GATE_FIFO}) && [ -n "$p" ] && eval "set -- $p" && exec "$@"; '
+EXIT_TERMINATED = 143                   # 128 + SIGTERM: stopped at the gate
+# The shell itself opens the FIFO (`read ... < FIFO`): the open blocks until
+# the daemon opens it for writing, and `read -d ''` takes the release whole,
+# newlines inside words included, to EOF. The shell is PID 1 of its
+# container, where a signal without a handler is ignored: the TERM trap makes
+# a stop at the gate immediate (the blocked open is interrupted, the trap
+# runs), where a shell waiting on a child (`$(cat FIFO)`) would hold it until
+# the stop timeout's SIGKILL.
+GATE_SCRIPT = (f"trap 'exit {EXIT_TERMINATED}' TERM INT; "
+               f"read -r -d '' p 2>/dev/null < {GATE_FIFO}; "
+               f'[ -n "$p" ] && eval "set -- $p" && exec "$@"; '
                f'echo "podvm-gate: not released" >&2; exit {EXIT_NOT_RELEASED}')
 POLL = 0.005                            # between attempts to find the gate's reader
 

@@ -7,7 +7,10 @@
 Normalized like podman/docker: a first component is a registry host only when
 it contains "." or ":" or is "localhost"; otherwise the image is on docker.io
 (and a single component lives under docker.io/library/). Policy matches the
-parsed registry and path, never the raw string.
+parsed registry and path, never the raw string. A host is lowercased (host
+names are case-insensitive), so one that is a host only by its capitals
+("Registry/x", a host to docker's grammar) is refused: lowercased, podman
+would read it as a docker.io path, and what runs must be what was judged.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def _digest_problem(digest: str) -> str:
         "" if re.fullmatch(r"[a-f0-9]*", hex_part) else " with some not lowercase hex")
 
 
+def _is_host(first: str) -> bool:
+    """Whether a reference's first component (lowercase) names a registry host."""
+    return "." in first or ":" in first or first == "localhost"
+
+
 def parse_reference(text: str) -> ImageRef:
     """Parse and normalize an image reference; ReferenceError when invalid."""
     if not isinstance(text, str) or not text:
@@ -113,6 +121,12 @@ def parse_reference(text: str) -> ImageRef:
     else:
         registry, path_parts = DEFAULT_REGISTRY, parts
     registry = registry.lower()
+    if not _is_host(registry):
+        # "Registry/x" names the host Registry (capitals make it one), but
+        # its lowercase form is a path on docker.io to podman: what would
+        # run is not what was judged. Refused rather than changed in meaning.
+        raise ReferenceError(f"registry {first!r} in {text!r} is a host only by its capitals; podman reads "
+                             f"{registry!r} as a docker.io path (name the host with a '.' or a port)")
     if registry in _DOCKER_HUB_ALIASES:
         registry = DEFAULT_REGISTRY
     # docker.io/busybox is docker.io/library/busybox, as for a bare "busybox".

@@ -1,13 +1,14 @@
 """Images in local storage: present or pulled by digest, then verified.
 
-Where podman's storage.conf says plainly where its store is (driver and
-graphroot, and its additional read-only image stores), images are found
-from containers/storage's own files (`<driver>-images/images.json`), with
-no podman API call: the API would read those very files to answer, and every
-check below reads the store's files anyway, so going through the API adds
-no strength, only a process to start. The API (podman-py over podman's
-socket) serves what needs podman itself: a pull, a tag resolution, an exec
-probe, and a store that storage.conf does not describe.
+podman's store is found the way containers/storage finds it (its
+storage.conf, else the defaults and the driver whose state the graph root
+holds: containers_store.py), and images are found from its own files
+(`<driver>-images/images.json`), with no podman API call: the API would read
+those very files to answer, and every check below reads the store's files
+anyway, so going through the API adds no strength, only a process to start.
+The API (podman-py over podman's socket) serves what needs podman itself: a
+pull, a tag resolution, an exec probe, and a store podman alone could tell
+(a graph root holding the state of several drivers).
 
 Podman checks a digest only while pulling. Before anything runs, and at every
 start, the image is checked again where it lies: the manifest bytes kept in
@@ -32,6 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.containers_store import (
+    Store,
+    StoreError,
+    find_in_store,
+    json_list,
+    locate_store,
+)
 from podvm_bootstrap.errors import BootstrapError, one_line
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import DIGEST_PATTERN, ImageRef
@@ -43,7 +51,6 @@ log = get_logger("images")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
 MAX_MANIFEST = 4 * 1024 * 1024
-MAX_STORE_INDEX = 64 * 1024 * 1024
 
 
 class ImageError(BootstrapError):
@@ -96,10 +103,14 @@ def _stored_manifest(image_dir: Path, digest: str) -> dict[str, Any]:
     return manifest
 
 
-def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str) -> dict[str, Any]:
+def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str,
+                      layer_roots: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The image's config (verified by hash), or ImageError unless image
     `image_id` in the store at `graph_root` is exactly the image whose
-    manifest digest is `digest`."""
+    manifest digest is `digest`. Its layers are looked up in `graph_root`,
+    then in `layer_roots`: an image pulled into podman's own store shares the
+    layers it has in common with a read-only additional store (an image
+    build's) from there."""
     if not DIGEST_PATTERN.fullmatch(digest):
         raise ImageError(f"invalid digest {digest!r}")
     if not (len(image_id) == 64 and all(c in "0123456789abcdef" for c in image_id)):
@@ -123,7 +134,7 @@ def verify_in_storage(graph_root: Path, driver: str, image_id: str, digest: str)
         config_json = json.loads(config_bytes)
     except ValueError:
         raise ImageError(f"stored config of image {image_id} is not JSON") from None
-    _verify_layers(graph_root, driver, images_dir, image_id, config_json)
+    _verify_layers((graph_root, *layer_roots), driver, images_dir, image_id, config_json)
     return config_json
 
 
@@ -144,7 +155,7 @@ def _instance_for_image(image_dir: Path, index: dict[str, Any], image_id: str, d
     raise ImageError(f"no instance of index {digest} is the local image sha256:{image_id}")
 
 
-def _verify_layers(graph_root: Path, driver: str, images_dir: Path, image_id: str,
+def _verify_layers(roots: tuple[Path, ...], driver: str, images_dir: Path, image_id: str,
                    config: dict[str, Any]) -> None:
     rootfs = config.get("rootfs") if isinstance(config, dict) else None
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
@@ -154,8 +165,11 @@ def _verify_layers(graph_root: Path, driver: str, images_dir: Path, image_id: st
     record = next((i for i in images if isinstance(i, dict) and i.get("id") == image_id), None)
     if record is None:
         raise ImageError(f"image {image_id} is not in {images_dir / 'images.json'}")
-    layers = {layer.get("id"): layer for layer in _json_list(graph_root / f"{driver}-layers" / "layers.json")
-              if isinstance(layer, dict)}
+    layers: dict[Any, Any] = {}
+    for root in dict.fromkeys(roots):   # the image's own store first, as containers/storage looks
+        for layer in _json_list(root / f"{driver}-layers" / "layers.json"):
+            if isinstance(layer, dict):
+                layers.setdefault(layer.get("id"), layer)
     chain: list[str] = []
     layer_id = record.get("layer")
     while layer_id:
@@ -170,14 +184,10 @@ def _verify_layers(graph_root: Path, driver: str, images_dir: Path, image_id: st
 
 
 def _json_list(path: Path) -> list[Any]:
-    data = read_bounded(path, MAX_STORE_INDEX, ImageError)
-    if data is None:
-        return []
     try:
-        value = json.loads(data)
-    except ValueError:
-        raise ImageError(f"{path} is not JSON") from None
-    return value if isinstance(value, list) else []
+        return json_list(path)
+    except StoreError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def additional_image_stores(store_info: dict[str, Any]) -> tuple[Path, ...]:
@@ -202,87 +212,6 @@ def additional_image_stores(store_info: dict[str, Any]) -> tuple[Path, ...]:
         if isinstance(key, str) and key.endswith(".imagestore") and isinstance(value, str):
             found += [Path(p) for p in value.split(",") if p]
     return tuple(dict.fromkeys(found))
-
-
-# --- finding an image in containers storage (files only) -------------------
-
-
-STORAGE_CONF_PATHS = ("/etc/containers/storage.conf", "/usr/share/containers/storage.conf")  # podman's order
-MAX_STORAGE_CONF = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Store:
-    graph_root: Path
-    driver: str
-    additional: tuple[Path, ...] = ()   # read-only image stores, looked in after the graph root
-
-    @property
-    def roots(self) -> tuple[Path, ...]:
-        return (self.graph_root, *self.additional)
-
-
-def storage_conf_path() -> Path | None:
-    """The storage.conf podman (as root) reads: $CONTAINERS_STORAGE_CONF, else
-    the first that exists of /etc/containers and /usr/share/containers."""
-    env = os.environ.get("CONTAINERS_STORAGE_CONF")
-    if env:
-        return Path(env)
-    return next((Path(p) for p in STORAGE_CONF_PATHS if os.path.exists(p)), None)
-
-
-def store_from_conf(path: Path | None) -> Store | None:
-    """The store a storage.conf describes, when it names both the driver and
-    the graph root; None when it does not say it plainly (podman would then
-    decide, so podman is asked)."""
-    if path is None:
-        return None
-    try:
-        data = read_bounded(path, MAX_STORAGE_CONF, ImageError)
-        conf = tomllib.loads(data.decode()) if data is not None else None
-    except (OSError, ImageError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    storage = conf.get("storage") if isinstance(conf, dict) else None
-    if not isinstance(storage, dict):
-        return None
-    driver, graph_root = storage.get("driver"), storage.get("graphroot")
-    raw_options = storage.get("options")
-    options = raw_options if isinstance(raw_options, dict) else {}
-    extra = options.get("additionalimagestores") or []
-    if not (isinstance(driver, str) and driver and isinstance(graph_root, str) and graph_root.startswith("/")
-            and isinstance(extra, list) and all(isinstance(e, str) and e.startswith("/") for e in extra)):
-        return None
-    return Store(Path(graph_root), driver, tuple(Path(e) for e in extra))
-
-
-def _repository_of(name: str) -> str:
-    """quay.io/x/y:tag or quay.io/x/y@sha256:... -> quay.io/x/y"""
-    name = name.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    return name[:colon] if colon > slash else name
-
-
-def find_in_store(store: Store, reference: str) -> tuple[Path, str, str | None] | None:
-    """(store root, image ID, manifest digest) of the local image that
-    `reference` (repo@digest, or an image ID) names, as podman resolves it:
-    the store's own images first, then the additional stores; a name equal to
-    the reference, or for repo@digest an image of that repository carrying
-    that digest (pulled by tag, then named by digest)."""
-    repository, _, digest = reference.partition("@")
-    for root in store.roots:
-        for record in _json_list(root / f"{store.driver}-images" / "images.json"):
-            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-                continue
-            names = [n for n in record.get("names") or [] if isinstance(n, str)]
-            digests = [d for d in record.get("digests") or [] if isinstance(d, str)]
-            if record.get("digest") and record["digest"] not in digests:
-                digests.append(record["digest"])
-            if (reference in names or record["id"] == reference
-                    or (digest and digest in digests and any(_repository_of(n) == repository for n in names))):
-                found_digest = record.get("digest")
-                return root, record["id"], found_digest if isinstance(found_digest, str) else None
-    return None
 
 
 # --- registry credentials -----------------------------------------------
@@ -341,8 +270,8 @@ AUTO = "auto"
 
 class PodmanImages:
     """Images in podman's storage: found and verified from the store's files
-    when storage.conf describes the store (module docstring), else through
-    the API; pulled through the API (podman-py, connected at first use)."""
+    (module docstring; storage_conf=None: through the API), pulled through
+    the API (podman-py, connected at first use)."""
 
     def __init__(self, socket_path: str, *, auth_file: Path | None = None, pacing: PullPacing = PullPacing(),
                  api_timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep,
@@ -354,8 +283,10 @@ class PodmanImages:
         self.clock = clock
         self.api_timeout = api_timeout
         self._client: Any = None
-        conf = storage_conf_path() if storage_conf == AUTO else (Path(storage_conf) if storage_conf else None)
-        self._files_store = store_from_conf(conf)   # None: ask podman
+        self._files_store = (locate_store() if storage_conf == AUTO
+                             else locate_store(Path(storage_conf)) if storage_conf else None)   # None: ask podman
+        if self._files_store is not None:
+            log.debug("image store %s (%s)", self._files_store.graph_root, self._files_store.how)
         self._store: Store | None = self._files_store
 
     @property
@@ -382,7 +313,7 @@ class PodmanImages:
         return ImageError(f"{what}: {one_line(exc)}")
 
     def store(self) -> Store:
-        """podman's image store: from storage.conf, else asked of podman."""
+        """podman's image store: found from its files, else asked of podman."""
         if self._store is None:
             try:
                 info = self.client.info()
@@ -406,7 +337,10 @@ class PodmanImages:
     def _find(self, reference: str) -> tuple[Path, str, str | None] | None:
         """(store root, image ID, manifest digest) of the local image `reference` names, or None."""
         if self._files_store is not None:
-            return find_in_store(self._files_store, reference)
+            try:
+                return find_in_store(self._files_store, reference)
+            except StoreError as exc:
+                raise ImageError(str(exc)) from None
         from podman.errors import ImageNotFound
 
         try:
@@ -436,9 +370,9 @@ class PodmanImages:
         if found is None:
             raise ImageError(f"{ref.pinned} is not in local storage")
         root, image_id, _ = found
-        driver = self.store().driver
-        config = verify_in_storage(root, driver, image_id, ref.digest or "")
-        return VerifiedImage(image_id, config, check_signature(Path(root), driver, image_id, ref, trust))
+        store = self.store()
+        config = verify_in_storage(root, store.driver, image_id, ref.digest or "", store.roots)
+        return VerifiedImage(image_id, config, check_signature(Path(root), store.driver, image_id, ref, trust))
 
     def ensure(self, ref: ImageRef, *, allow_tag: bool = False, trust: Trust | None = None) -> StoredImage:
         """Make `ref` available locally and verified: the stored copy when there

@@ -54,6 +54,23 @@ class ContainerSpec:
     read_only: bool = False
     user: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The settings as `plan --json` and `status --json` show them (key
+        "container"). An empty command: the image's own Entrypoint and Cmd
+        run (the start gate execs what podman itself would)."""
+        return {
+            "command": list(self.command),
+            "env": dict(self.env),
+            "network": self.network,
+            "pid": self.pid,
+            "privileged": self.privileged,
+            "capabilities": list(self.capabilities),
+            "devices": list(self.devices),
+            "volumes": list(self.volumes),
+            "read_only": self.read_only,
+            "user": self.user,
+        }
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -254,6 +271,9 @@ class PlannedComponent:
                 "requested_by": self.override.requested_by,
             },
             "after": list(self.component.after),
+            # What its container runs, after the TEE variant replaced its keys
+            # (the unit's command line shows only the start gate).
+            "container": self.component.container.to_json(),
         }
 
 

@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from podvm_bootstrap.containers_store import MAX_STORE_INDEX
 from podvm_bootstrap.fsutil import read_bounded
 from podvm_bootstrap.imageref import ImageRef
-from podvm_bootstrap.images import MAX_STORE_INDEX, ImageError, big_data_path
+from podvm_bootstrap.images import ImageError, big_data_path
 from podvm_bootstrap.signatures import MAX_TOTAL_SIZE, SignatureRefused, Trust, split_items, verify_signatures
 
 MAX_METADATA = 1024 * 1024

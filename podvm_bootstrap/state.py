@@ -33,7 +33,7 @@ def state_record(*, daemon: dict[str, Any], boot: dict[str, Any], units: list[st
         active, sub = live.get(name, (None, None))
         entry.update({
             "unit": pc.unit, "image": info["image"], "digest": info["digest"], "source": info["source"],
-            "override": info["override"], "resolved_from": resolved_from.get(name),
+            "override": info["override"], "container": info["container"], "resolved_from": resolved_from.get(name),
             "unit_hash": unit_hashes.get(name),
             "signature": None if pc.signature is None else {"key": pc.signature},
             "active_state": active, "sub_state": sub,

@@ -142,6 +142,10 @@ def format_status(status: dict[str, Any]) -> str:
         if isinstance(override, dict) and override.get("accepted") is False:
             lines.append(f"refused override for {c['name']} (asked in the {override.get('requested_by')}): "
                          f"{override.get('requested')}: {override.get('reason')}")
+    containers = [(c["name"], c["container"]) for c in status["components"] if isinstance(c.get("container"), dict)]
+    if containers:
+        lines.append("containers (after the TEE variant; `status --json` for every value):")
+        lines += [f"  {name}: {container_summary(container)}" for name, container in containers]
     lines.append(measurement_line(status.get("measurement")))
     if (line := initdata_line(status.get("measurement"))) is not None:
         lines.append(line)
@@ -152,6 +156,33 @@ def format_status(status: dict[str, Any]) -> str:
 def _requested_by(component: dict[str, Any]) -> object:
     override = component.get("override")
     return override.get("requested_by") if isinstance(override, dict) else None
+
+
+def container_summary(container: dict[str, Any]) -> str:
+    """One line of a component's container settings (status --json's
+    "container"): the command (or the image's own), then the settings that
+    are set; env by name only (its values are in --json)."""
+    import shlex
+
+    def words(key: str) -> list[str]:
+        value = container.get(key)
+        return [str(w) for w in value] if isinstance(value, list) else []
+
+    command = words("command")
+    parts = [f"command {shlex.join(command)}" if command else "the image's own entrypoint and command"]
+    env = container.get("env")
+    if isinstance(env, dict) and env:
+        parts.append("env " + " ".join(str(k) for k in env))
+    for key in ("network", "pid", "user"):
+        if container.get(key):
+            parts.append(f"{key} {container[key]}")
+    for key in ("privileged", "read_only"):
+        if container.get(key) is True:
+            parts.append(key.replace("_", "-"))
+    for key in ("capabilities", "devices", "volumes"):
+        if words(key):
+            parts.append(f"{key} " + " ".join(words(key)))
+    return one_line("; ".join(parts), 2000)
 
 
 def status_exit(status: dict[str, Any] | None) -> int:

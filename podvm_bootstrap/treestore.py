@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from podvm_bootstrap.containers_store import MAX_STORE_INDEX
 from podvm_bootstrap.errors import BootstrapError, ConfigError, UsageError, one_line
 from podvm_bootstrap.fsutil import read_at_most, read_bounded
 from podvm_bootstrap.imageref import ImageRef
-from podvm_bootstrap.images import MAX_MANIFEST, MAX_STORE_INDEX, ImageError, verify_in_storage
+from podvm_bootstrap.images import MAX_MANIFEST, ImageError, verify_in_storage
 from podvm_bootstrap.paths import under_root
 
 STORAGE_CONF = "/etc/containers/storage.conf"

@@ -54,6 +54,7 @@ class EarlyCandidate:
     fresh_file: bool              # its unit file did not exist before this daemon wrote it
     loaded: str | None            # LoadState systemd holds for it (None: not in memory)
     active: str | None            # ActiveState (None: not in memory)
+    in_store: bool = True         # its image is in local storage already
 
 
 def under(path: str, top: str) -> bool:
@@ -64,11 +65,15 @@ def may_start_early(c: EarlyCandidate, provisioned: Iterable[str], first_run: bo
     """Start this unit before the user-data is fetched (its container set up
     now, its process held at its gate until the final plan is verified and
     measured)? Only on the boot's first daemon run (a restarted daemon adopts
-    what runs), for a digest-pinned image, a unit file new to systemd (so it
-    cannot start an older text systemd holds), and no bind mount of a path
-    the user-data may provision: a missing host path is made a directory at
-    start, and a file could then not be provisioned there."""
-    if not first_run or not c.pinned or not c.fresh_file:
+    what runs), for a digest-pinned image already in local storage, a unit
+    file new to systemd (so it cannot start an older text systemd holds), and
+    no bind mount of a path the user-data may provision: a missing host path
+    is made a directory at start, and a file could then not be provisioned
+    there. An image not in storage yet would fail its `podman run
+    --pull=never` ("image not known") and leave systemd's Restart= racing the
+    daemon's own start once the daemon has pulled it: that unit waits for
+    the daemon."""
+    if not first_run or not c.pinned or not c.in_store or not c.fresh_file:
         return False
     if c.loaded not in (None, "not-found") and not (c.loaded == "loaded" and c.active in ("inactive", None)):
         return False

@@ -227,12 +227,15 @@ def test_the_trees_registries_d_makes_bake_fetch_and_keep_signatures(
     assert (base64.b64encode(payload) in kept) is tree_registries_d
 
 
+@pytest.mark.parametrize("store", [None, "/usr/share/containers/storage"], ids=["tree-store", "separate-store"])
 @pytest.mark.parametrize("signer", ["release", "stranger"])
-def test_bake_checks_signatures_the_policy_asks_for(tmp_path: Path, standin_images, signer: str) -> None:
+def test_bake_checks_signatures_the_policy_asks_for(tmp_path: Path, standin_images, signer: str,
+                                                    store: str | None) -> None:
     """A policy with signed_by: bake checks the signature it fetched with the
-    pull, with the daemon's own verifier. Signed by the baked key: baked, and
-    the lock names the key. Signed by a key the policy does not list: the
-    build fails with one line and writes nothing (not the boot)."""
+    pull, with the daemon's own verifier, in the tree's store or in the
+    separate one --store fills. Signed by the baked key: baked, and the lock
+    names the key. Signed by a key the policy does not list: the build fails
+    with one line and writes nothing (not the boot)."""
     from tests.bed.cosign import SigningKey, sign_image
 
     image = standin_images[("kata-agent", "v1")]
@@ -245,18 +248,27 @@ def test_bake_checks_signatures_the_policy_asks_for(tmp_path: Path, standin_imag
         conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
         text = ("version: 1\ncomponents:\n  kata-agent:\n"
                 f"    image: {registry.host}/{image.repository}@{image.digest}\n")
-        tree = make_tree(tmp_path, text)
+        storage_conf = VFS_STORAGE_CONF + (f'[storage.options]\nadditionalimagestores = ["{store}"]\n'
+                                           if store else "")
+        tree = make_tree(tmp_path, text, storage_conf)
         (tree / "etc/containers/registries.d").mkdir()
         shutil.copy(REPO / "containers/registries.d/podvm-bootstrap.yaml", tree / "etc/containers/registries.d")
         release.write_public(tree / "etc/podvm-bootstrap/keys/release.pub")
         (tree / "etc/podvm-bootstrap/policy.yaml").write_text(
             "version: 1\nkeys:\n  release: {path: /etc/podvm-bootstrap/keys/release.pub}\n"
             "components:\n  kata-agent: {signed_by: [release]}\n")
-        done = bake(tree, {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+        env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
+        store_args = ["--store", store] if store else []
+        done = bake(tree, env, *store_args)
+        again = bake(tree, env, *store_args) if signer == "release" else None   # the signature found in the store again
     lock_path = tree / "etc/podvm-bootstrap/components.lock.json"
+    graph = tree / (store or "/var/lib/containers/storage").lstrip("/")
     if signer == "release":
         assert done.returncode == 0, done.stderr
         assert json.loads(lock_path.read_text())["images"][0]["signed_by"] == "release"
+        assert again is not None and again.returncode == 0 and "nothing changed" in again.stdout, again
+        image_id = json.loads(lock_path.read_text())["images"][0]["image_id"]
+        assert big_data_path(graph / "vfs-images" / image_id, "signature-" + image.digest.split(":", 1)[1]).exists()
     else:
         assert done.returncode == 1
         lines = done.stderr.splitlines()

@@ -67,6 +67,7 @@ class ReadOnlyStorePodman:
                                                   f"unix://{self.socket}"], base / "service.log", env=env)
         self.service.wait_ready(lambda: os.path.exists(self.socket), 20, "listening")
         self.rw = base / "rw"
+        self.storage_conf = base / "storage.conf"
 
     def stop(self) -> None:
         self.service.stop()
@@ -105,7 +106,7 @@ def test_defaults_in_the_read_only_store_are_found_and_verified(baked: Path, pod
     with pytest.raises(OSError) as info:  # the store really is read-only
         (podman_ro.ro / "probe").write_text("x")
     assert info.value.errno == errno.EROFS
-    images = PodmanImages(podman_ro.socket)
+    images = PodmanImages(podman_ro.socket, storage_conf=None)   # asked of this podman
     try:
         for entry in lock_of(baked):
             ref = parse_reference(f"{bed_registry.host}/confidential-containers/{entry['component']}@{entry['digest']}")
@@ -123,6 +124,32 @@ def test_defaults_in_the_read_only_store_are_found_and_verified(baked: Path, pod
         images.close()
 
 
+def test_an_image_pulled_beside_the_read_only_store_verifies_with_the_layers_it_shares(
+        baked: Path, podman_ro: ReadOnlyStorePodman, bed_registry: Registry, standin_images) -> None:
+    """A default not baked (another digest of a baked image: same layers) is
+    pulled into the writable store, which then holds only the image: podman
+    takes the layers it has from the read-only store. Its check looks for
+    them there too (from the store's files, and as podman's API shows it)."""
+    from tests.bed.cosign import push_unsigned_copy
+
+    repository = "confidential-containers/attestation-agent"
+    digest = push_unsigned_copy(bed_registry.host, repository, standin_images[("attestation-agent", "v1")].digest,
+                                "shares-layers", "shares layers with the baked store")
+    ref = parse_reference(f"{bed_registry.host}/{repository}@{digest}")
+    for images in (PodmanImages(podman_ro.socket, storage_conf=podman_ro.storage_conf),
+                   PodmanImages(podman_ro.socket, storage_conf=None)):
+        try:
+            stored = images.ensure(ref)
+            assert (podman_ro.rw / "vfs-images" / stored.image_id).is_dir()
+            layers = json.loads((podman_ro.rw / "vfs-layers" / "layers.json").read_text() or "[]") \
+                if (podman_ro.rw / "vfs-layers" / "layers.json").exists() else []
+            shared = json.loads((podman_ro.ro / "vfs-layers" / "layers.json").read_text())
+            assert not {layer["id"] for layer in layers} & {layer["id"] for layer in shared}   # not copied
+            assert images.verify(ref).image_id == stored.image_id
+        finally:
+            images.close()
+
+
 def test_a_tampered_image_in_the_read_only_store_does_not_verify(tmp_path: Path, bed_registry: Registry,
                                                                  registries_conf: Path) -> None:
     tree = bake_tree(tmp_path, bed_registry, registries_conf)
@@ -132,7 +159,7 @@ def test_a_tampered_image_in_the_read_only_store_does_not_verify(tmp_path: Path,
     manifest.write_bytes(manifest.read_bytes().replace(b"schemaVersion", b"schemaversion"))
     base = Path(tempfile.mkdtemp(prefix="pvb-ro-", dir="/tmp"))
     podman = ReadOnlyStorePodman(base, tree / STORE.lstrip("/"), registries_conf)
-    images = PodmanImages(podman.socket)
+    images = PodmanImages(podman.socket, storage_conf=None)   # asked of this podman
     try:
         ref = parse_reference(f"{bed_registry.host}/confidential-containers/{entry['component']}@{entry['digest']}")
         with pytest.raises(ImageError, match="hashes to"):

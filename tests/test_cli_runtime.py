@@ -216,7 +216,9 @@ def test_verify_one_line_per_image_and_exit_code(tmp_path: Path, config: Path, r
         state["components"]["attestation-agent"]["image"] = good
         (state_dir / "state.json").write_text(json.dumps(state))
         args = ("--config-dir", str(config), "--state-dir", str(state_dir), "verify")
-        result = cli(*args)
+        # The store this podman keeps, as a pod VM's storage.conf says it.
+        env = {"CONTAINERS_STORAGE_CONF": str(podman.storage_conf())}
+        result = cli(*args, env=env)
         assert result.returncode == 1
         assert result.stdout.splitlines() == [
             f"ok attestation-agent {good} (image {podman.cli('image', 'inspect', '--format', '{{.Id}}', good)[:12]})",
@@ -224,4 +226,4 @@ def test_verify_one_line_per_image_and_exit_code(tmp_path: Path, config: Path, r
             "storage"]
         del state["components"]["agent-protocol-forwarder"]
         (state_dir / "state.json").write_text(json.dumps(state))
-        assert cli(*args).returncode == 0
+        assert cli(*args, env=env).returncode == 0

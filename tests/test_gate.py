@@ -16,6 +16,9 @@ import pytest
 
 from podvm_bootstrap.gate import (
     EXIT_NOT_RELEASED,
+    EXIT_TERMINATED,
+    GATE_FIFO,
+    GATE_SCRIPT,
     GateError,
     exec_argv,
     fifo_path,
@@ -30,6 +33,7 @@ from podvm_bootstrap.gate import (
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.model import Component, ContainerSpec, Plan, PlannedComponent
 from podvm_bootstrap.render import render_units, unit_gate_fifo, unit_gate_key
+from tests.bed.proc import wait_until
 from tests.runtime_podman import Podman
 
 NASTY = ["/bin/busybox", "sh", "-c", 'printf "%s|" "$@" > /out/argv', "$0", "a b", "it's", "$HOME", "`id`",
@@ -58,11 +62,15 @@ def test_exec_argv_refuses_what_cannot_be_run(config: dict, command: tuple) -> N
         exec_argv(config, command)
 
 
-def test_release_payload_is_read_back_by_a_shell_as_the_same_words(tmp_path: Path) -> None:
-    """The very script the gate runs (eval "set -- $p"), in this machine's busybox sh."""
-    payload = release_payload(NASTY)
-    out = subprocess.run(["/bin/busybox", "sh", "-c", 'p=$(cat) && eval "set -- $p" && printf "%s\\0" "$@"'],
-                         input=payload, capture_output=True, check=True, timeout=10).stdout
+def test_release_payload_is_read_back_by_the_gate_script_as_the_same_words(tmp_path: Path) -> None:
+    """The very script the gate runs, in this machine's busybox sh, reading
+    the release from a file in its FIFO's place: the words exec'd are the
+    words released (newlines, quotes and all)."""
+    release_file = tmp_path / "release"
+    release_file.write_bytes(release_payload(["printf", "%s\\0", *NASTY]))
+    script = GATE_SCRIPT.replace(GATE_FIFO, str(release_file))
+    out = subprocess.run(["/bin/busybox", "sh", "-c", script, "podvm-gate"],
+                         capture_output=True, check=True, timeout=10).stdout
     assert out.split(b"\0")[:-1] == [w.encode() for w in NASTY]
 
 
@@ -166,6 +174,35 @@ def test_a_gate_opened_and_closed_without_a_release_ends_the_container(podman: P
     logs = subprocess.run([*podman.argv, "logs", "refused"], env=podman.env, capture_output=True, text=True,
                           timeout=30)
     assert "podvm-gate: not released" in logs.stdout + logs.stderr
+
+
+def test_a_container_stopped_at_its_gate_ends_at_once(podman: Podman, tmp_path: Path) -> None:
+    """The gate's shell is PID 1 of its container, where a signal without a
+    handler is ignored: its TERM trap ends it at the stop's SIGTERM, not at
+    the stop timeout's SIGKILL (exit 137)."""
+    image = podman.make_image("gate")
+    gates, out = tmp_path / "gates", tmp_path / "out"
+    out.mkdir()
+    prepare_fifo(gates, "stopped", "k")
+    _run_gated(podman, image, gates, out, "stopped")
+    wait_until(lambda: _waits_at_gate(podman, "stopped"), 30, "the container at its gate")
+    t0 = time.monotonic()
+    podman.cli("stop", "--time", "10", "stopped")
+    took = time.monotonic() - t0
+    assert _exit_code(podman, "stopped") == EXIT_TERMINATED
+    assert took < 5.0, f"the stop took {took:.1f}s: SIGTERM was ignored until the stop timeout"
+    assert os.listdir(out) == []
+
+
+def _waits_at_gate(podman: Podman, name: str) -> bool:
+    """The container's PID 1 (the gate's shell) or a child of it is blocked
+    opening its FIFO."""
+    pid = podman.cli("inspect", "-f", "{{.State.Pid}}", name)
+    try:
+        pids = [pid, *Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return pid != "0" and any(Path(f"/proc/{p}/wchan").read_text() == "wait_for_partner" for p in pids)
+    except OSError:
+        return False
 
 
 def test_a_release_reaches_only_the_container_of_its_own_definition(podman: Podman, tmp_path: Path) -> None:

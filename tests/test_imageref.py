@@ -20,6 +20,7 @@ D = "sha256:" + "a" * 64
     ("127.0.0.1:5000/podvm/apf", "127.0.0.1:5000", "podvm/apf", None, None),
     ("127.0.0.1:5000/podvm/apf:latest", "127.0.0.1:5000", "podvm/apf", "latest", None),
     ("localhost/app", "localhost", "app", None, None),
+    ("LocalHost/app", "localhost", "app", None, None),       # still the host localhost, lowercased
     ("localhost:5000/a/b", "localhost:5000", "a/b", None, None),
     ("[::1]:5000/a/b:1", "[::1]:5000", "a/b", "1", None),
     (f"quay.io/org/app@{D}", "quay.io", "org/app", None, D),
@@ -30,6 +31,22 @@ def test_valid_references_parse_and_normalize(text, registry, path, tag, digest)
     ref = parse_reference(text)
     assert ref == ImageRef(registry, path, tag, digest)
     assert ref.repository == f"{registry}/{path}"
+
+
+@pytest.mark.parametrize("text", ["Registry/evil", f"Registry/evil@{D}", "REGISTRY/a/b:1", "Evil/x"])
+def test_a_host_only_by_its_capitals_is_refused_not_moved_to_docker_io(text):
+    """"Registry/evil" names the host Registry to docker's grammar (capitals
+    make a first component a host); lowercased, "registry/evil" is a path on
+    docker.io to podman. Judging one and running the other is refused."""
+    with pytest.raises(ReferenceError, match="is a host only by its capitals"):
+        parse_reference(text)
+
+
+def test_every_parsed_reference_means_the_same_to_podman_when_printed():
+    """What runs (str/pinned) parses back to the very reference judged."""
+    for text in ("Quay.IO/org/app", "LocalHost:5000/a", "127.0.0.1:5000/podvm/apf", "myorg/app", f"q.io/a@{D}"):
+        ref = parse_reference(text)
+        assert parse_reference(str(ref)) == ref
 
 
 def test_port_is_not_a_tag():

@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 
 from podvm_bootstrap.backoff import Backoff
+from podvm_bootstrap.containers_store import locate_store
 from podvm_bootstrap.imageref import parse_reference
 from podvm_bootstrap.images import (
     ImageError,
     PodmanImages,
     PullPacing,
-    Store,
     big_data_path,
-    find_in_store,
     registry_auth,
-    store_from_conf,
     verify_in_storage,
 )
 from tests.bed.proc import free_port
@@ -88,7 +86,7 @@ def test_registry_down_bounded_retries_then_failure(podman: Podman) -> None:
     port = free_port()
     ref = parse_reference(f"127.0.0.1:{port}/test/nothing@sha256:" + "1" * 64)
     sleeps: list[float] = []
-    images = PodmanImages(podman.socket, pacing=FAST, sleep=sleeps.append)
+    images = PodmanImages(podman.socket, pacing=FAST, sleep=sleeps.append, storage_conf=None)
     with pytest.raises(ImageError, match=r"cannot pull 127\.0\.0\.1:\d+/test/nothing@sha256:1+"):
         images.ensure(ref)
     assert len(sleeps) == FAST.retries  # retries + 1 attempts, a backoff between each
@@ -103,7 +101,7 @@ def test_pull_time_is_bounded_by_the_pull_timeout(podman: Podman) -> None:
         now[0] += 10.0  # each wait eats the budget
 
     images = PodmanImages(podman.socket, pacing=PullPacing(retries=100, timeout=25.0, backoff=Backoff(1, 1)),
-                          sleep=sleep, clock=lambda: now[0])
+                          sleep=sleep, clock=lambda: now[0], storage_conf=None)
     with pytest.raises(ImageError):
         images.ensure(ref)
     assert now[0] == 30.0  # three attempts fit in 25 s of budget, not 101
@@ -138,7 +136,8 @@ def test_auth_json_logs_in_to_a_password_registry(podman: Podman, auth_registry:
         podman.images().ensure(ref)
     auth = tmp_path / "auth.json"
     auth.write_text(json.dumps(auth_registry.auth_json()))
-    stored = PodmanImages(podman.socket, auth_file=auth, pacing=FAST, sleep=lambda s: None).ensure(ref)
+    stored = PodmanImages(podman.socket, auth_file=auth, pacing=FAST, sleep=lambda s: None,
+                           storage_conf=None).ensure(ref)
     assert stored.pulled and stored.ref == ref
 
 
@@ -204,6 +203,27 @@ def test_images_are_found_and_verified_from_the_store_files_without_podmans_api(
     assert images.lookup(missing.pinned) is None
 
 
+def test_a_storage_conf_without_driver_finds_podmans_own_store_and_driver(podman: Podman,
+                                                                          registry: Registry) -> None:
+    """What Debian's podman does with no storage.conf: the driver is podman's
+    own guess; found here from the graph root's state, the answer podman
+    itself gives, and the image found with the API down."""
+    ref = parse_reference(publish(podman, registry, "guessed"))
+    by_api = podman.images().ensure(ref)
+    info = json.loads(podman.cli("info", "--format", "json"))["store"]
+    conf = podman.base / "no-driver.conf"
+    conf.write_text(f'[storage]\ngraphroot = "{podman.root}"\nrunroot = "{podman.runroot}"\n')
+    store = locate_store(conf, environ={})
+    assert store is not None and store.driver == info["graphDriverName"] and store.graph_root == podman.root
+    podman.stop()
+    try:
+        images = PodmanImages(podman.socket, storage_conf=conf, sleep=lambda s: None)
+        assert images.reads_files and images.verify(ref).image_id == by_api.image_id
+        assert images._client is None
+    finally:
+        podman.start()
+
+
 def test_podman_socket_missing_is_one_clear_error(tmp_path: Path) -> None:
     images = PodmanImages(str(tmp_path / "nope.sock"), pacing=FAST, sleep=lambda s: None, storage_conf=None)
     with pytest.raises(ImageError, match="podman API socket .*nope.sock does not exist"):
@@ -211,39 +231,6 @@ def test_podman_socket_missing_is_one_clear_error(tmp_path: Path) -> None:
 
 
 # --- pure parts ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, expected", [
-    ('[storage]\ndriver = "vfs"\ngraphroot = "/var/lib/containers/storage"\n'
-     '[storage.options]\nadditionalimagestores = ["/usr/share/containers/storage"]\n',
-     Store(Path("/var/lib/containers/storage"), "vfs", (Path("/usr/share/containers/storage"),))),
-    ('[storage]\ndriver = "overlay"\ngraphroot = "/g"\n', Store(Path("/g"), "overlay")),
-    ('[storage]\ngraphroot = "/g"\n', None),                      # no driver: podman decides, ask it
-    ('[storage]\ndriver = "overlay"\n', None),                    # no graph root
-    ('[storage]\ndriver = "overlay"\ngraphroot = "g"\n', None),  # relative
-    ('[storage\n', None),                                           # not TOML
-    ('\xff', None),
-])
-def test_store_from_storage_conf(tmp_path: Path, text: str, expected: Store | None) -> None:
-    conf = tmp_path / "storage.conf"
-    conf.write_bytes(text.encode("latin-1"))
-    assert store_from_conf(conf) == expected
-    assert store_from_conf(tmp_path / "missing.conf") is None
-
-
-def test_find_in_store_looks_in_podmans_order_and_matches_as_podman_does(tmp_path: Path) -> None:
-    own, extra = tmp_path / "own", tmp_path / "extra"
-    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
-    for root, records in ((own, [{"id": "a" * 64, "names": ["q.io/x/y:1"], "digest": d1, "digests": [d1]}]),
-                          (extra, [{"id": "b" * 64, "names": [f"q.io/x/z@{d2}"], "digest": d2},
-                                   {"id": "c" * 64, "names": [f"q.io/x/y@{d1}"], "digest": d1}])):
-        (root / "vfs-images").mkdir(parents=True)
-        (root / "vfs-images" / "images.json").write_text(json.dumps(records))
-    store = Store(own, "vfs", (extra,))
-    assert find_in_store(store, f"q.io/x/y@{d1}") == (own, "a" * 64, d1)     # by digest and repository, own first
-    assert find_in_store(store, f"q.io/x/z@{d2}") == (extra, "b" * 64, d2)   # in the additional store
-    assert find_in_store(store, f"q.io/x/other@{d1}") is None                # that digest, another repository
-    assert find_in_store(store, "b" * 64) == (extra, "b" * 64, d2)
 
 
 def _auth_file(tmp_path: Path, auths: object) -> Path:

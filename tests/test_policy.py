@@ -104,6 +104,8 @@ def test_components_absent_means_no_overrides(tmp_path):
     ({"version": 1, "components": {APF: {"repositories": ["*"]}}}, f"components.{APF}.repositories[0]", "'*'"),
     ({"version": 1, "components": {APF: {"repositories": ["/*"]}}}, f"components.{APF}.repositories[0]", "invalid"),
     ({"version": 1, "components": {APF: {"repositories": [""]}}}, f"components.{APF}.repositories[0]", "invalid"),
+    ({"version": 1, "components": {APF: {"repositories": ["Registry/*"]}}}, f"components.{APF}.repositories[0]",
+     "a host only by its capitals"),
     ({"version": 1, "components": {APF: {"digests": ["sha256:abc"]}}}, f"components.{APF}.digests[0]", "sha256"),
     ({"version": 1, "components": {APF: {"digests": ["1" * 64]}}}, f"components.{APF}.digests[0]", "sha256"),
     ({"version": 1, "components": {APF: {"override_from": "pod"}}}, f"components.{APF}.override_from",
@@ -172,6 +174,14 @@ def test_exact_repository_with_digest_is_accepted():
     d = evaluate_override(policy("quay.io/org/apf"), APF, f"quay.io/org/apf@{D1}")
     assert d.accepted and d.requested == f"quay.io/org/apf@{D1}"
     assert "quay.io/org/apf" in d.reason
+
+
+def test_a_request_on_a_host_only_by_its_capitals_is_refused():
+    """The request `Registry/evil@...` would have been judged on the host
+    `Registry`, then run as `registry/evil@...`, which podman resolves on
+    docker.io: refused, whatever the policy allows."""
+    decision = evaluate_override(policy("registry.example/*", "docker.io/*"), APF, f"Registry/evil@{D1}")
+    assert not decision.accepted and "host only by its capitals" in decision.reason
 
 
 def test_not_parseable_is_refused():

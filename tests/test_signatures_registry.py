@@ -174,14 +174,16 @@ def test_verify_command_checks_signatures(tmp_path: Path, podman: Podman, regist
     (config / "bootstrap.yaml").write_text(f"runtime: {{podman_socket: {podman.socket}}}\n")
     argv = [sys.executable, "-m", "podvm_bootstrap", "--root", str(root), "--config-dir", str(config),
             "--state-dir", str(tmp_path / "state"), "verify"]
-    ok = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    ok = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "CONTAINERS_STORAGE_CONF": str(podman.storage_conf())})
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"ok attestation-agent {image} (image ") and ok.stdout.endswith(
         ", signed by release)\n")
     image_id = podman.cli("image", "inspect", "--format", "{{.Id}}", image)
     path = big_data_path(podman.root / "overlay-images" / image_id, "signature-" + digest.split(":")[1])
     path.write_bytes(with_signature_bit_flipped(path.read_bytes()))
-    failed = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    failed = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "CONTAINERS_STORAGE_CONF": str(podman.storage_conf())})
     assert failed.returncode == 1
     assert failed.stdout.startswith(f"FAILED attestation-agent {image}: signature of {image} refused: ")
     assert "Traceback" not in failed.stderr

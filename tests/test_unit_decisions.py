@@ -75,8 +75,8 @@ PROVISIONED = ("/run/peerpod/aa.toml", "/run/peerpod/apf.json")
 
 
 def early(pinned: bool = True, host_paths: tuple[str, ...] = ("/run/kata-containers",), fresh: bool = True,
-          loaded: str | None = None, active: str | None = None) -> EarlyCandidate:
-    return EarlyCandidate("kata-agent", "kata-agent.service", pinned, host_paths, fresh, loaded, active)
+          loaded: str | None = None, active: str | None = None, in_store: bool = True) -> EarlyCandidate:
+    return EarlyCandidate("kata-agent", "kata-agent.service", pinned, host_paths, fresh, loaded, active, in_store)
 
 
 @pytest.mark.parametrize("case, c, first_run, expected", [
@@ -90,6 +90,8 @@ def early(pinned: bool = True, host_paths: tuple[str, ...] = ("/run/kata-contain
     ("masked", early(loaded="masked", active="inactive"), True, False),
     ("its unit file existed: systemd may hold an older text", early(fresh=False), True, False),
     ("image by tag: only the policy can allow it", early(pinned=False), True, False),
+    ("image not in local storage yet: --pull=never would fail and systemd's Restart= race the daemon's start",
+     early(in_store=False), True, False),
     ("mounts a directory the user-data provisions into", early(host_paths=("/run/peerpod",)), True, True),
     ("mounts a file the user-data provisions (it would be made a directory)",
      early(host_paths=("/run/peerpod/aa.toml",)), True, False),

@@ -17,12 +17,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.fakes.metadata import drip, endless_continue, head, running_raw_server, send_then_close
+from tests.fakes.metadata import drip, endless_continue, head, kept_alive, running_raw_server, send_then_close
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's interpreter: python3-requests, urllib3 1.26
@@ -38,13 +39,13 @@ class Outcome:
     stderr: str
 
 
-def fetch(stack: str, url: str, timeout: float = 1.0, tmp: Path | None = None) -> Outcome:
-    """`podvm-bootstrap userdata` from the alibaba provider at `url`, under the stack's interpreter."""
+def fetch(stack: str, url: str, timeout: float = 1.0, tmp: Path | None = None, provider: str = "alibaba") -> Outcome:
+    """`podvm-bootstrap userdata` from the provider (alibaba) at `url`, under the stack's interpreter."""
     config = tmp or Path("/nonexistent-config")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "LANG": "C.UTF-8"}
     result = subprocess.run(
         [STACKS[stack], "-m", "podvm_bootstrap", "--config-dir", str(config), "--root", str(config),
-         "userdata", "--provider", "alibaba", "--endpoint", url, "--timeout", str(timeout)],
+         "userdata", "--provider", provider, "--endpoint", url, "--timeout", str(timeout)],
         cwd=REPO, env=env, capture_output=True, timeout=HANG_GUARD)
     return Outcome(result.returncode, result.stdout, result.stderr.decode("utf-8", "replace"))
 
@@ -148,6 +149,29 @@ def test_a_connect_that_never_completes_ends_at_the_deadline(stack):
         host, port = listener.getsockname()[:2]
         url = f"http://{host}:{port}"
         assert_refused(fetch(stack, url, timeout=1.0), "within 1s", "not connected within")
+
+
+@stacks
+def test_the_deadline_holds_on_a_connection_kept_alive_after_a_first_answer(stack):
+    """AWS: the token PUT is answered normally on a connection the service
+    keeps open (whatever the request's `Connection: close` asked), then the
+    user-data GET on it drips its body a byte every 200 ms. A reused
+    connection escaped the deadline's guard (it watched only new sockets):
+    the fetch ran on and on, each byte resetting the read timeout."""
+    token = b"token-kept-alive"
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(token), token)
+    seen: list[bytes] = []
+    dripping = drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x", interval=0.2)
+    with running_raw_server(kept_alive(first, dripping, seen)) as server:
+        started = time.monotonic()
+        outcome = fetch(stack, server.url, timeout=2.0, provider="aws")
+        took = time.monotonic() - started
+    assert_refused(outcome, "within 2s")
+    assert took < 2.0 + 10.0, took   # the interpreter's start-up, and the deadline: not the 30 s hang guard
+    # The service did answer the PUT and see a GET with the token: the case this is about.
+    assert server.requests[0].startswith(b"PUT /latest/api/token ")
+    assert any(r.startswith(b"GET /latest/user-data ") and token in r for r in seen + server.requests[1:]), \
+        (seen, server.requests)
 
 
 # --- size, at every phase -------------------------------------------------------------------

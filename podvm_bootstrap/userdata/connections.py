@@ -7,6 +7,9 @@ body one byte at a time, or an endless series of interim `100 Continue`
 answers, resets them forever. So every socket a fetch opens is registered
 with a `ConnectionGuard`:
 
+- a connection serves one request: the guard shuts it down once the request
+  is over, so that a connection the service keeps alive is never reused
+  outside the guard's watch;
 - at the deadline (a timer on the monotonic clock) the guard shuts the socket
   down, which ends any read or write in progress on it at once, in whatever
   phase (connect, status line, headers, body);
@@ -110,8 +113,15 @@ class ConnectionGuard:
                            if isinstance(inner, BaseException))
 
     def release(self) -> None:
-        """Forget the sockets of a finished request (their connections closed)."""
+        """End the connections of a finished request and forget them. Shut
+        down, not only forgotten: a service may keep a connection open
+        whatever the request's `Connection: close` asked, and urllib3 would
+        then reuse it for the next request, a socket this guard no longer
+        watches (the deadline would not reach it, and a body dripped a byte
+        at a time would run on forever). A shut-down connection reads as
+        dropped: urllib3 opens a new one, which `track` sees."""
         with self._lock:
+            self._shutdown_all()
             for sock in self._sockets:
                 sock.close()
             self._sockets.clear()

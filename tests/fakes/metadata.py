@@ -263,7 +263,10 @@ class RawServer:
                 request = _read_request(conn)
                 with self.lock:
                     self.requests.append(request)
-                self.answer(conn, self.stop_event)
+                if getattr(self.answer, "wants_request", False):
+                    self.answer(conn, self.stop_event, request)
+                else:
+                    self.answer(conn, self.stop_event)
                 cut = False
             except OSError:  # the client closed or shut down the connection mid-answer
                 cut = True
@@ -327,6 +330,26 @@ def drip(prefix: bytes, byte: bytes = b"x", interval: float = 0.05):
         conn.sendall(prefix)
         while not stop.wait(interval):
             conn.sendall(byte)
+    return answer
+
+
+def kept_alive(first: bytes, then, seen: list[bytes] | None = None):
+    """An IMDSv2-like service that keeps its connections alive: a PUT gets
+    `first` (a whole answer without `Connection: close`, with its
+    Content-Length), then the next request on that same connection (its head
+    appended to `seen`) is answered by `then`; any other request, on a new
+    connection, by `then` at once. What a client that reuses its connection
+    meets (the token PUT, then the user-data GET)."""
+    def answer(conn: socket.socket, stop: threading.Event, request: bytes) -> None:
+        if request.startswith(b"PUT "):
+            conn.sendall(first)
+            following = _read_request(conn)
+            if seen is not None:
+                seen.append(following)
+            if not following:
+                return
+        then(conn, stop)
+    answer.wants_request = True  # type: ignore[attr-defined]
     return answer
 
 
