@@ -293,7 +293,7 @@ def _options(actions: Iterable[argparse.Action], skip: set[str]) -> list[str]:
                 arg = str(a.dest).upper()
             tag += f" \\fI{_escape(arg, literal=True)}\\fR"
         out += [".TP", tag]
-        text = inline(a.help) if a.help else ""
+        text = inline(_expand_help(a)) if a.help else ""
         notes = []
         if a.choices is not None and a.metavar is not None and not all(str(c) in text for c in a.choices):
             notes.append("one of " + ", ".join(f"\\fB{_escape(str(c), literal=True)}\\fR" for c in a.choices))
@@ -304,6 +304,17 @@ def _options(actions: Iterable[argparse.Action], skip: set[str]) -> list[str]:
         text = "; ".join(x for x in [text, *notes] if x)
         out.append(_line(text or "\\&"))
     return out
+
+
+def _expand_help(a: argparse.Action) -> str:
+    """The help as --help shows it: %(default)s and the like filled in."""
+    help_ = a.help or ""
+    if "%" not in help_:
+        return help_
+    params = {k: v for k, v in vars(a).items() if v is not argparse.SUPPRESS}
+    if a.choices is not None:
+        params["choices"] = ", ".join(str(c) for c in a.choices)
+    return help_ % params
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:

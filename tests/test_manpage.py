@@ -116,6 +116,21 @@ def test_a_missing_docs_section_names_it() -> None:
         manpage.file_page(page, DOCS, __version__)
 
 
+def test_a_parser_becomes_the_command_page_as_help_shows_it() -> None:
+    parser = argparse.ArgumentParser(prog="podvm-bootstrap", description=".PP does things")
+    parser.add_argument("--level", metavar="L", choices=["a", "b"], default="a", help="the level (%(default)s)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("go", help="go somewhere")
+    p.add_argument("--to", metavar="PLACE", required=True, action="append", help="where")
+    docs = "## Command line\n\n```\nsynopsis\n```\n\nExit codes: 0 fine; 1 not fine. Nothing else.\n\nA note.\n"
+    roff = manpage.command_page(parser, docs, "9.9", [("/etc/x", "the x")])
+    assert ".TP\n\\fB\\-\\-level\\fR \\fIL\\fR\nthe level (a); one of \\fBa\\fR, \\fBb\\fR" in roff
+    assert ".SS go\n.PP\ngo somewhere\n.TP\n\\fB\\-\\-to\\fR \\fIPLACE\\fR\nwhere; required; repeatable" in roff
+    assert ".SH EXIT STATUS\n.TP\n0\nfine\n.TP\n1\nnot fine\n" in roff
+    assert "synopsis" not in roff and "A note." in roff and "Exit codes" not in roff
+    assert "\n\\&.PP does things\n" in roff  # the description is text, whatever it starts with
+
+
 # --- the generated pages --------------------------------------------------------
 
 
