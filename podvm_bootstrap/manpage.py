@@ -157,11 +157,7 @@ def markdown_to_roff(text: str, *, top: int = 1) -> str:
                 code.append(lines[i][indent:] if not lines[i][:indent].strip() else lines[i].lstrip())
                 i += 1
             i += 1
-            if not indents:
-                out.append(".PP")
-            else:
-                out.append(".IP")
-            out.append(".EX")
+            out += [".IP" if indents else ".PP", ".EX"]  # in a list item: indented with it
             out.extend(_line(_escape(c, literal=True)) for c in code)
             out.append(".EE")
             continue
@@ -175,8 +171,8 @@ def markdown_to_roff(text: str, *, top: int = 1) -> str:
             flush()
             indents.clear()
             set_depth(0)
-            level, title = len(heading.group(1)), inline(heading.group(2))
-            out.append(f".SH {title.upper()}" if level <= top else f".SS {title}")
+            level, title = len(heading.group(1)), heading.group(2)
+            out.append(f".SH {inline(title.upper())}" if level <= top else f".SS {inline(title)}")
             i += 1
         elif raw.lstrip().startswith("|"):
             flush()
@@ -239,7 +235,7 @@ def _section(found: dict[str, tuple[int, str]], title: str) -> tuple[int, str]:
     return found[title]
 
 
-def _header(name: str, section: int, version: str, manual: str) -> list[str]:
+def _header(name: str, section: int, summary: str, version: str, manual: str) -> list[str]:
     return [
         f'.\\" Generated from {DOCS_SOURCE} and the command line parser; edit those, not this.',
         f'.TH "{name.upper()}" "{section}" "" "{COMMAND} {_escape(version)}" "{manual}"',
@@ -249,18 +245,18 @@ def _header(name: str, section: int, version: str, manual: str) -> list[str]:
         ".nr HY 0",
         ".nh",
         ".SH NAME",
-        f"{_escape(name, literal=True)} \\- {{summary}}",
+        f"{_escape(name, literal=True)} \\- {_escape(summary)}",
     ]
 
 
 def file_page(page: FilePage, docs: str, version: str) -> str:
     """The section 5 page of one baked file."""
     found = doc_sections(docs)
-    out = [x.replace("{summary}", _escape(page.summary)) for x in _header(page.name, 5, version, "File Formats")]
+    out = _header(page.name, 5, page.summary, version, "File Formats")
     out += [".SH SYNOPSIS", f"\\fB/etc/{COMMAND}/{_escape(page.name)}\\fR"]
     for n, title in enumerate(page.sections):
         level, body = _section(found, title)
-        out.append(".SH DESCRIPTION" if n == 0 else f".SH {inline(title).upper()}")
+        out.append(".SH DESCRIPTION" if n == 0 else f".SH {inline(title.upper())}")
         out.append(markdown_to_roff(body, top=level).rstrip("\n"))
     others = [p.name for p in FILE_PAGES if p.name != page.name]
     out += [".SH SEE ALSO", ",\n".join(f"\\fB{_escape(n)}\\fR(5)" for n in others) + f",\n\\fB{COMMAND}\\fR(8)"]
@@ -346,8 +342,8 @@ def command_page(parser: argparse.ArgumentParser, docs: str, version: str,
     """podvm-bootstrap(8): synopsis, every command with its options and help,
     the global options, the exit codes, the files (path, what) and the
     "Command line" section's notes."""
-    out = [x.replace("{summary}", _escape("boots a peer-pods pod VM's components from verified images"))
-           for x in _header(COMMAND, 8, version, "System Administration")]
+    out = _header(COMMAND, 8, "boots a peer-pods pod VM's components from verified images", version,
+                  "System Administration")
     # the commands' lines leave out -h and the global options (the first line's)
     globals_ = {o for a in parser._actions for o in a.option_strings if o != "--version"}
     out += [".SH SYNOPSIS",

@@ -100,6 +100,7 @@ def test_headings_lists_and_tables() -> None:
         "### Top\n\ntext\n\n#### Sub\n\n- one\n  continued\n  - nested\n- two\n\n1. first\n\n"
         "| key | default | meaning |\n| --- | --- | --- |\n| `a.b` | `1` | the a |\n", top=3)
     assert ".SH TOP" in roff and ".SS Sub" in roff
+    assert markdown_to_roff("# The `x` → y\n", top=1) == ".SH THE \\fBX\\fR \\[u2192] Y\n"  # escapes stay lower case
     assert roff.count(".IP \\(bu 2") == 3 and ".RS" in roff and ".RE" in roff and ".IP 1. 4" in roff
     assert ".TP\n\\fBa.b\\fR\n\\fIdefault\\fR: \\fB1\\fR\n.br\nthe a" in roff
     assert roff.count(".RS") == roff.count(".RE")
