@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: deps lint test test-unit image demo bench deb clean
+.PHONY: deps lint test test-unit image demo bench deb man clean
 
 deps:
 	./scripts/host-deps.sh
@@ -39,6 +39,11 @@ bench: deps
 # dist/podvm-bootstrap_<version>_all.deb (README "Building a pod VM image").
 deb: deps
 	./scripts/build-deb.sh
+
+# The man pages alone, into build/man (podvm-bootstrap.8 from the command line
+# parser, the baked files' section 5 pages from the docs; scripts/build-man.py).
+man: deps
+	$(VENV)/bin/python scripts/build-man.py build/man
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

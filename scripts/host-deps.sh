@@ -17,6 +17,8 @@ APT_PACKAGES=(
 )
 # make deb: Debian's packaging tools.
 APT_PACKAGES+=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools)
+# make man and its tests: man -l renders the pages (groff).
+APT_PACKAGES+=(man-db groff-base)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

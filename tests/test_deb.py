@@ -17,6 +17,11 @@ from tests.debian_tree import apt_install, build_deb, clean_debian_tree, in_tree
 pytestmark = pytest.mark.podman  # needs root, debootstrap's cache, systemd-nspawn
 
 
+# Generated at build from the parser and the docs (scripts/build-man.py).
+MAN_PAGES = ("./usr/share/man/man8/podvm-bootstrap.8.gz", "./usr/share/man/man5/bootstrap.yaml.5.gz",
+             "./usr/share/man/man5/components.yaml.5.gz", "./usr/share/man/man5/policy.yaml.5.gz")
+
+
 @pytest.fixture(scope="module")
 def deb() -> Path:
     path = build_deb()
@@ -40,7 +45,8 @@ def test_the_package_depends_on_debians_python_packages_only(deb: Path) -> None:
                  "./etc/containers/registries.d/podvm-bootstrap.yaml",
                  "./usr/share/podvm-bootstrap/components.yaml", "./usr/share/podvm-bootstrap/policy.yaml",
                  "./usr/share/podvm-bootstrap/bootstrap.yaml",
-                 "./usr/lib/python3/dist-packages/podvm_bootstrap/bake.py"):
+                 "./usr/lib/python3/dist-packages/podvm_bootstrap/bake.py",
+                 *MAN_PAGES):
         assert f" {path}\n" in files, path
 
 
@@ -68,6 +74,21 @@ def test_apt_installs_the_package_into_a_clean_debian_tree_and_it_runs_there(deb
         assert '"name": "kata-agent"' in plan.stdout
         usage = in_tree(tree, "podvm-bootstrap", "bake")
         assert usage.returncode == 2 and "bake needs --root TREE" in usage.stdout + usage.stderr
+
+
+def test_the_packaged_man_pages_render_with_no_warning(deb: Path, tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True, timeout=120)
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "MANWIDTH": "80"}
+    for page in MAN_PAGES:
+        man = subprocess.run(["man", "--warnings", "-l", str(tmp_path / page)], capture_output=True, text=True,
+                             env=env, timeout=60)
+        assert man.returncode == 0 and man.stderr == "", (page, man.stderr)
+        name = Path(page).name.removesuffix(".gz")
+        assert man.stdout.startswith(f"{name.rsplit('.', 1)[0].upper()}({name.rsplit('.', 1)[1]})"), man.stdout[:80]
+    command = subprocess.run(["man", "-l", str(tmp_path / MAN_PAGES[0])], capture_output=True, text=True, env=env,
+                             timeout=60).stdout
+    for word in ("COMMANDS", "EXIT STATUS", "FILES", "measurements", "collect", "expect-pcr"):
+        assert word in command, word
 
 
 def test_the_same_sources_give_the_same_package(deb: Path) -> None:
