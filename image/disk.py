@@ -147,7 +147,7 @@ def rebake_for_overlay(tree: Path, images: dict) -> None:
     shutil.rmtree(tree / build.RO_STORE.lstrip("/"))
     (tree / build.RO_STORE.lstrip("/")).mkdir()
     with running_registry() as registry:
-        for (component, variant), image in images.items():
+        for (_component, variant), image in images.items():
             if variant != "padded":
                 registry.push_standin(image)
         build.bake(tree, registry.host)
@@ -178,8 +178,8 @@ def configure(tree: Path) -> None:
 def mkfs_ext4(image: Path, source: Path, label: str, size: int, *, journal: bool = True) -> None:
     image.unlink(missing_ok=True)
     opts = [] if journal else ["-O", "^has_journal"]
-    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-E", "root_owner=0:0", *opts, "-d", str(source), str(image),
-        f"{size // 1024}k", env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}, stdout=subprocess.DEVNULL)
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-E", "root_owner=0:0", *opts, "-d", str(source),
+        str(image), f"{size // 1024}k", env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}, stdout=subprocess.DEVNULL)
 
 
 def tree_size(path: Path) -> int:
@@ -214,7 +214,7 @@ def assemble(disk: Path, parts: list[tuple[str, Path]]) -> list[Partition]:
         f"start={p.offset // 512}, size={p.size // 512}, type={LINUX_FS}, uuid={PART_UUIDS[p.name]}, name={p.name}\n"
         for p in layout)
     run("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk), input=script.encode())
-    for p, (_, f) in zip(layout, parts):
+    for p, (_, f) in zip(layout, parts, strict=True):
         run("dd", f"if={f}", f"of={disk}", "bs=1M", f"seek={p.offset}", "oflag=seek_bytes",
             "conv=notrunc,sparse", "status=none")
     return layout

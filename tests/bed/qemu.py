@@ -54,6 +54,7 @@ VM_PATH = nspawn_vm.VM_PATH
 @dataclass(frozen=True)
 class BuiltDisk:
     dir: Path
+    raw: Path
     qcow2: Path
     kernel: Path
     initrd: Path
@@ -65,6 +66,26 @@ class BuiltDisk:
     def default_digests(self) -> dict[str, str]:
         return {c: ref.split("@", 1)[1] for c, ref in self.defaults.items()}
 
+    def debugfs(self, partition: str, request: str) -> str:
+        """debugfs (read-only) on one of the disk's ext4 partitions, in place."""
+        device = f"{self.raw}?offset={self.partitions[partition]['offset']}"
+        out = subprocess.run(["debugfs", "-R", request, device], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise BedError(f"debugfs -R {request!r} {device}: {out.stderr.strip()}")
+        return out.stdout
+
+    def baked_file(self, path: str) -> str:
+        """A file of the disk's root filesystem, e.g. /etc/podvm-bootstrap/components.lock.json."""
+        return self.debugfs("podvm-root", f"cat {path}")
+
+    def store_offset(self, path: str) -> int:
+        """The disk offset of the first data byte of `path` (relative to the
+        store's root) in the verity-protected store partition."""
+        blocks = self.debugfs("podvm-store", f"blocks {path}").split()
+        if not blocks:
+            raise BedError(f"{path} has no data block in the store")
+        return self.partitions["podvm-store"]["offset"] + int(blocks[0]) * 4096
+
 
 def ensure_disk(timeout: float = 1800) -> BuiltDisk:
     """Build the disk or reuse the cached one (image/disk.py)."""
@@ -73,8 +94,8 @@ def ensure_disk(timeout: float = 1800) -> BuiltDisk:
     if out.returncode != 0:
         raise BedError(f"image/disk.py failed with {out.returncode} (its output is above)")
     info = json.loads(out.stdout)
-    return BuiltDisk(Path(info["dir"]), Path(info["qcow2"]), Path(info["kernel"]), Path(info["initrd"]),
-                     info["cmdline"], info["partitions"], info["defaults"])
+    return BuiltDisk(Path(info["dir"]), Path(info["raw"]), Path(info["qcow2"]), Path(info["kernel"]),
+                     Path(info["initrd"]), info["cmdline"], info["partitions"], info["defaults"])
 
 
 _accel: list[str] = []
