@@ -179,7 +179,8 @@ def mkfs_ext4(image: Path, source: Path, label: str, size: int, *, journal: bool
     image.unlink(missing_ok=True)
     opts = [] if journal else ["-O", "^has_journal"]
     run("mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-E", "root_owner=0:0", *opts, "-d", str(source),
-        str(image), f"{size // 1024}k", env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}, stdout=subprocess.DEVNULL)
+        str(image), f"{size // 1024}k", env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"},
+        stdout=subprocess.DEVNULL)
 
 
 def tree_size(path: Path) -> int:
