@@ -9,9 +9,8 @@ way the cloud-api-adaptor's libvirt provider boots a pod VM.
   a second virtio disk, which the image mounts at /media/cidata;
 - a vTPM: one `swtpm socket --tpm2` per VM on a unix socket, behind QEMU's
   tpm-crb device (the guest's /dev/tpmrm0);
-- no network (`-nic none`), unless the boot is given a registry: then QEMU's
-  user-mode network, restricted, with only 10.0.2.100:5000 forwarded to that
-  loopback registry (the image's quay.io/confidential-containers mirror);
+- no network (`-nic none`): the VM runs what its disk holds (an override
+  that needs a pull cannot be had; see README "The pod VM as a disk");
 - the serial console to console.log; commands run by the image's test agent
   on the virtio-serial port org.podvm.testbed.agent (one JSON line each way);
 - KVM when a probe guest prints its kernel's messages within seconds, else
@@ -41,12 +40,10 @@ from pathlib import Path
 
 from tests.bed import vm as nspawn_vm
 from tests.bed.proc import BedError, Service, wait_until
-from tests.bed.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU = "qemu-system-x86_64"
 AGENT_PORT = "org.podvm.testbed.agent"
-GUEST_REGISTRY = ("10.0.2.100", 5000)  # image/disk.py's mirror of quay.io/confidential-containers
 PROBE_TIMEOUT = 15.0
 VM_PATH = nspawn_vm.VM_PATH
 
@@ -330,7 +327,7 @@ def cidata_iso(path: Path, userdata: bytes | str | None, instance: str) -> Path:
     return path
 
 
-def qemu_argv(vm: QemuVM, *, registry: Registry | None, cidata: Path | None, memory_mib: int, cpus: int) -> list[str]:
+def qemu_argv(vm: QemuVM, *, cidata: Path | None, memory_mib: int, cpus: int) -> list[str]:
     w = vm.workdir
     accel = ["-accel", "kvm", "-cpu", "host"] if vm.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
     argv = [QEMU, "-name", vm.name, "-machine", "q35", *accel, "-smp", str(cpus), "-m", str(memory_mib),
@@ -343,18 +340,13 @@ def qemu_argv(vm: QemuVM, *, registry: Registry | None, cidata: Path | None, mem
              "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
              "-device", "virtio-serial-pci",
              "-chardev", f"socket,id=agent,path={w / 'agent.sock'},server=on,wait=off",
-             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}"]
-    if registry is None:
-        argv += ["-nic", "none"]
-    else:
-        host, port = GUEST_REGISTRY
-        argv += ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:{host}:{port}-tcp:{registry.host}",
-                 "-device", "virtio-net-pci,netdev=net0"]
+             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+             "-nic", "none"]
     return argv
 
 
 def boot(disk: BuiltDisk, workdir: Path, *, name: str | None = None, userdata: bytes | str | None = None,
-         cidata: bool = True, registry: Registry | None = None, flip: Sequence[int] = (),
+         cidata: bool = True, flip: Sequence[int] = (),
          wait: str | None = "running", boot_timeout: float = 300, memory_mib: int = 2048, cpus: int = 2,
          lock_timeout: float = 900) -> QemuVM:
     """Boot the disk under QEMU (see the module's doc). `flip`: guest disk
@@ -377,7 +369,7 @@ def boot(disk: BuiltDisk, workdir: Path, *, name: str | None = None, userdata: b
                                      "--log", "level=1"], workdir / "swtpm.log")
         vm.swtpm.wait_ready(lambda: (workdir / "swtpm.sock").exists(), 10, "listening")
         vm.started = time.time()
-        vm.qemu = Service("qemu", qemu_argv(vm, registry=registry, cidata=iso, memory_mib=memory_mib, cpus=cpus),
+        vm.qemu = Service("qemu", qemu_argv(vm, cidata=iso, memory_mib=memory_mib, cpus=cpus),
                           workdir / "qemu.log")
         nspawn_vm._record(vm.lock, os.getpid(), vm.qemu.pid)
         vm.qemu.wait_ready(lambda: (workdir / "agent.sock").exists(), 10, "listening on the agent's socket")
