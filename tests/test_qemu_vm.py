@@ -6,15 +6,16 @@ QEMU (the vTPM keeps its state; its PCRs reset with the machine).
 
 In file order: the chain comes up from the baked defaults (nothing pulled)
 on a read-only root with the store on its dm-verity device; the launch is
-measured into the vTPM's PCR 23, read back inside the VM with tpm2_pcrread,
-equal to `plan --json`'s prediction made on the host from the disk's baked
-files, and the event log copied out replays to it on the host with
-`podvm-bootstrap measurements`; after a reboot everything is ready again and
-the launch is measured once in the new boot (the same PCR value, each
-component once in the log)."""
+measured into the vTPM's PCR 23 and the initdata bound into PCR 8, both read
+back inside the VM with tpm2_pcrread, equal to `plan --json`'s predictions
+made on the host from the disk's baked files, and the event log copied out
+replays to PCR 23 on the host with `podvm-bootstrap measurements`; after a
+reboot everything is ready again and measured once in the new boot (the same
+PCR values, each component once in the log)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -66,15 +67,27 @@ def pcr_in_vm(vm: QemuVM, pcr: int) -> str:
 
 
 def eventlog_path(st: dict) -> str:
-    """Where this daemon wrote the event log (its status record says)."""
+    """Where this daemon wrote the event log (its status record says: measure.eventlog)."""
     return st["measurement"]["eventlog"]
 
 
-def replay_on_host(log: bytes, expect: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def replay_on_host(log: bytes, expect_pcr23: str, tmp_path: Path) -> subprocess.CompletedProcess:
     copy = tmp_path / "eventlog"
     copy.write_bytes(log)
     return subprocess.run([sys.executable, "-m", "podvm_bootstrap", "measurements", "--log", str(copy),
-                           "--expect-pcr", expect, "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+                           "--expect-pcr", f"23={expect_pcr23}", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def launched(replay: dict) -> list[str]:
+    """The components of the replayed launch set, sorted."""
+    return sorted(c["component"] if isinstance(c, dict) else c for c in replay["launch"]["components"])
+
+
+def initdata_bound(digest: str) -> str:
+    """PCR 8 after the initdata digest's one extend from zero: sha256(0^32 || digest fitted to 32 bytes)."""
+    raw = bytes.fromhex(digest.split(":", 1)[1])[:32]
+    return hashlib.sha256(bytes(32) + raw.ljust(32, b"\0")).hexdigest()
 
 
 def predict_on_host(disk: BuiltDisk, userdata: str, tmp_path: Path) -> dict:
@@ -136,14 +149,20 @@ def test_the_launch_is_measured_in_the_vtpm_and_replays_on_the_host(
     st = wait_all_ready(qemu_vm)
     record = st["measurement"]
     assert record["measured"] is True and record["tpm"] == "device:/dev/tpmrm0" and record["pcr"] == 23, record
-    pcr23 = pcr_in_vm(qemu_vm, 23)
+    pcr23, pcr8 = pcr_in_vm(qemu_vm, 23), pcr_in_vm(qemu_vm, 8)
     assert record["value"] == f"sha256:{pcr23}"
     predicted = predict_on_host(podvm_disk, MINIMAL_USERDATA, tmp_path)
     assert predicted["expected"] == f"sha256:{pcr23}"  # a fresh vTPM: PCR 23 starts at zero
+    # PCR 8: the initdata's digest (here the adaptor's placeholder: the
+    # user-data carries none) extended once, as plan --json predicts it.
+    initdata = record["initdata"]
+    assert initdata["bound"] is True and initdata["pcr"] == 8, initdata
+    assert pcr8 == initdata_bound(initdata["digest"])
+    assert predicted["initdata"]["expected"] == f"sha256:{pcr8}"
     replay = replay_on_host(qemu_vm.read_file(eventlog_path(st)), pcr23, tmp_path)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     doc: Any = json.loads(replay.stdout)
-    assert doc["match"] is True and sorted(c["component"] for c in doc["components"]) == sorted(NAMES)
+    assert doc["ok"] is True and launched(doc) == sorted(NAMES)
     # ... and a log that says anything else does not replay to it.
     wrong = replay_on_host(qemu_vm.read_file(eventlog_path(st)), "00" * 32, tmp_path)
     assert wrong.returncode == 1
@@ -152,7 +171,7 @@ def test_the_launch_is_measured_in_the_vtpm_and_replays_on_the_host(
 def test_a_reboot_of_the_same_disk_is_ready_again_and_measured_once(
         qemu_vm: QemuVM, tmp_path: Path) -> None:
     before = wait_all_ready(qemu_vm)
-    pcr_before = pcr_in_vm(qemu_vm, 23)
+    pcr_before, pcr8_before = pcr_in_vm(qemu_vm, 23), pcr_in_vm(qemu_vm, 8)
     first_boot = qemu_vm.boot_ids[-1]
     qemu_vm.reboot()
     assert qemu_vm.boot_ids[-1] != first_boot
@@ -160,10 +179,11 @@ def test_a_reboot_of_the_same_disk_is_ready_again_and_measured_once(
     # Measured once in the new boot: one extend per event from a reset PCR
     # gives the same value; a second measurement would have moved it.
     assert pcr_in_vm(qemu_vm, 23) == pcr_before
+    assert pcr_in_vm(qemu_vm, 8) == pcr8_before  # the initdata bound once again, not twice
     assert after["measurement"]["value"] == before["measurement"]["value"]
     replay = replay_on_host(qemu_vm.read_file(eventlog_path(after)), pcr_before, tmp_path)
     assert replay.returncode == 0, replay.stdout + replay.stderr
-    assert sorted(c["component"] for c in json.loads(replay.stdout)["components"]) == sorted(NAMES)
+    assert launched(json.loads(replay.stdout)) == sorted(NAMES)
     # The journal on the writable /var kept both boots: one measurement each.
     assert len(launch_lines(qemu_vm.journal("podvm-bootstrap.service"))) == 1
     previous = qemu_vm.run(["journalctl", "--no-pager", "-b", "-1", "-u", "podvm-bootstrap.service"]).stdout
