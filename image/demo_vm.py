@@ -5,8 +5,9 @@ pod VM (user-data on a `cidata` ISO, a vTPM from swtpm behind tpm-crb, no
 network; KVM when it works here, TCG otherwise), and shows what an operator
 looks at: the boot on the serial console, the disk's mounts (read-only root,
 the defaults' store on its dm-verity device, cidata), `podvm-bootstrap
-status`, the start order from the journal, and the measured launch: PCR 23
-read in the VM with tpm2_pcrread, and the event log replayed against it.
+status`, the start order from the journal, and the measured launch: PCR 8
+(the initdata) and PCR 23 (the launch set) read in the VM with
+tpm2_pcrread, and the event log replayed against PCR 23.
 
 The components are the test bed's STAND-INS (tests/standins). Everything
 stays on this machine; QEMU and swtpm are stopped by their PIDs at the end."""
@@ -80,13 +81,14 @@ def main() -> int:
             show(vm, "start order (journal)",
                  "journalctl -b -o short-precise --no-pager -u podvm-bootstrap.service "
                  "| grep -E 'user-data provider|launch measured|gate open|READY'")
-            show(vm, "PCR 23 in the vTPM", "tpm2_pcrread -T device:/dev/tpmrm0 sha256:23")
+            show(vm, "PCR 8 (the initdata) and PCR 23 (the launch set) in the vTPM",
+                 "tpm2_pcrread -T device:/dev/tpmrm0 sha256:8,23")
             log = vm.run("podvm-bootstrap status --json | python3 -c "
                          "'import json,sys; print(json.load(sys.stdin)[\"measurement\"][\"eventlog\"])'").stdout.strip()
             pcr = vm.run(["tpm2_pcrread", "-T", "device:/dev/tpmrm0", "sha256:23"]).stdout
             value = re.search(r"0x([0-9A-Fa-f]{64})", pcr)
-            show(vm, "the event log replayed against it",
-                 f"podvm-bootstrap measurements --log {log} --expect-pcr {value.group(1) if value else '0'}")
+            show(vm, "the event log replayed against PCR 23",
+                 f"podvm-bootstrap measurements --log {log} --expect-pcr 23={value.group(1) if value else '0'}")
             banner("shutting down (QEMU and swtpm stopped by their PIDs)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
