@@ -93,7 +93,8 @@ def test_an_allowed_override_in_the_cidata_user_data_is_accepted_verified_and_ru
     answer = damaged_vm.podman("exec", "agent-protocol-forwarder", "standin", "probe", "tcp", "127.0.0.1:15150")
     assert answer.stdout.strip() == "agent-protocol-forwarder standin v1"
     journal = damaged_vm.journal("podvm-bootstrap.service")
-    assert f"agent-protocol-forwarder: image {accepted_override} verified (override, signed by release)" in journal
+    assert (f"agent-protocol-forwarder: image {accepted_override} verified "
+            "(override from user-data, signed by release)") in journal
     # Nothing pulled: every image podman has is in the read-only store.
     images = json.loads(damaged_vm.podman("images", "--format", "json").stdout)
     assert images and all(i["ReadOnly"] for i in images)
