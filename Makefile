@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: deps lint test test-unit image demo bench deb man clean
+.PHONY: deps lint test test-unit image image-disk demo demo-vm bench deb man clean
 
 deps:
 	./scripts/host-deps.sh
@@ -24,10 +24,20 @@ test-unit: deps
 image: deps
 	$(VENV)/bin/python image/build.py
 
+# The same image as a bootable disk (raw and qcow2, dm-verity store, Debian's
+# cloud kernel), cached beside it (README "The pod VM as a disk").
+image-disk: deps
+	$(VENV)/bin/python image/disk.py
+
 # Builds the image, boots it with sample user-data (an override of the
 # forwarder's image), shows status, units and start order, then shuts it down.
 demo: deps
 	$(VENV)/bin/python image/demo.py
+
+# Boots the disk under QEMU like the adaptor's libvirt provider (cidata, vTPM),
+# shows the console, mounts, status, start order and the measured launch.
+demo-vm: deps
+	$(VENV)/bin/python image/demo_vm.py
 
 # Benchmarks in the booted pod VM test bed (README "Benchmarks"): prints one
 # table and writes bench/results/latest.md and latest.json (about 15 minutes),

@@ -624,6 +624,11 @@ def run(args: argparse.Namespace, results: Results) -> None:
             if vm is not None:
                 vm.destroy()
             shutil.rmtree(workdir, ignore_errors=True)
+    # The disk as a real VM under QEMU (after the nspawn VM: one VM at a time).
+    from bench import qemu_boot
+    qemu_rows = results.section(qemu_boot.SECTION)
+    guarded(qemu_rows, "real VM boot")(lambda: qemu_rows.extend(qemu_boot.run_section(max(1, rounds // 2),
+                                                                                       results.raw)))
 
 
 def main() -> int:

@@ -176,23 +176,24 @@ def podman_py_wheel(cache: Path) -> Path:
     return found[0]
 
 
-def baked_components(tag: str) -> str:
+def baked_components(tag: str, dropped_keys: dict = TEST_BED_DROPPED_KEYS,
+                     dropped_variant_keys: tuple = TEST_BED_DROPPED_VARIANT_KEYS) -> str:
     """The sample components.yaml as an image builder writes it before bake:
     each default image named by its tag and each TEE variant's by the TEE
     (bake pins them), minus the test bed's TEST_BED_DROPPED_KEYS and
-    TEST_BED_DROPPED_VARIANT_KEYS."""
+    TEST_BED_DROPPED_VARIANT_KEYS (none for the disk image, image/disk.py)."""
     manifest = yaml.safe_load((CONFIG_DIR / "components.yaml").read_text())
     dropped = []
     for name, spec in manifest["components"].items():
         if name not in standins.COMPONENTS:
             raise SystemExit(f"image/build.py: no stand-in image for component {name}")
         spec["image"] = f"{spec['image'].split('@', 1)[0]}:{tag}"
-        for key in TEST_BED_DROPPED_KEYS.get(name, ()):
+        for key in dropped_keys.get(name, ()):
             if spec.get("container", {}).pop(key, None) is not None:
                 dropped.append(f"{name}.container.{key}")
         for tee, variant in (spec.get("variants") or {}).items():  # a TEE's stand-in is tagged with the TEE
             variant["image"] = f"{variant['image'].split('@', 1)[0]}:{tee}"
-            for key in TEST_BED_DROPPED_VARIANT_KEYS:
+            for key in dropped_variant_keys:
                 if (variant.get("container") or {}).pop(key, None) is not None:
                     dropped.append(f"{name}.variants.{tee}.container.{key}")
             if variant.get("container") == {}:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian 12 machine (as root):
-# Debian packages (podman, registry, debootstrap, nspawn, swtpm and tpm2-tools)
+# Debian packages (podman, registry, debootstrap, nspawn, swtpm and tpm2-tools, QEMU)
 # and the virtualenv (tpm2-pytss is built there from source against libtss2-dev;
 # ruff, mypy and type stubs for make lint, pinned in pyproject.toml's lint extra).
 # Idempotent and quick when everything is already there.
@@ -15,6 +15,9 @@ APT_PACKAGES=(
   # Debian's HTTP stack (urllib3 1.26), the pod VM image's: the metadata client is tested on it too
   python3-requests python3-urllib3 python3-yaml
 )
+# The pod VM as a disk booted under QEMU (image/disk.py, tests/bed/qemu.py): QEMU and
+# qemu-img, the cidata ISO, sfdisk (GPT on a file), veritysetup, debugfs.
+APT_PACKAGES+=(qemu-system-x86 qemu-utils genisoimage fdisk cryptsetup-bin e2fsprogs)
 # make deb: Debian's packaging tools.
 APT_PACKAGES+=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools)
 # make man and its tests: man -l renders the pages (groff).

@@ -1,7 +1,7 @@
 """Pytest fixtures of the test bed (registered by tests/conftest.py).
 
-Session scope: standin_images, standin_bin, bed_registry, auth_registry, podvm_image.
-Module scope:  pod_vm (one booted VM with the minimal user-data).
+Session scope: standin_images, standin_bin, bed_registry, auth_registry, podvm_image, podvm_disk.
+Module scope:  pod_vm (one booted VM with the minimal user-data), qemu_vm (the same as a real VM under QEMU).
 Per test:      boot_pod_vm (a factory; every VM it boots is torn down after the test),
                swtpm (a software TPM on loopback).
 See tests/bed/README.md."""
@@ -145,3 +145,27 @@ def swtpm(tmp_path_factory):
 
     with running_swtpm(tmp_path_factory.mktemp("swtpm")) as tpm:
         yield tpm
+
+
+@pytest.fixture(scope="session")
+def podvm_disk():
+    """The built (or cached) pod VM disk (image/disk.py; tests/bed/qemu.py BuiltDisk)."""
+    from tests.bed.qemu import ensure_disk
+
+    return ensure_disk()
+
+
+@pytest.fixture(scope="module")
+def qemu_vm(podvm_disk, tmp_path_factory):
+    """One real VM per test module: the disk under QEMU (tests/bed/qemu.py)
+    with its own vTPM, the minimal user-data on a cidata ISO, no network.
+    Do not combine with another VM fixture in one module."""
+    from tests.bed.qemu import booted
+    from tests.bed.userdata import MINIMAL_USERDATA
+
+    workdir = Path(tempfile.mkdtemp(prefix="podvm-qemu-", dir=os.environ.get("PODVM_VM_DIR", "/var/tmp")))
+    try:
+        with booted(podvm_disk, workdir, userdata=MINIMAL_USERDATA) as vm:
+            yield vm
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -253,9 +253,13 @@ def _refuse_orphan(recorded: list[str]) -> None:
     test_pid, pid1 = map(int, recorded)
     if Path(f"/proc/{test_pid}").exists() or not Path(f"/proc/{pid1}").exists():
         return
-    if Path(f"/proc/{pid1}/comm").read_text().strip() == "systemd":
+    comm = Path(f"/proc/{pid1}/comm").read_text().strip()
+    if comm == "systemd":
         raise BedError(f"a test bed VM of a test process that is gone ({test_pid}) still runs "
                        f"(its PID 1 is {pid1}); end it with `kill -9 {pid1}` and unmount its overlay")
+    if comm.startswith("qemu-system"):  # a real VM (tests/bed/qemu.py) records QEMU's PID
+        raise BedError(f"a test bed QEMU VM of a test process that is gone ({test_pid}) still runs "
+                       f"(QEMU's PID is {pid1}); end it with `kill -9 {pid1}` (and its swtpm)")
 
 
 def _children(pid: int) -> list[int]:
