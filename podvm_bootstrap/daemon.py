@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
-from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.imageref import ImageRef, parse_reference
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.launch_set import LaunchedComponent
 from podvm_bootstrap.log import get_logger
@@ -394,10 +394,6 @@ class Daemon:
             log.error("not started: %s", reason, **_log(name))
             self.supervisor.image_failed(name, reason)
             return
-        # The reference as the previous daemon of this boot rendered it (a
-        # tag kept beside the digest), else the recorded repo@digest.
-        before = (self.previous_state.get("components") or {}).get(name) or {}
-        image = before.get("image") if before.get("digest") == recorded.digest else None
         kept_reason = f"{reason}; its recorded {recorded.image} runs"
         if planned.source == "override" and planned.override is not None:
             override: OverrideDecision | None = replace(planned.override, accepted=False, reason=kept_reason)
@@ -409,7 +405,7 @@ class Daemon:
         source: Source = ("override" if recorded.source == "override" else
                           "variant" if recorded.source == "variant" else "default")
         try:
-            kept = PlannedComponent(planned.component, parse_reference(str(image or recorded.image)), source,
+            kept = PlannedComponent(planned.component, self._recorded_reference(name, recorded), source,
                                     override, signed_by=planned.signed_by)
             kept = self._stored(kept, allow_tag=False)
         except (ImageError, ValueError) as exc:
@@ -419,6 +415,20 @@ class Daemon:
             return
         self.planned[name] = kept
         log.error("%s", kept_reason, **_log(name))
+
+    def _recorded_reference(self, name: str, recorded: LaunchedComponent) -> ImageRef:
+        """The recorded image as the previous daemon of this boot rendered it
+        (a tag kept beside the digest: its unit text unchanged), else the
+        record's repo@digest. Raises ValueError for a record that does not parse."""
+        ref = parse_reference(recorded.image)
+        before = ((self.previous_state.get("components") or {}).get(name) or {}).get("image")
+        try:
+            previous = parse_reference(before) if isinstance(before, str) else None
+        except ValueError:
+            previous = None
+        if previous is not None and (previous.repository, previous.digest) == (ref.repository, ref.digest):
+            return previous
+        return ref
 
     # --- stage 3: units -----------------------------------------------------
 
