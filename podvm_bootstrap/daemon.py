@@ -28,14 +28,16 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
 from podvm_bootstrap.fsutil import atomic_write, write_if_changed
+from podvm_bootstrap.imageref import ImageRef, parse_reference
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
+from podvm_bootstrap.launch_set import LaunchedComponent
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent, source_label
+from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent, RequestSource, source_label
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
 log = get_logger("daemon")
 
+Source = Literal["default", "variant", "override"]
 MAX_STEPS = 20  # tick() rounds in one step (each round's actions may make the next due at once)
 T = TypeVar("T")
 
@@ -211,10 +214,13 @@ class Daemon:
         self._ensure_images()
         # Before any unit starts (README "Measured launch").
         from podvm_bootstrap.launch_measurement import measure_launch
+        refused: list[tuple[str, str, LaunchedComponent | None]] = []
         self.boot["measurement"] = measure_launch(
             self.paths, self.settings, self.plan.start_order,
             [p for p in self.planned.values() if self.supervisor.get(p.name).state != FAILED],
-            self.supervisor.image_failed)
+            lambda name, reason, recorded: refused.append((name, reason, recorded)))
+        for name, reason, recorded in refused:
+            self._keep_recorded(name, reason, recorded)
         self._write_plan()
         self.notifier.status("starting components")
         self._install_units()
@@ -373,6 +379,55 @@ class Daemon:
         if stored.from_tag is not None:
             self.resolved_from[planned.name] = str(planned.image)
         return replace(planned, image=stored.ref, signature=stored.signature)
+
+    def _keep_recorded(self, name: str, reason: str, recorded: LaunchedComponent | None) -> None:
+        """The plan's image is not in this boot's launch set (a daemon re-run
+        in the same boot with a changed plan): it does not start. The image the
+        records hold for the component is planned instead, so its unit is
+        rendered as it runs (adopted untouched: stopping the forwarder or
+        kata-agent would end the pod) and every later start, the daemon's or
+        systemd's, runs that recorded image. None recorded: nothing starts."""
+        assert self.supervisor is not None
+        planned = self.planned[name]
+        if recorded is None:
+            log.error("not started: %s", reason, **_log(name))
+            self.supervisor.image_failed(name, reason)
+            return
+        kept_reason = f"{reason}; its recorded {recorded.image} runs"
+        if planned.source == "override" and planned.override is not None:
+            override: OverrideDecision | None = replace(planned.override, accepted=False, reason=kept_reason)
+        elif recorded.source == "override":
+            requested_by: RequestSource = "initdata" if recorded.requested_by == "initdata" else "user-data"
+            override = OverrideDecision(recorded.image, True, kept_reason, requested_by)
+        else:
+            override = planned.override
+        source: Source = ("override" if recorded.source == "override" else
+                          "variant" if recorded.source == "variant" else "default")
+        try:
+            kept = PlannedComponent(planned.component, self._recorded_reference(name, recorded), source,
+                                    override, signed_by=planned.signed_by)
+            kept = self._stored(kept, allow_tag=False)
+        except (ImageError, ValueError) as exc:
+            message = f"{reason}; its recorded {recorded.image} is unusable: {one_line(exc)}"
+            log.error("not started: %s", message, **_log(name))
+            self.supervisor.image_failed(name, message)
+            return
+        self.planned[name] = kept
+        log.error("%s", kept_reason, **_log(name))
+
+    def _recorded_reference(self, name: str, recorded: LaunchedComponent) -> ImageRef:
+        """The recorded image as the previous daemon of this boot rendered it
+        (a tag kept beside the digest: its unit text unchanged), else the
+        record's repo@digest. Raises ValueError for a record that does not parse."""
+        ref = parse_reference(recorded.image)
+        before = ((self.previous_state.get("components") or {}).get(name) or {}).get("image")
+        try:
+            previous = parse_reference(before) if isinstance(before, str) else None
+        except ValueError:
+            previous = None
+        if previous is not None and (previous.repository, previous.digest) == (ref.repository, ref.digest):
+            return previous
+        return ref
 
     # --- stage 3: units -----------------------------------------------------
 

@@ -64,7 +64,8 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 AGENT_WAL = ".wal_event_entry"      # beside the log: the agent's record extended but not yet written
 TPM_DEADLINE = 30.0                 # bound on one measurement's TPM commands and writes
 
-Refuse = Callable[[str, str], None]
+# refuse(component, reason, its record in this boot's launch set or None)
+Refuse = Callable[[str, str, LaunchedComponent | None], None]
 
 
 class MeasurementError(BootstrapError):
@@ -102,9 +103,11 @@ def measure_launch(paths: Paths, settings: Settings, start_order: Sequence[Seque
                    runnable: Iterable[PlannedComponent], refuse: Refuse) -> dict[str, Any]:
     """Bind the initdata and measure the launch set of this boot, or check the
     ones done earlier in it. Returns the record kept in state.json (`status`
-    reads it). Calls refuse(component, reason) for a component that must not
-    start. Raises MeasurementError when a TPM is configured and the launch
-    cannot be measured or confirmed: no component may start then."""
+    reads it). Calls refuse(component, reason, recorded) for a component whose
+    planned image must not start, with this boot's record for it (None when
+    the boot launched none): the caller keeps that image, which the register
+    says runs. Raises MeasurementError when a TPM is configured and the
+    launch cannot be measured or confirmed: no component may start then."""
     started = time.perf_counter()
     step = _Step(paths, settings, list(runnable), start_order, refuse)
     record = _bounded(step.run, TPM_DEADLINE, step.describe_tpm())
@@ -169,7 +172,7 @@ class _Step:
 
     def _run(self) -> dict[str, Any]:
         for name in self.unpinned:  # cannot happen after the image stage; never start one unmeasured
-            self.refuse(name, "measured launch: its image has no digest")
+            self.refuse(name, "measured launch: its image has no digest", None)
         digest, initdata = self._initdata_digest()
         data = self._this_boots_log()
         written = self._written_prefix(data)
@@ -375,7 +378,8 @@ class _Step:
         return wal[8:8 + len(value)] == value
 
     def _check_digests(self, launch: LaunchSet) -> None:
-        """A component whose planned digest this boot's records do not hold does not start."""
+        """A component whose planned digest this boot's records do not hold does
+        not start (the caller logs it, and keeps what the records hold)."""
         recorded = launch.by_name()
         for entry in self.entries:
             earlier = recorded.get(entry.component)
@@ -383,8 +387,7 @@ class _Step:
                 reason = (f"{entry.image} is not in this boot's measured launch set "
                           f"({earlier.digest if earlier else 'component not launched'}); "
                           "a new launch set needs a reboot")
-                self.refuse(entry.component, reason)
-                log.warning("%s: %s", entry.component, reason)
+                self.refuse(entry.component, reason, earlier)
 
     def _record(self, components: dict[str, str], value: bytes, *, measured: bool) -> dict[str, Any]:
         return {

@@ -22,6 +22,7 @@ from tests.bed.vm import PodVM, booted
 
 pytestmark = pytest.mark.vm
 
+APF = "agent-protocol-forwarder"
 NAMES = ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder", "api-server-rest")
 AA_TOML = "[token_configs]\nurl = \"http://127.0.0.1:1\"\n"
 
@@ -247,25 +248,57 @@ def test_rerun_with_unchanged_plan_rewrites_and_restarts_nothing(ready_vm: PodVM
     assert containers(vm) == before
 
 
-def test_changed_plan_restarts_only_the_changed_component_with_an_override_pulled_by_digest(
-        ready_vm: PodVM, standin_images: Any) -> None:
+def test_changed_plan_in_the_same_boot_is_refused_and_the_recorded_container_runs_on(
+        ready_vm: PodVM, standin_images: Any, podvm_image: Any) -> None:
+    """The launch set is recorded once per boot: a daemon re-run with a new
+    override in the user-data starts nothing unrecorded. The forwarder's
+    recorded container (the default) keeps running untouched, its unit file
+    still names the recorded image (systemd's own restart runs that), and the
+    refusal is one error line and the override's reason in status. (The
+    override running, pulled by digest, in a boot that has it from the
+    start: test_e2e_runtime_early.py.)"""
     vm = ready_vm
     before = containers(vm)
-    v2 = standin_images[("agent-protocol-forwarder", "v2")].digest
-    override = f"quay.io/confidential-containers/agent-protocol-forwarder@{v2}"
-    assert vm.podman("image", "exists", override, check=False).returncode == 1  # not prefetched
+    unit = f"/run/systemd/system/{APF}.service"
+    stamp = "stat -c '%n %Y.%Z %i' /run/systemd/system/*.service"
+    units_before, unit_text = vm.run(stamp).stdout, vm.read_file(unit)
+    log_before = vm.read_file("/run/attestation-agent/eventlog")
+    v2 = standin_images[(APF, "v2")].digest
+    override = f"quay.io/confidential-containers/{APF}@{v2}"
     vm.write_file("/media/cidata/user-data", userdata(override))
-    vm.systemctl("restart", "podvm-bootstrap.service")
-    st = wait_status(vm, lambda s: all_ready(s) and component(s, "agent-protocol-forwarder")["digest"] == v2,
-                     90, "the forwarder running the override")
-    apf = component(st, "agent-protocol-forwarder")
-    assert apf["source"] == "override" and apf["override"]["accepted"] is True and apf["image"] == override
-    after = containers(vm)
-    assert after["attestation-agent"] == before["attestation-agent"]
-    assert after["kata-agent"] == before["kata-agent"]
-    assert after["agent-protocol-forwarder"] != before["agent-protocol-forwarder"]
-    assert answer(vm) == "agent-protocol-forwarder standin v2"
-    assert f"ok agent-protocol-forwarder {override}" in vm.run(["podvm-bootstrap", "verify"]).stdout
+    try:
+        journal = vm.journal("podvm-bootstrap.service")
+        vm.systemctl("restart", "podvm-bootstrap.service")
+        st = wait_status(vm, lambda s: all_ready(s) and s["daemon"]["pid"] == daemon_pid(vm), 90,
+                         "the re-run daemon ready")
+        apf = component(st, APF)
+        assert apf["source"] == "default" and apf["image"] == podvm_image.defaults[APF], apf
+        assert apf["override"]["requested"] == override and apf["override"]["accepted"] is False
+        reason = apf["override"]["reason"]
+        assert (f"{override} is not in this boot's measured launch set ({podvm_image.default_digests[APF]}); "
+                f"a new launch set needs a reboot; its recorded {podvm_image.defaults[APF]} runs") == reason
+        assert apf["digest"] == st["measurement"]["components"][APF] == podvm_image.default_digests[APF]
+        assert containers(vm) == before                 # same IDs, same start times: nothing restarted
+        assert vm.run(stamp).stdout == units_before and vm.read_file(unit) == unit_text
+        assert vm.read_file("/run/attestation-agent/eventlog") == log_before   # never measured again
+        assert answer(vm) == f"{APF} standin v1"
+        new_lines = vm.journal("podvm-bootstrap.service")[len(journal):]
+        assert new_lines.count("a new launch set needs a reboot") == 1, new_lines
+        assert f"{APF}: unit {APF}.service unchanged and active: adopting it" in new_lines
+        assert "no longer planned" not in new_lines
+        text = vm.run(["podvm-bootstrap", "status"], check=False).stdout
+        assert f"refused override for {APF} (asked in the user-data): {override}: {reason}" in text
+        # systemd's own restart of the unit runs the recorded image, never the refused one.
+        vm.systemctl("restart", f"{APF}.service")
+        wait_status(vm, lambda s: all_ready(s) and containers(vm).get(APF) not in (None, before[APF]), 60,
+                    "the forwarder restarted by systemd and ready")
+        assert answer(vm) == f"{APF} standin v1"
+        assert vm.read_file(unit) == unit_text
+    finally:
+        vm.write_file("/media/cidata/user-data", userdata())
+        vm.systemctl("restart", "podvm-bootstrap.service")
+    wait_status(vm, lambda s: all_ready(s) and s["daemon"]["pid"] == daemon_pid(vm), 90, "the daemon re-run")
+    assert component(status(vm), APF)["override"] is None
 
 
 def test_sigterm_stops_the_daemon_and_leaves_the_components_running(ready_vm: PodVM) -> None:

@@ -4,6 +4,12 @@ up while the daemon fetches, and nothing of them runs before the final plan
 is provisioned, verified and measured. A unit the user-data changes (an
 override) is ended at its gate, never released, and replaced.
 
+The boot has an override of the forwarder in its user-data from the start
+(the launch set is recorded once per boot: a changed plan in the same boot
+is refused, test_e2e_runtime.py): the override, signed by the release key,
+is pulled by digest and runs; a byte flipped in its stored signature makes
+its next start refused (last in this module).
+
 The order assertions read the daemon's own journal lines: each is written
 after the step it reports, so their order is the order of the steps."""
 
@@ -28,11 +34,13 @@ from tests.test_e2e_runtime import (
     bed_components,
     bootstrap_yaml,
     component,
+    containers,
     daemon_journal,
     first,
     userdata,
     wait_status,
 )
+from tests.test_e2e_signatures import flip_a_signed_byte, stored_signature_path
 
 pytestmark = pytest.mark.vm
 
@@ -96,6 +104,24 @@ def test_an_early_unit_the_user_data_changes_is_ended_at_its_gate_and_replaced(
         if name != APF:
             assert component(st, name)["source"] == "default"
             assert not any(re.match(rf"^{name}: early start of ", text) for _, text in lines)
+
+
+def test_the_override_is_pulled_by_digest_verified_and_the_only_change(
+        vm: PodVM, podvm_image: Any, request: pytest.FixtureRequest) -> None:
+    request.node._podvm_vms = [vm]
+    override = vm.override  # type: ignore[attr-defined]
+    st = wait_status(vm, lambda s: all_ready(s) and component(s, APF)["source"] == "override", 120,
+                     "the forwarder running its override")
+    # Not in the image's baked store: pulled into podman's own, by digest.
+    assert stored_signature_path(vm, override).startswith("/var/lib/containers/storage/")
+    assert re.search(rf"podman\[\d+\]: .* image pull +{re.escape(override)}$", vm.journal(), re.M)
+    apf = component(st, APF)
+    assert apf["signature"] == {"key": "release"} and apf["override"]["requested_by"] == "user-data"
+    assert f"ok {APF} {override} " in vm.run(["podvm-bootstrap", "verify"]).stdout
+    for name in NAMES:
+        if name != APF:
+            assert component(st, name)["image"] == podvm_image.defaults[name]
+    assert st["measurement"]["components"] == {**podvm_image.default_digests, APF: override.split("@")[1]}
 
 
 def _gate_fifo(argv: tuple[str, ...]) -> str:
@@ -164,3 +190,29 @@ def test_a_container_of_the_replaced_definition_still_at_its_gate_is_never_relea
     finally:
         vm.podman("rm", "--force", "--ignore", lingering, check=False)
         vm.run(["rm", "-f", old_fifo], check=False)
+
+
+def test_signed_override_runs_then_a_flipped_stored_byte_refuses_its_next_start(
+        vm: PodVM, request: pytest.FixtureRequest) -> None:
+    request.node._podvm_vms = [vm]
+    override = vm.override  # type: ignore[attr-defined]
+    st = wait_status(vm, lambda s: all_ready(s) and component(s, APF)["source"] == "override", 120,
+                     "the forwarder running its override")
+    apf = component(st, APF)
+    assert apf["image"] == override and apf["signature"] == {"key": "release"}
+    assert answer(vm) == f"{APF} standin v2"
+    assert f"ok {APF} {override} " in vm.run(["podvm-bootstrap", "verify"]).stdout
+
+    flip_a_signed_byte(vm, override)
+    out = vm.run(["podvm-bootstrap", "verify"], check=False)
+    assert out.returncode == 1
+    assert f"FAILED {APF} {override}: signature of {override} refused: not signed by any key" in out.stdout, out
+    # The next start the daemon orders (its health probe fails: the stand-in
+    # closes its listener) re-verifies, refuses, and stops the component.
+    vm.podman("exec", APF, "sh", "-c", f"mkdir -p /run/standin && touch /run/standin/{APF}.unlisten")
+    st = wait_status(vm, lambda s: component(s, APF)["state"] == "failed", 90, "the forwarder refused a restart")
+    assert "signature" in component(st, APF)["last_error"] and "refused" in component(st, APF)["last_error"]
+    assert f"{APF}: image does not verify, its process is not started" in vm.journal("podvm-bootstrap.service")
+    # The daemon stops the unit (a systemd job): bounded wait for it to end.
+    wait_until(lambda: APF not in containers(vm) and vm.unit_state(f"{APF}.service") in ("inactive", "failed"),
+               60, "the forwarder's unit stopped and its container gone")

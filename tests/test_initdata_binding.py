@@ -69,7 +69,7 @@ class Bed:
 
     def measure(self) -> dict:
         return measure_launch(self.paths, self.settings, START_ORDER, FIVE,
-                              lambda name, reason: self.refused.__setitem__(name, reason))
+                              lambda name, reason, recorded: self.refused.__setitem__(name, reason))
 
 
 @pytest.mark.parametrize("digest", [PLACEHOLDER_DIGEST, ADAPTOR_SHA384, "ab" * 64], ids=["sha256", "sha384", "sha512"])

@@ -52,6 +52,7 @@ class Bed:
         self.paths = Paths.build(root=str(root))
         self.settings = Settings(measure=MeasureSettings(tpm=tpm, pcr=pcr, initdata_pcr=None))
         self.refused: dict[str, str] = {}
+        self.recorded: dict[str, object] = {}
         self.set_boot("boot-1")
 
     def set_boot(self, boot_id: str) -> None:
@@ -61,7 +62,11 @@ class Bed:
 
     def measure(self, components=FIVE) -> dict:
         return measure_launch(self.paths, self.settings, START_ORDER, components,
-                              lambda name, reason: self.refused.__setitem__(name, reason))
+                              self.refuse)
+
+    def refuse(self, name: str, reason: str, recorded: object) -> None:
+        self.refused[name] = reason
+        self.recorded[name] = recorded
 
     @property
     def log(self) -> Path:
@@ -110,6 +115,9 @@ def test_restart_refuses_a_component_whose_digest_the_boot_did_not_measure(tmp_p
     record = bed.measure(changed)
     assert list(bed.refused) == ["agent-protocol-forwarder"]
     assert "not in this boot's measured launch set" in bed.refused["agent-protocol-forwarder"]
+    # with what the boot recorded for it: the caller keeps that running
+    kept = bed.recorded["agent-protocol-forwarder"]
+    assert (kept.digest, kept.source) == (DIGESTS["agent-protocol-forwarder"], "default")
     assert swtpm.pcrread(23) == pcr_before and record["components"] == DIGESTS
 
 
