@@ -44,11 +44,14 @@ def banner(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
 
-def show(vm, title: str, command: str) -> None:
+def show(vm, title: str, command: str, timeout: float = 60) -> str:
+    """Run `command` in the VM under a banner and print (and return) its output."""
     banner(title)
     print(f"# {command}")
-    out = vm.run(command, check=False, timeout=60)
-    print((out.stdout + out.stderr).rstrip(), flush=True)
+    out = vm.run(command, check=False, timeout=timeout)
+    text = (out.stdout + out.stderr).rstrip()
+    print(text, flush=True)
+    return text
 
 
 # No TEE exists in the demo VM; an image meant for Azure SNP confidential VMs

@@ -25,23 +25,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from image import demo  # noqa: E402
+from image.demo import banner  # noqa: E402
 from tests.bed.qemu import booted, ensure_disk  # noqa: E402
 from tests.bed.userdata import cloud_config  # noqa: E402
 
 NAMES = ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder", "api-server-rest")
 
 
-def banner(title: str) -> None:
-    print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
-
-
 def show(vm, title: str, command: str) -> str:
-    banner(title)
-    print(f"# {command}")
-    out = vm.run(command, check=False, timeout=120)
-    text = (out.stdout + out.stderr).rstrip()
-    print(text, flush=True)
-    return text
+    return demo.show(vm, title, command, timeout=120)   # a TCG guest is slower than the nspawn bed
 
 
 def console_excerpt(console: str) -> str:

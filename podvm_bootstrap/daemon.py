@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from podvm_bootstrap.backoff import Backoff
 from podvm_bootstrap.errors import EXIT_OK, PolicyFailure, one_line
@@ -37,7 +37,14 @@ from podvm_bootstrap.imageref import ImageRef, parse_reference
 from podvm_bootstrap.images import ImageError, PodmanImages, PullPacing
 from podvm_bootstrap.launch_set import LaunchedComponent
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.model import OverrideDecision, Plan, PlannedComponent, RequestSource, source_label
+from podvm_bootstrap.model import (
+    ImageSource,
+    OverrideDecision,
+    Plan,
+    PlannedComponent,
+    RequestSource,
+    source_label,
+)
 from podvm_bootstrap.notify import Notifier
 from podvm_bootstrap.paths import Paths
 from podvm_bootstrap.probes import run_probe
@@ -61,7 +68,6 @@ if TYPE_CHECKING:
 
 log = get_logger("daemon")
 
-Source = Literal["default", "variant", "override"]
 MAX_STEPS = 20  # tick() rounds in one step (each round's actions may make the next due at once)
 T = TypeVar("T")
 
@@ -401,7 +407,7 @@ class Daemon:
             override = OverrideDecision(recorded.image, True, kept_reason, requested_by)
         else:
             override = planned.override
-        source: Source = ("override" if recorded.source == "override" else
+        source: ImageSource = ("override" if recorded.source == "override" else
                           "variant" if recorded.source == "variant" else "default")
         try:
             kept = PlannedComponent(planned.component, self._recorded_reference(name, recorded), source,

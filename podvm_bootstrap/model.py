@@ -211,6 +211,7 @@ def find_cycle(after: dict[str, tuple[str, ...]]) -> list[str] | None:
 # or the pod's owner, in the initdata's [data] entry "podvm-bootstrap.yaml"
 # (covered by the initdata digest the TEE or the TPM binds).
 RequestSource = Literal["user-data", "initdata"]
+ImageSource = Literal["default", "variant", "override"]
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class OverrideDecision:
 class PlannedComponent:
     component: Component
     image: ImageRef            # what runs: the default (or its TEE variant) or the accepted override
-    source: Literal["default", "variant", "override"]
+    source: ImageSource
     override: OverrideDecision | None = None
     signed_by: tuple[str, ...] = ()   # keys the policy accepts signatures of (empty: none needed)
     signature: str | None = None      # the key whose signature verified the image in storage

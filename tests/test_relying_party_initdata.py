@@ -30,8 +30,7 @@ import regorus
 
 from podvm_bootstrap.tcg_log import parse_log
 from podvm_bootstrap.trustee_claims import claims
-from tests.plan_command import CONFIG, run_plan
-from tests.test_relying_party import reference_values
+from tests.test_relying_party import planned, reference_values
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = (REPO / "examples" / "trustee-policy.rego", REPO / "examples" / "trustee-policy-initdata.rego")
@@ -75,14 +74,6 @@ def trustee_init_data_claims(toml_text: str) -> dict[str, Any]:
                 pass
     assert "policy.rego" not in data
     return data
-
-
-def planned(tmp_path: Path, text: str) -> dict[str, Any]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    result = run_plan(tmp_path, CONFIG, text, "--json")
-    assert result.returncode == 0, result.stderr
-    plan: dict[str, Any] = json.loads(result.stdout)
-    return plan
 
 
 def evaluate(plan: dict[str, Any], init_data_claims: dict[str, Any] | None,
