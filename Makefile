@@ -1,4 +1,4 @@
-# podvm-bootstrap: the two commands of the README, and their helpers.
+# podvm-bootstrap: the two commands of the README, and their helpers (README.md "Other make targets").
 VENV ?= .venv
 PYTEST_ARGS ?=
 
@@ -25,7 +25,7 @@ image: deps
 	$(VENV)/bin/python image/build.py
 
 # The same image as a bootable disk (raw and qcow2, dm-verity store, Debian's
-# cloud kernel), cached beside it (README "The pod VM as a disk").
+# cloud kernel), cached beside it (docs/image-building.md "The pod VM as a disk").
 image-disk: deps
 	$(VENV)/bin/python image/disk.py
 
@@ -39,14 +39,14 @@ demo: deps
 demo-vm: deps
 	$(VENV)/bin/python image/demo_vm.py
 
-# Benchmarks in the booted pod VM test bed (README "Benchmarks"): prints one
+# Benchmarks in the booted pod VM test bed (docs/benchmarks.md): prints one
 # table and writes bench/results/latest.md and latest.json (about 15 minutes),
 # the cost of measured launch (bench/measure_cost.py, swtpm) as its last section.
 bench: deps
 	$(VENV)/bin/python bench/run.py
 
 # The Debian package (dpkg-buildpackage + debhelper + pybuild), written to
-# dist/podvm-bootstrap_<version>_all.deb (README "Building a pod VM image").
+# dist/podvm-bootstrap_<version>_all.deb (docs/image-building.md "1. The package").
 deb: deps
 	./scripts/build-deb.sh
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What measuring the launch into a TPM adds to boot-to-ready (issue 12,
-README "Measured launch"), in the booted pod VM test bed with the image's
+docs/measured-launch.md), in the booted pod VM test bed with the image's
 five baked stand-ins.
 
 A "boot" is bench/run.py's: a restart inside one booted VM, `systemctl start

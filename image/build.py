@@ -2,8 +2,8 @@
 """Builds the pod VM image's root filesystem as two cached layers:
 
   base   Debian 12 from debootstrap (image/rootfs_base.py), keyed by its inputs;
-  layer  this project on top of it, the way README "Building a pod VM image"
-         says an image build does it: the Debian package (`make deb`)
+  layer  this project on top of it, the way docs/image-building.md says an
+         image build does it: the Debian package (`make deb`)
          installed with apt-get (its unit enabled on install), podman-py from
          its wheel, the baked /etc/podvm-bootstrap files, then
          `podvm-bootstrap bake --store /usr/share/containers/storage`: the
@@ -57,7 +57,7 @@ from tests.standins import images as standins  # noqa: E402
 PODMAN_PY = "podman==5.8.0"
 CONFIG_DIR = REPO / "image" / "config"
 UNIT = REPO / "systemd" / "podvm-bootstrap.service"
-PROJECT_FILES = ("pyproject.toml", "README.md", "scripts/build-deb.sh")
+PROJECT_FILES = ("pyproject.toml", "README.md", "scripts/build-deb.sh", "scripts/build-man.py")
 RO_STORE = "/usr/share/containers/storage"
 MIRROR_CONF = "etc/containers/registries.conf.d/50-podvm-test-bed-mirror.conf"
 REGISTRIES_D = REPO / "containers" / "registries.d" / "podvm-bootstrap.yaml"
@@ -130,6 +130,7 @@ def _hash_files(h, paths) -> None:
 def project_sources() -> list[Path]:
     files = [REPO / f for f in PROJECT_FILES]
     files += [p for p in (REPO / "podvm_bootstrap").rglob("*.py")]
+    files += sorted((REPO / "docs").glob("*.md"))  # the man pages are made from them
     files += [p for p in (REPO / "debian").rglob("*") if p.is_file()]
     files += sorted((REPO / "containers/registries.d").glob("*.yaml"))
     return files

@@ -7,8 +7,8 @@ libvirt provider would:
          out, plus Debian's cloud kernel with its initramfs and modules
          (apt-get in the tree), tpm2-tools, and what a real VM needs instead
          of the nspawn test bed's settings: podman's own defaults (no
-         containers.conf), the overlay driver (storage.conf as README
-         "A read-only store for the defaults" shows it), the sample manifest
+         containers.conf), the overlay driver (storage.conf as docs/image-building.md
+         "4. A read-only store for the defaults" shows it), the sample manifest
          and settings as they are (kata-agent's `pid: host` kept), the store
          of the defaults baked again for that driver;
   disk   one GPT disk: podvm-root (ext4, mounted read-only), podvm-store (the
@@ -74,7 +74,7 @@ LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 VAR_SIZE = 1024 << 20  # the writable /var: overrides pulled at boot, state, journal
 MIB = 1 << 20
 STORAGE_CONF = f"""\
-# The container storage of the pod VM (README "A read-only store for the defaults"):
+# The container storage of the pod VM (docs/image-building.md "4. A read-only store for the defaults"):
 # podman's overlay driver, the writable store on /var, the baked defaults in a
 # read-only additional store (a dm-verity device, mounted by {STORE_MOUNT_UNIT}).
 [storage]

@@ -12,31 +12,48 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-# Where the docs are: the one line to change when the manual moves out of the README.
-DOCS_SOURCE = "README.md"
+# The docs are Markdown pages; `Docs` is their text by path from the repository's
+# root (scripts/build-man.py reads every one of DOCS_SOURCES).
+Docs = Mapping[str, str]
+OPERATING = "docs/operating.md"
+CONFIGURATION = "docs/configuration.md"
+MEASURED_LAUNCH = "docs/measured-launch.md"
+
+
+@dataclass(frozen=True)
+class DocSection:
+    """One section of the docs: the page it is in and its heading as written
+    (without the #s)."""
+
+    doc: str
+    title: str
 
 
 @dataclass(frozen=True)
 class FilePage:
-    """A section 5 page: its name, NAME line, and the docs' sections it is made of
-    (headings as written, without the #s; the first one is the DESCRIPTION)."""
+    """A section 5 page: its name, NAME line, and the docs' sections it is made
+    of (the first one is the DESCRIPTION)."""
 
     name: str
     summary: str
-    sections: tuple[str, ...]
+    sections: tuple[DocSection, ...]
 
 
-# The section -> page table.
+# The section -> page table: the one place that says which docs make which page.
 FILE_PAGES = (
     FilePage("bootstrap.yaml", "the pod VM daemon's baked settings",
-             ("bootstrap.yaml", "User-data providers", "Settings (bootstrap.yaml)")),
-    FilePage("components.yaml", "the pod VM's components and their images", ("components.yaml",)),
-    FilePage("policy.yaml", "which component images a pod VM may run", ("policy.yaml", "Signed component images")),
+             (DocSection(CONFIGURATION, "bootstrap.yaml"), DocSection(CONFIGURATION, "User-data providers"),
+              DocSection(MEASURED_LAUNCH, "Settings (bootstrap.yaml)"))),
+    FilePage("components.yaml", "the pod VM's components and their images",
+             (DocSection(CONFIGURATION, "components.yaml"),)),
+    FilePage("policy.yaml", "which component images a pod VM may run",
+             (DocSection(CONFIGURATION, "policy.yaml"), DocSection(CONFIGURATION, "Signed component images"))),
 )
-COMMAND_SECTIONS = ("Command line",)  # its "Exit codes:" paragraph is EXIT STATUS
+COMMAND_SECTION = DocSection(OPERATING, "Command line")  # its "Exit codes:" paragraph is EXIT STATUS
+DOCS_SOURCES = tuple(sorted({s.doc for p in FILE_PAGES for s in p.sections} | {COMMAND_SECTION.doc}))
 COMMAND = "podvm-bootstrap"
 
 
@@ -76,7 +93,8 @@ def _breakable(code: str) -> str:
 
 def inline(text: str) -> str:
     """Markdown inline markup to roff: `code` and **bold** bold, *emphasis*
-    italic, [text](url) its text; everything else escaped."""
+    italic, [text](https://...) its text, [text](page.md#section) "text";
+    everything else escaped."""
     out, pos = [], 0
     for m in _INLINE.finditer(text):
         out.append(_escape(text[pos:m.start()]))
@@ -87,8 +105,10 @@ def inline(text: str) -> str:
             out.append("\\fB" + inline(bold).replace("\\fR", "\\fB") + "\\fR")
         elif em is not None:
             out.append("\\fI" + inline(em).replace("\\fR", "\\fI") + "\\fR")
-        else:
+        elif re.match(r"[a-z][a-z0-9+.-]*:", m.group(5)):
             out.append(inline(link))
+        else:  # a section of the docs: named in quotes, as a page that cannot follow the link reads it
+            out.append('"' + inline(link) + '"')
         pos = m.end()
     out.append(_escape(text[pos:]))
     return "".join(out)
@@ -229,15 +249,18 @@ def doc_sections(text: str) -> dict[str, tuple[int, str]]:
     return found
 
 
-def _section(found: dict[str, tuple[int, str]], title: str) -> tuple[int, str]:
-    if title not in found:
-        raise KeyError(f"{DOCS_SOURCE}: no section {title!r} (the man pages are made from it)")
-    return found[title]
+def _section(docs: Docs, where: DocSection) -> tuple[int, str]:
+    if where.doc not in docs:
+        raise KeyError(f"{where.doc}: not among the docs read (the man pages are made from it)")
+    found = doc_sections(docs[where.doc])
+    if where.title not in found:
+        raise KeyError(f"{where.doc}: no section {where.title!r} (the man pages are made from it)")
+    return found[where.title]
 
 
-def _header(name: str, section: int, summary: str, version: str, manual: str) -> list[str]:
+def _header(name: str, section: int, summary: str, version: str, manual: str, sources: Iterable[str]) -> list[str]:
     return [
-        f'.\\" Generated from {DOCS_SOURCE} and the command line parser; edit those, not this.',
+        f'.\\" Generated from {", ".join(sources)} and the command line parser; edit those, not this.',
         f'.TH "{name.upper()}" "{section}" "" "{COMMAND} {_escape(version)}" "{manual}"',
         # left-aligned, never hyphenated: the text is full of literals (keys, paths,
         # options); HY 0, as the man macros' .EE and .YS turn hyphenation back on to HY
@@ -249,14 +272,14 @@ def _header(name: str, section: int, summary: str, version: str, manual: str) ->
     ]
 
 
-def file_page(page: FilePage, docs: str, version: str) -> str:
+def file_page(page: FilePage, docs: Docs, version: str) -> str:
     """The section 5 page of one baked file."""
-    found = doc_sections(docs)
-    out = _header(page.name, 5, page.summary, version, "File Formats")
+    sources = dict.fromkeys(s.doc for s in page.sections)  # in order, once each
+    out = _header(page.name, 5, page.summary, version, "File Formats", sources)
     out += [".SH SYNOPSIS", f"\\fB/etc/{COMMAND}/{_escape(page.name)}\\fR"]
-    for n, title in enumerate(page.sections):
-        level, body = _section(found, title)
-        out.append(".SH DESCRIPTION" if n == 0 else f".SH {inline(title.upper())}")
+    for n, where in enumerate(page.sections):
+        level, body = _section(docs, where)
+        out.append(".SH DESCRIPTION" if n == 0 else f".SH {inline(where.title.upper())}")
         out.append(markdown_to_roff(body, top=level).rstrip("\n"))
     others = [p.name for p in FILE_PAGES if p.name != page.name]
     out += [".SH SEE ALSO", ",\n".join(f"\\fB{_escape(n)}\\fR(5)" for n in others) + f",\n\\fB{COMMAND}\\fR(8)"]
@@ -321,13 +344,13 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
     return []
 
 
-def exit_codes(docs: str) -> list[tuple[str, str]]:
+def exit_codes(docs: Docs) -> list[tuple[str, str]]:
     """The exit codes of the docs' "Command line" section, from its paragraph
     "Exit codes: 0 success; 1 ...; 2 ...": (code, meaning) pairs."""
-    _, body = _section(doc_sections(docs), COMMAND_SECTIONS[0])
+    _, body = _section(docs, COMMAND_SECTION)
     para = next((p for p in re.split(r"\n\s*\n", body) if p.lstrip().startswith("Exit codes:")), None)
     if para is None:
-        raise KeyError(f"{DOCS_SOURCE}: {COMMAND_SECTIONS[0]!r} has no 'Exit codes:' paragraph")
+        raise KeyError(f"{COMMAND_SECTION.doc}: {COMMAND_SECTION.title!r} has no 'Exit codes:' paragraph")
     first = " ".join(para.split()).removeprefix("Exit codes:")
     codes = first[: first.index(". ")] if ". " in first else first
     pairs = []
@@ -337,13 +360,13 @@ def exit_codes(docs: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def command_page(parser: argparse.ArgumentParser, docs: str, version: str,
+def command_page(parser: argparse.ArgumentParser, docs: Docs, version: str,
                  files: Sequence[tuple[str, str]]) -> str:
     """podvm-bootstrap(8): synopsis, every command with its options and help,
     the global options, the exit codes, the files (path, what) and the
     "Command line" section's notes."""
     out = _header(COMMAND, 8, "boots a peer-pods pod VM's components from verified images", version,
-                  "System Administration")
+                  "System Administration", [COMMAND_SECTION.doc])
     # the commands' lines leave out -h and the global options (the first line's)
     globals_ = {o for a in parser._actions for o in a.option_strings if o != "--version"}
     out += [".SH SYNOPSIS",
@@ -368,7 +391,7 @@ def command_page(parser: argparse.ArgumentParser, docs: str, version: str,
     out += [".SH FILES"]
     for path, what in files:
         out += [".TP", f"\\fI{_breakable(_escape(path, literal=True))}\\fR", _line(inline(what))]
-    _, notes = _section(doc_sections(docs), COMMAND_SECTIONS[0])
+    _, notes = _section(docs, COMMAND_SECTION)
     notes = re.sub(r"^```.*?^```\n?", "", notes, count=1, flags=re.S | re.M)  # the synopsis: the parser's above
     notes = "\n\n".join(p for p in re.split(r"\n\s*\n", notes) if not p.lstrip().startswith("Exit codes:"))
     out += [".SH NOTES", markdown_to_roff(notes).rstrip("\n")]
@@ -377,7 +400,7 @@ def command_page(parser: argparse.ArgumentParser, docs: str, version: str,
     return "\n".join(out) + "\n"
 
 
-def all_pages(parser: argparse.ArgumentParser, docs: str, version: str,
+def all_pages(parser: argparse.ArgumentParser, docs: Docs, version: str,
               files: Sequence[tuple[str, str]]) -> dict[str, str]:
     """Every page, by file name (podvm-bootstrap.8, components.yaml.5, ...)."""
     pages = {f"{COMMAND}.8": command_page(parser, docs, version, files)}

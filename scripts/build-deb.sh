@@ -14,7 +14,7 @@ work=$(mktemp -d build/deb.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 src="$work/podvm-bootstrap-$version"
 mkdir -p "$src"
-cp -r --parents pyproject.toml README.md podvm_bootstrap systemd debian scripts/build-man.py \
+cp -r --parents pyproject.toml README.md docs podvm_bootstrap systemd debian scripts/build-man.py \
   image/config/bootstrap.yaml image/config/components.yaml image/config/policy.yaml \
   containers/registries.d "$src/"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """`make man` (and the Debian package's build): writes the man pages into DIR
 (default build/man): podvm-bootstrap.8 from the command line parser and the
-docs' "Command line" section, bootstrap.yaml.5, components.yaml.5 and
-policy.yaml.5 from the docs' reference sections (podvm_bootstrap/manpage.py
-converts; its FILE_PAGES table says which section makes which page)."""
+docs' "Command line" section (docs/operating.md), bootstrap.yaml.5,
+components.yaml.5 and policy.yaml.5 from the docs' reference sections
+(podvm_bootstrap/manpage.py converts; its FILE_PAGES table says which section
+of which docs page makes which page)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from podvm_bootstrap import __version__  # noqa: E402
 from podvm_bootstrap.cli import build_parser  # noqa: E402
-from podvm_bootstrap.manpage import DOCS_SOURCE, all_pages  # noqa: E402
+from podvm_bootstrap.manpage import DOCS_SOURCES, all_pages  # noqa: E402
 from podvm_bootstrap.paths import CONFIG_DIR, STATE_DIR, UNIT_DIR  # noqa: E402
 
 # The FILES section: the paths are the code's own defaults (paths.py).
@@ -31,7 +32,7 @@ FILES = (
 
 def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else ROOT / "build/man"
-    docs = (ROOT / DOCS_SOURCE).read_text(encoding="utf-8")
+    docs = {name: (ROOT / name).read_text(encoding="utf-8") for name in DOCS_SOURCES}
     out.mkdir(parents=True, exist_ok=True)
     for name, text in all_pages(build_parser(), docs, __version__, FILES).items():
         tmp = out / f".{name}.tmp"

@@ -5,7 +5,7 @@ and one with every bound reached at once.
 tests/test_tomlbounds.py checks that each is inside the bounds and that
 its parse stays within a memory bound. As a script, it measures each one's
 pre-scan + tomllib parse in a fresh interpreter (CPU time, peak RSS) and
-prints the README's table:
+prints the table of docs/userdata.md "Bounds on untrusted input":
 
     .venv/bin/python -m tests.initdata_worst_case
 """

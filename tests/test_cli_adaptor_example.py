@@ -1,17 +1,17 @@
-"""README "For the cloud-api-adaptor": the documented override examples are
+"""docs/userdata.md "For the cloud-api-adaptor": the documented override examples are
 run as written.
 
 - The initdata route (what works with the adaptor as it ships): the pod's
   initdata annotation, decoded the way Kata's runtime decodes it, must be the
-  README's initdata TOML; the README's user-data must be what the adaptor's
+  docs' initdata TOML; the docs' user-data must be what the adaptor's
   cloud-config template writes for it, its initdata the same TOML again; and
   `plan` and `provision` on that user-data, with the sample baked
-  configuration, must print what the README shows.
+  configuration, must print what the docs show.
 - The user-data route (needs an adaptor change): its config map and pod
-  annotation are merged the way the README tells the adaptor to (the
-  annotation wins per component), the result must be the README's user-data,
-  and `podvm-bootstrap plan --json` on that user-data must do what the README
-  says.
+  annotation are merged the way the docs tell the adaptor to (the
+  annotation wins per component), the result must be the docs' user-data,
+  and `podvm-bootstrap plan --json` on that user-data must do what the docs
+  say.
 
 Upstream behaviour mirrored here, as read from the sources:
 - kata-containers src/runtime/pkg/oci/utils.go (addHypervisorInitdataOverrides,
@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
+DOCS = REPO / "docs/userdata.md"
 ANNOTATION = "io.katacontainers.config.podvm_bootstrap.images"
 CONFIG_MAP_KEY = "PODVM_BOOTSTRAP_IMAGES"
 INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
@@ -50,21 +50,21 @@ INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 
 def example(name: str) -> str:
     """The fenced block right after `<!-- adaptor-example: NAME -->`."""
-    text = README.read_text()
+    text = DOCS.read_text()
     match = re.search(rf"<!-- adaptor-example: {re.escape(name)} -->\n```\w*\n(.*?)\n```", text, re.S)
-    assert match, f"README lost its adaptor example {name!r}"
+    assert match, f"{DOCS} lost its adaptor example {name!r}"
     return match.group(1) + "\n"
 
 
 def adaptor_requests(config_map: dict, pod: dict) -> dict[str, str]:
-    """The README's rule: the config map's requests, then the pod's
+    """The docs' rule: the config map's requests, then the pod's
     annotation over them, component by component."""
     merged = dict(json.loads(config_map["data"].get(CONFIG_MAP_KEY, "{}")))
     merged.update(json.loads(pod["metadata"].get("annotations", {}).get(ANNOTATION, "{}")))
     return merged
 
 
-def test_the_readme_example_merges_into_its_user_data_and_plans_as_documented(tmp_path):
+def test_the_docs_example_merges_into_its_user_data_and_plans_as_documented(tmp_path):
     config_map = yaml.safe_load(example("configmap"))
     pod = yaml.safe_load(example("pod"))
     userdata_text = example("user-data")
@@ -94,8 +94,8 @@ def test_the_readme_example_merges_into_its_user_data_and_plans_as_documented(tm
     assert aa["override"] == {"requested": requests["attestation-agent"], "accepted": False,
                               "reason": "the policy allows no override for attestation-agent (repositories is empty)",
                               "requested_by": "user-data"}
-    # the README quotes that reason word for word
-    assert aa["override"]["reason"] in " ".join(README.read_text().split())
+    # the docs quote that reason word for word
+    assert aa["override"]["reason"] in " ".join(DOCS.read_text().split())
     assert plan["version"] and plan["tee"] == "none"
 
 
@@ -132,9 +132,9 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def console(name: str, command: str) -> str:
-    """The output a README console block shows for `$ command`."""
+    """The output a docs console block shows for `$ command`."""
     first, _, rest = example(name).partition("\n")
-    assert first == f"$ {command}", f"README block {name!r} must start with '$ {command}'"
+    assert first == f"$ {command}", f"docs block {name!r} must start with '$ {command}'"
     return rest
 
 
@@ -176,7 +176,7 @@ def test_the_initdata_route_works_with_the_adaptor_as_it_ships(tmp_path):
     assert aa["source"] == "default" and aa["override"] == {
         "requested": requests["attestation-agent"], "accepted": False, "requested_by": "initdata",
         "reason": "the policy allows no override for attestation-agent (repositories is empty)"}
-    assert aa["override"]["reason"] in " ".join(README.read_text().split())
+    assert aa["override"]["reason"] in " ".join(DOCS.read_text().split())
 
     result = cli(tmp_path, "provision", "--user-data", str(ud))
     assert result.returncode == 0, result.stderr

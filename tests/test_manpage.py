@@ -19,7 +19,7 @@ from podvm_bootstrap.cli import build_parser
 from podvm_bootstrap.manpage import FILE_PAGES, doc_sections, inline, markdown_to_roff
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = (ROOT / manpage.DOCS_SOURCE).read_text()
+DOCS = {name: (ROOT / name).read_text() for name in manpage.DOCS_SOURCES}
 
 
 def requests_of(roff: str) -> list[str]:
@@ -93,6 +93,8 @@ def test_inline_markup() -> None:
     assert inline("**bold** and *em* and [a link](https://x.example/) plain") == \
         "\\fBbold\\fR and \\fIem\\fR and a link plain"
     assert inline("not*emphasis*here, a * b") == "not*emphasis*here, a * b"
+    assert inline("see [Start gates](operating.md#start-gates) and [`tee`](#the-tee-tee)") == \
+        'see "Start gates" and "\\fBtee\\fR"'
 
 
 def test_headings_lists_and_tables() -> None:
@@ -112,9 +114,18 @@ def test_doc_sections_skip_headings_inside_code_blocks() -> None:
 
 
 def test_a_missing_docs_section_names_it() -> None:
-    page = manpage.FilePage("x.yaml", "x", ("No such section",))
-    with pytest.raises(KeyError, match="No such section"):
+    page = manpage.FilePage("x.yaml", "x", (manpage.DocSection(manpage.CONFIGURATION, "No such section"),))
+    with pytest.raises(KeyError, match="docs/configuration.md: no section 'No such section'"):
         manpage.file_page(page, DOCS, __version__)
+    page = manpage.FilePage("x.yaml", "x", (manpage.DocSection("docs/nowhere.md", "bootstrap.yaml"),))
+    with pytest.raises(KeyError, match="docs/nowhere.md: not among the docs read"):
+        manpage.file_page(page, DOCS, __version__)
+
+
+def test_the_docs_sources_are_every_page_the_table_names() -> None:
+    named = {s.doc for p in FILE_PAGES for s in p.sections} | {manpage.COMMAND_SECTION.doc}
+    assert set(manpage.DOCS_SOURCES) == named == {"docs/operating.md", "docs/configuration.md",
+                                                  "docs/measured-launch.md"}
 
 
 def test_a_parser_becomes_the_command_page_as_help_shows_it() -> None:
@@ -124,7 +135,7 @@ def test_a_parser_becomes_the_command_page_as_help_shows_it() -> None:
     p = sub.add_parser("go", help="go somewhere")
     p.add_argument("--to", metavar="PLACE", required=True, action="append", help="where")
     docs = "## Command line\n\n```\nsynopsis\n```\n\nExit codes: 0 fine; 1 not fine. Nothing else.\n\nA note.\n"
-    roff = manpage.command_page(parser, docs, "9.9", [("/etc/x", "the x")])
+    roff = manpage.command_page(parser, {manpage.OPERATING: docs}, "9.9", [("/etc/x", "the x")])
     assert ".TP\n\\fB\\-\\-level\\fR \\fIL\\fR\nthe level (a); one of \\fBa\\fR, \\fBb\\fR" in roff
     assert ".SS go\n.PP\ngo somewhere\n.TP\n\\fB\\-\\-to\\fR \\fIPLACE\\fR\nwhere; required; repeatable" in roff
     assert ".SH EXIT STATUS\n.TP\n0\nfine\n.TP\n1\nnot fine\n" in roff
@@ -182,11 +193,10 @@ def test_the_exit_codes_are_the_docs_and_cover_every_code_of_the_program(pages: 
 def test_each_file_page_renders_with_the_headings_of_its_docs_sections(pages: Path, page: manpage.FilePage) -> None:
     text = render(pages / f"{page.name}.5")
     assert text.startswith(f"{page.name.upper()}(5)")
-    found = doc_sections(DOCS)
-    for title in page.sections[1:]:
-        assert f"\n{title.upper()}\n" in text
-    for title in page.sections:
-        level, body = found[title]
+    for where in page.sections[1:]:
+        assert f"\n{where.title.upper()}\n" in text
+    for where in page.sections:
+        level, body = doc_sections(DOCS[where.doc])[where.title]
         subheading = re.compile(rf"^#{{{level + 1},6}}\s+(.*)$", re.M)
         for sub in subheading.findall(re.sub(r"```.*?```", "", body, flags=re.S)):
             assert f"\n   {sub.replace('`', '')}\n" in text, sub

@@ -265,8 +265,8 @@ def test_a_tampered_quote_message_fails_checkquote(swtpm, tmp_path):
                    "-f", "quote.pcrs", "-g", "sha256")
 
 
-def test_the_readme_shows_the_policy_file_as_it_is():
-    readme = (REPO / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```rego\n")[1:]]
+def test_the_docs_show_the_policy_file_as_it_is():
+    docs = (REPO / "docs/measured-launch.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in docs.split("```rego\n")[1:]]
     assert POLICY.read_text() in blocks
-    assert "input.aael" not in readme
+    assert "input.aael" not in docs

@@ -10,7 +10,7 @@ way the cloud-api-adaptor's libvirt provider boots a pod VM.
 - a vTPM: one `swtpm socket --tpm2` per VM on a unix socket, behind QEMU's
   tpm-crb device (the guest's /dev/tpmrm0);
 - no network (`-nic none`): the VM runs what its disk holds (an override
-  that needs a pull cannot be had; see README "The pod VM as a disk");
+  that needs a pull cannot be had; see docs/image-building.md "The pod VM as a disk");
 - the serial console to console.log; commands run by the image's test agent
   on the virtio-serial port org.podvm.testbed.agent (one JSON line each way);
 - KVM when a probe guest prints its kernel's messages within seconds, else
