@@ -1,0 +1,123 @@
+"""The manual (README.md and docs/*.md) cannot rot silently: every relative
+link points at a file that exists and, with a #fragment, at a heading of it
+(as GitHub renders the anchors)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+# [text](target) and ![alt](target); the text may run over a line break
+_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)\)")
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
+
+
+def prose(text: str) -> Iterator[tuple[int, str]]:
+    """The lines outside fenced code blocks, with their numbers."""
+    fenced = False
+    for n, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced:
+            yield n, line
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: its text without markup, lower case,
+    every character that is not a letter, digit, space, - or _ dropped,
+    spaces as -."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = text.replace("`", "").replace("*", "").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every heading's anchor; a repeated one gets -1, -2, ... as on GitHub."""
+    seen: dict[str, int] = {}
+    out = set()
+    for _, line in prose(text):
+        if m := _HEADING.match(line):
+            base = slug(m.group(2))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def links(text: str) -> Iterator[tuple[int, str]]:
+    """(line, target) of every link outside code blocks and code spans."""
+    lines = dict(prose(text))
+    joined = "\n".join(_CODE_SPAN.sub("", lines.get(n, "")) for n in range(1, len(text.splitlines()) + 1))
+    for m in _LINK.finditer(joined):
+        yield joined.count("\n", 0, m.start()) + 1, m.group(2)
+
+
+def broken_links(page: Path) -> list[str]:
+    """What is wrong with each relative link of a page: a missing file, or a
+    fragment no heading of its file has."""
+    problems = []
+    for line, target in links(page.read_text()):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:: not ours to check
+            continue
+        path, _, fragment = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            problems.append(f"{page.name}:{line}: {target}: no such file")
+        elif fragment and (dest.is_dir() or fragment not in anchors(dest.read_text())):
+            problems.append(f"{page.name}:{line}: {target}: no heading #{fragment} in {dest.name}")
+    return problems
+
+
+# --- the checker itself ---------------------------------------------------------
+
+
+def test_anchors_are_githubs() -> None:
+    assert slug("Start gates: every start verified, nothing run before its time") == \
+        "start-gates-every-start-verified-nothing-run-before-its-time"
+    assert slug("The pod VM as a disk (`make image-disk`, `make demo-vm`)") == \
+        "the-pod-vm-as-a-disk-make-image-disk-make-demo-vm"
+    assert slug("How the daemon finds podman's store") == "how-the-daemon-finds-podmans-store"
+    assert slug("3. `podvm-bootstrap bake`") == "3-podvm-bootstrap-bake"
+    assert anchors("# A\n\n## A\n\n```\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+def test_the_checker_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Other\n\n## A section\n")
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nSee [it](other.md#a-section), [here](#page) and\n"
+                    "[a link over\ntwo lines](other.md), [gone](missing.md), [no such](other.md#nothing),\n"
+                    "[own](#nowhere), [web](https://example.com/x#y) and `[code](not-a-link.md)`.\n\n"
+                    "```\n[in a block](nor-this.md)\n```\n")
+    assert broken_links(page) == [
+        "page.md:5: missing.md: no such file",
+        "page.md:5: other.md#nothing: no heading #nothing in other.md",
+        "page.md:6: #nowhere: no heading #nowhere in page.md",
+    ]
+
+
+# --- the manual -----------------------------------------------------------------
+
+
+def test_the_manual_has_its_pages() -> None:
+    assert {p.name for p in PAGES} >= {"README.md", "operating.md", "configuration.md", "userdata.md",
+                                       "image-building.md", "measured-launch.md", "benchmarks.md", "design.md"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_points_at_a_file_and_heading_that_exist(page: Path) -> None:
+    assert list(links(page.read_text())), f"{page.name} links to nothing: a page that stands alone still links"
+    assert broken_links(page) == []
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    linked = {target.partition("#")[0] for _, target in links(readme)}
+    assert {f"docs/{p.name}" for p in PAGES if p.parent == ROOT / "docs"} <= linked
