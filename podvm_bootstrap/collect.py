@@ -410,8 +410,9 @@ def _read_text(path: Path, limit: int = 256) -> str | None:
 
 
 def collect_tee_tpm(c: Collector, plan: dict[str, Any]) -> None:
+    from podvm_bootstrap.settings import parse_tpm_setting
     from podvm_bootstrap.tee import DMI_DIR, SE_UV_DIR, SNP_DEVICES, TDX_DEVICES, TPM_DEVICES
-    from podvm_bootstrap.tpm import parse_tpm_setting, resolve_tpm
+    from podvm_bootstrap.tpm import resolve_tpm
 
     tpm_class = c.paths.rooted(SYS_CLASS_TPM)
     try:
@@ -450,7 +451,8 @@ def collect_pcrs(c: Collector, tcti: str) -> None:
     result: dict[str, Any] = {}
 
     def read() -> None:
-        from podvm_bootstrap.tpm import Tpm, parse_tpm_setting
+        from podvm_bootstrap.settings import parse_tpm_setting
+        from podvm_bootstrap.tpm import Tpm
 
         try:
             with Tpm(parse_tpm_setting(tcti)) as tpm:

@@ -44,7 +44,7 @@ from podvm_bootstrap.launch_set import LAUNCH_COMPLETE, LaunchedComponent, Launc
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.model import Plan, PlannedComponent
 from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import Settings
+from podvm_bootstrap.settings import Settings, TpmSetting, parse_tpm_setting
 from podvm_bootstrap.tcg_log import (
     DOMAIN,
     MAX_LOG_BYTES,
@@ -55,7 +55,7 @@ from podvm_bootstrap.tcg_log import (
     parse_records,
     replay,
 )
-from podvm_bootstrap.tpm import Tpm, TpmError, TpmSetting, parse_tpm_setting, resolve_tpm
+from podvm_bootstrap.tpm import Tpm, TpmError, resolve_tpm
 
 log = get_logger("measure")
 

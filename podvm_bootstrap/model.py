@@ -16,6 +16,8 @@ ProbeKind = Literal["unix_socket", "tcp", "exec", "file", "notify"]
 PROBE_KINDS: tuple[str, ...] = ("unix_socket", "tcp", "exec", "file", "notify")
 # Every TEE name a manifest variant may be keyed by (tee.py detects which one this VM is in).
 TEES = ("tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm", "se", "cca")
+# bootstrap.yaml `tee:` choices.
+TEE_CHOICES = ("auto", "none", *TEES)
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from podvm_bootstrap.tee import TEE_CHOICES
+from podvm_bootstrap.model import TEE_CHOICES
 from podvm_bootstrap.yamlfile import Section, load_yaml_mapping
+
+# `measure.tpm`: auto | none | device:PATH | swtpm:host=HOST,port=PORT | mssim:...
+_HOST_PORT = re.compile(r"host=([A-Za-z0-9.:\-\[\]]+),port=([0-9]{1,5})")
+
+
+@dataclass(frozen=True)
+class TpmSetting:
+    """`measure.tpm`, parsed: kind auto | none | tcti (with name and conf)."""
+
+    kind: str
+    name: str = ""
+    conf: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.conf}" if self.kind == "tcti" else self.kind
+
+
+def parse_tpm_setting(text: str) -> TpmSetting:
+    """Validate `measure.tpm` (ValueError with the reason)."""
+    if text in ("auto", "none"):
+        return TpmSetting(text)
+    name, sep, conf = text.partition(":")
+    if name == "device" and sep:
+        if not conf.startswith("/") or any(c in conf for c in " ,\n\t"):
+            raise ValueError(f"device: needs an absolute device path, got {text!r}")
+        return TpmSetting("tcti", name, conf)
+    if name in ("swtpm", "mssim") and sep:
+        match = _HOST_PORT.fullmatch(conf)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"{name}: needs host=HOST,port=PORT, got {text!r}")
+        return TpmSetting("tcti", name, conf)
+    raise ValueError(f"expected auto, none, device:PATH or swtpm:host=HOST,port=PORT, got {text!r}")
+
 
 PROVIDERS = ("azure", "aws", "gcp", "alibaba")
 PROVIDER_CHOICES = ("auto", *PROVIDERS, "file", "none")
@@ -174,8 +208,6 @@ def _runtime(sec: Section) -> RuntimeSettings:
 
 
 def _measure(sec: Section) -> MeasureSettings:
-    from podvm_bootstrap.tpm import parse_tpm_setting
-
     sec.only(("tpm", "pcr", "eventlog", "initdata_pcr"))
     d = MeasureSettings()
     tpm = sec.string("tpm", d.tpm)

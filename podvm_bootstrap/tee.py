@@ -22,16 +22,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from podvm_bootstrap.errors import one_line
 from podvm_bootstrap.log import get_logger
-from podvm_bootstrap.model import TEES
 from podvm_bootstrap.paths import under_root
 
 if TYPE_CHECKING:
     from podvm_bootstrap.cloudconfig import UserData
 
 log = get_logger("tee")
-
-# bootstrap.yaml's choices (TEES: every TEE name a manifest variant may be keyed by).
-TEE_CHOICES = ("auto", "none", *TEES)
 
 TDX_DEVICES = ("/dev/tdx_guest", "/dev/tdx-guest", "/dev/tdx-attest")
 SNP_DEVICES = ("/dev/sev-guest", "/sys/devices/platform/sev-guest")

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,44 +22,15 @@ from typing import Any
 from podvm_bootstrap.errors import BootstrapError, one_line
 from podvm_bootstrap.log import get_logger
 from podvm_bootstrap.paths import under_root
+from podvm_bootstrap.settings import TpmSetting, parse_tpm_setting
 
 log = get_logger("tpm")
 
 DEFAULT_DEVICE = "/dev/tpmrm0"
-_HOST_PORT = re.compile(r"host=([A-Za-z0-9.:\-\[\]]+),port=([0-9]{1,5})")
 
 
 class TpmError(BootstrapError):
     """The TPM could not be opened, read or extended."""
-
-
-@dataclass(frozen=True)
-class TpmSetting:
-    """`measure.tpm`, parsed: kind auto | none | tcti (with name and conf)."""
-
-    kind: str
-    name: str = ""
-    conf: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.conf}" if self.kind == "tcti" else self.kind
-
-
-def parse_tpm_setting(text: str) -> TpmSetting:
-    """Validate `measure.tpm` (ValueError with the reason)."""
-    if text in ("auto", "none"):
-        return TpmSetting(text)
-    name, sep, conf = text.partition(":")
-    if name == "device" and sep:
-        if not conf.startswith("/") or any(c in conf for c in " ,\n\t"):
-            raise ValueError(f"device: needs an absolute device path, got {text!r}")
-        return TpmSetting("tcti", name, conf)
-    if name in ("swtpm", "mssim") and sep:
-        match = _HOST_PORT.fullmatch(conf)
-        if match is None or not 0 < int(match.group(2)) < 65536:
-            raise ValueError(f"{name}: needs host=HOST,port=PORT, got {text!r}")
-        return TpmSetting("tcti", name, conf)
-    raise ValueError(f"expected auto, none, device:PATH or swtpm:host=HOST,port=PORT, got {text!r}")
 
 
 def resolve_tpm(setting: TpmSetting, root: Path) -> TpmSetting | None:

@@ -331,7 +331,8 @@ def test_the_bindings_load_without_tpm2_pytss_python_layer():
 
 
 def test_a_pcr_out_of_range_is_a_tpm_error(swtpm):
-    from podvm_bootstrap.tpm import Tpm, TpmError, parse_tpm_setting
+    from podvm_bootstrap.settings import parse_tpm_setting
+    from podvm_bootstrap.tpm import Tpm, TpmError
 
     with Tpm(parse_tpm_setting(swtpm.tcti)) as tpm:
         with pytest.raises(TpmError, match="PCR 24"):
