@@ -1,6 +1,7 @@
 """The manual (README.md and docs/*.md) cannot rot silently: every relative
 link points at a file that exists and, with a #fragment, at a heading of it
-(as GitHub renders the anchors)."""
+(as GitHub renders the anchors), and every file of the repository it names in
+code exists."""
 
 from __future__ import annotations
 
@@ -76,6 +77,25 @@ def broken_links(page: Path) -> list[str]:
     return problems
 
 
+# A path of this repository named in code (`podvm_bootstrap/redaction.py`,
+# `tests/cases/`): its first directory is one of these.
+REPO_DIRS = ("podvm_bootstrap", "tests", "bench", "image", "scripts", "systemd", "containers", "examples", "debian",
+             "docs")
+_REPO_PATH = re.compile(rf"(?<![\w./-])(?:{'|'.join(REPO_DIRS)})/[\w./-]*")
+
+
+def repository_paths(text: str) -> Iterator[tuple[int, str]]:
+    """(line, path) of every repository path in the code spans and blocks."""
+    fenced = False
+    for n, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        for code in [line] if fenced else re.findall(r"`([^`]+)`", line):
+            for path in _REPO_PATH.findall(code):
+                yield n, path.rstrip(".")
+
+
 # --- the checker itself ---------------------------------------------------------
 
 
@@ -103,6 +123,12 @@ def test_the_checker_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) 
     ]
 
 
+def test_repository_paths_are_found_in_code_only() -> None:
+    text = "See `podvm_bootstrap/a.py` and `tests/cases/`, not podvm_bootstrap/b.py.\n\n```\ncat image/x.yaml\n```\n" \
+           "`/etc/podvm_bootstrap/c` `TREE/image/d`"
+    assert list(repository_paths(text)) == [(1, "podvm_bootstrap/a.py"), (1, "tests/cases/"), (4, "image/x.yaml")]
+
+
 # --- the manual -----------------------------------------------------------------
 
 
@@ -121,3 +147,10 @@ def test_the_readme_links_every_docs_page() -> None:
     readme = (ROOT / "README.md").read_text()
     linked = {target.partition("#")[0] for _, target in links(readme)}
     assert {f"docs/{p.name}" for p in PAGES if p.parent == ROOT / "docs"} <= linked
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_of_the_repository_the_manual_names_exists(page: Path) -> None:
+    missing = [f"{page.name}:{n}: {path}" for n, path in repository_paths(page.read_text())
+               if not (ROOT / path).exists()]
+    assert missing == []
