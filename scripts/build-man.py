@@ -2,7 +2,7 @@
 """`make man` (and the Debian package's build): writes the man pages into DIR
 (default build/man): podvm-bootstrap.8 from the command line parser and the
 docs' "Command line" section, bootstrap.yaml.5, components.yaml.5 and
-policy.yaml.5 from the docs' reference sections (podvm_bootstrap/manpage.py
+policy.yaml.5 from the docs' reference sections (podvm_bootstrap/cli/manpage.py
 converts; its FILE_PAGES table says which section makes which page)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from podvm_bootstrap import __version__  # noqa: E402
-from podvm_bootstrap.cli import build_parser  # noqa: E402
-from podvm_bootstrap.manpage import DOCS_SOURCE, all_pages  # noqa: E402
-from podvm_bootstrap.paths import CONFIG_DIR, STATE_DIR, UNIT_DIR  # noqa: E402
+from podvm_bootstrap.cli.main import build_parser  # noqa: E402
+from podvm_bootstrap.cli.manpage import DOCS_SOURCE, all_pages  # noqa: E402
+from podvm_bootstrap.common.paths import CONFIG_DIR, STATE_DIR, UNIT_DIR  # noqa: E402
 
 # The FILES section: the paths are the code's own defaults (paths.py).
 FILES = (
