@@ -31,8 +31,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,8 +41,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from bench import scenarios  # noqa: E402
-from bench.run import (BAKED_MANIFEST, BenchError, Driver, install_manifest, machine_info, machine_line,  # noqa: E402
-                       say)
+from bench.run import BAKED_MANIFEST, BenchError, Driver, install_manifest, machine_info, machine_line, say  # noqa: E402
 from bench.stats import Row, Target, markdown_table, summarize  # noqa: E402
 
 BOOTSTRAP = "/etc/podvm-bootstrap/bootstrap.yaml"
@@ -55,7 +55,7 @@ MAX_FAILED = 3          # boots that may fail (and are redone) before the sectio
 MEASURE_TARGET = Target(0.010, strict=True, text="< 10 ms")   # issue 12: five components
 SECTION = "Measured launch (5 components, swtpm on 127.0.0.1 vs measure.tpm: none)"
 
-# The daemon's journal lines (podvm_bootstrap/launch_measurement.py, tpm.py).
+# The daemon's journal lines (podvm_bootstrap/attest/launch_measurement.py, tpm.py).
 _STEP = re.compile(r"measured launch step took (?P<step>[0-9.]+) ms for (?P<n>\d+) components \("
                    r"(?:waited (?P<wait>[0-9.]+) ms for tpm2-pytss's bindings, opened the TPM in (?P<open>[0-9.]+) ms"
                    r"|no TPM opened)\)")
@@ -169,7 +169,7 @@ def rows_for(boots: list[dict[str, Any]]) -> list[Row]:
     waited = [b["import_wait_s"] for b in tpm if b["import_wait_s"] is not None]
     rows.append(Row("  tpm2-pytss's bindings loaded in the background during the user-data fetch", "ms", preload,
                     note="the daemon's journal line `tpm2-pytss's bindings loaded ahead of the measurement in ...` "
-                         "(podvm_bootstrap.tpm.preload_bindings, started with the fetch); the measurement did not "
+                         "(podvm_bootstrap.attest.tpm.preload_bindings, started with the fetch); the measurement did not "
                          "wait for them when this is 0: "
                          + (f"it waited {_ms(max(waited), signed=False)} at most in {len(waited)} measured boots"
                             if waited else "no measured boot logged its wait")))

@@ -25,9 +25,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -35,8 +36,8 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from bench import scenarios  # noqa: E402
-from bench.timeline import render_svg  # noqa: E402
 from bench.stats import Row, Summary, Target, markdown_table, ratio, summarize  # noqa: E402
+from bench.timeline import render_svg  # noqa: E402
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
 from tests.bed.proc import BedError, Service  # noqa: E402
 from tests.bed.registry import Registry, mirror_conf, running_registry  # noqa: E402
@@ -346,8 +347,8 @@ def bench_pull(registry: Registry, padded: standins.StandinImage, reps: int, row
     machine (skopeo is not in the pod VM image): one podman API service
     over a throw-away vfs store (the VM's driver), the registry reached
     through the same mirror setting as in the VM."""
-    from podvm_bootstrap.imageref import parse_reference
-    from podvm_bootstrap.images import PodmanImages
+    from podvm_bootstrap.images.imageref import parse_reference
+    from podvm_bootstrap.images.storage import PodmanImages
 
     registry.push_standin(padded)
     tmp = Path(tempfile.mkdtemp(prefix="podvm-bench-pull-", dir="/var/tmp"))
@@ -611,7 +612,7 @@ def run(args: argparse.Namespace, results: Results) -> None:
                 scale_rows.insert(0, scale_rows.pop())
                 scale_rows.insert(0, scale_rows.pop())
             scale_rows.extend(scale_plan_rows)
-            from bench import measure_cost   # what measured launch adds (issue 12): five components, swtpm
+            from bench import measure_cost  # what measured launch adds (issue 12): five components, swtpm
             measure_rows = results.section(measure_cost.SECTION)
             guarded(measure_rows, "measured launch", measure_cost.MEASURE_TARGET)(lambda: measure_rows.extend(
                 measure_cost.run_section(vm, driver, image, max(rounds, measure_cost.MIN_ROUNDS), results.raw,

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import Manifest, PlannedComponent
-from podvm_bootstrap.planner import start_order
-from podvm_bootstrap.render import podman_run_argv, volume_host_dirs
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.model import Manifest, PlannedComponent
+from podvm_bootstrap.config.planner import start_order
+from podvm_bootstrap.units.render import podman_run_argv, volume_host_dirs
 
 AA, KATA, APF = "attestation-agent", "kata-agent", "agent-protocol-forwarder"
 LAYER_BASES = (AA, KATA, APF)   # one layer each: the critical path stays 3 deep

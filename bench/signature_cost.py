@@ -43,10 +43,10 @@ def main() -> int:
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: F401
     import_s = time.perf_counter() - started
 
-    from podvm_bootstrap.imageref import parse_reference
-    from podvm_bootstrap.paths import Paths
-    from podvm_bootstrap.policy import load_policy
-    from podvm_bootstrap.signature_store import check_signature
+    from podvm_bootstrap.common.paths import Paths
+    from podvm_bootstrap.config.policy import load_policy
+    from podvm_bootstrap.images.imageref import parse_reference
+    from podvm_bootstrap.images.signature_store import check_signature
 
     paths = Paths.build(root=str(args.root))
     policy_samples = []

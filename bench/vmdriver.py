@@ -525,11 +525,11 @@ INPROC = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.stages import UserDataSource, plan
-from podvm_bootstrap.planner import make_plan
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.policy import load_policy
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.runtime.stages import UserDataSource, plan
+from podvm_bootstrap.config.planner import make_plan
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.policy import load_policy
 t1 = time.perf_counter()
 paths = Paths.build(config_dir=sys.argv[1])
 resolved = plan(paths, UserDataSource(file=sys.argv[2]))

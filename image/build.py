@@ -39,9 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO / "image"))
 
 import rootfs_base  # noqa: E402
 import yaml  # noqa: E402
+
 from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
 from tests.bed.keys import KEY_NAME, release_key  # noqa: E402
 from tests.bed.registry import mirror_conf, running_registry  # noqa: E402

@@ -71,7 +71,7 @@ def baked(image, path: str) -> dict:
 
 def reordered(data: bytes) -> bytes:
     """The records file with its first two records swapped (a forged copy)."""
-    from podvm_bootstrap.tcg_log import parse_records
+    from podvm_bootstrap.attest.tcg_log import parse_records
 
     starts = [r.offset for r in parse_records(data).records] + [len(data)]
     first, second = data[starts[0]:starts[1]], data[starts[1]:starts[2]]

@@ -1,3 +1,3 @@
-from podvm_bootstrap.cli import main
+from podvm_bootstrap.cli.main import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
 (default build/man): podvm-bootstrap.8 from the command line parser and the
 docs' "Command line" section (docs/operating.md), bootstrap.yaml.5,
 components.yaml.5 and policy.yaml.5 from the docs' reference sections
-(podvm_bootstrap/manpage.py converts; its FILE_PAGES table says which section
+(podvm_bootstrap/cli/manpage.py converts; its FILE_PAGES table says which section
 of which docs page makes which page)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from podvm_bootstrap import __version__  # noqa: E402
-from podvm_bootstrap.cli import build_parser  # noqa: E402
-from podvm_bootstrap.manpage import DOCS_SOURCES, all_pages  # noqa: E402
-from podvm_bootstrap.paths import CONFIG_DIR, STATE_DIR, UNIT_DIR  # noqa: E402
+from podvm_bootstrap.cli.main import build_parser  # noqa: E402
+from podvm_bootstrap.cli.manpage import DOCS_SOURCES, all_pages  # noqa: E402
+from podvm_bootstrap.common.paths import CONFIG_DIR, STATE_DIR, UNIT_DIR  # noqa: E402
 
 # The FILES section: the paths are the code's own defaults (paths.py).
 FILES = (

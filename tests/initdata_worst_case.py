@@ -1,5 +1,5 @@
 """The costliest initdata TOML documents within the pre-scan's bounds
-(podvm_bootstrap.tomlbounds), one per shape that makes tomllib work hardest,
+(podvm_bootstrap.userdata.tomlbounds), one per shape that makes tomllib work hardest,
 and one with every bound reached at once.
 
 tests/test_tomlbounds.py checks that each is inside the bounds and that
@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE
-from podvm_bootstrap.tomlbounds import DEFAULT_LIMITS as L
+from podvm_bootstrap.userdata.cloudconfig import MAX_FILE_SIZE
+from podvm_bootstrap.userdata.tomlbounds import DEFAULT_LIMITS as L
 
 HEADER = 'algorithm = "sha256"\nversion = "0.1.0"\n'
 
@@ -106,7 +106,7 @@ SHAPES = {
 
 _MEASURE = r"""
 import json, sys, time, tomllib
-from podvm_bootstrap.tomlbounds import check_toml_bounds
+from podvm_bootstrap.userdata.tomlbounds import check_toml_bounds
 
 def vm(field):  # this process's own figures (ru_maxrss would carry the parent's over exec)
     with open("/proc/self/status") as f:

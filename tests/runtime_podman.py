@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from podvm_bootstrap.backoff import Backoff
-from podvm_bootstrap.images import PodmanImages, PullPacing
+from podvm_bootstrap.common.backoff import Backoff
+from podvm_bootstrap.images.storage import PodmanImages, PullPacing
 from tests.bed.cosign import REGISTRIES_D
 from tests.bed.proc import Service
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.images import big_data_path, verify_in_storage
+from podvm_bootstrap.images.storage import big_data_path, verify_in_storage
 from tests.bed.cosign import SignatureLayer, push_signatures
 from tests.bed.registry import Registry, running_registry
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.bake import (
+from podvm_bootstrap.cli.bake import (
     BakedImage,
     image_slots,
     lock_bytes,
@@ -17,8 +17,8 @@ from podvm_bootstrap.bake import (
     previous_references,
     rewrite_manifest,
 )
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.imageref import parse_reference
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.images.imageref import parse_reference
 
 PATH = Path("components.yaml")
 D1, D2, D3 = (f"sha256:{c * 64}" for c in "abc")
@@ -107,8 +107,8 @@ def test_an_unreadable_earlier_lock_is_ignored(lock: bytes | None) -> None:
 
 
 def test_a_store_outside_the_image_is_a_usage_error(tmp_path: Path) -> None:
-    from podvm_bootstrap.errors import UsageError
-    from podvm_bootstrap.treestore import store_layout
+    from podvm_bootstrap.common.errors import UsageError
+    from podvm_bootstrap.images.treestore import store_layout
 
     for store in ("usr/share/containers/storage", "/usr/../../etc"):
         with pytest.raises(UsageError):
@@ -118,7 +118,7 @@ def test_a_store_outside_the_image_is_a_usage_error(tmp_path: Path) -> None:
 def test_a_command_that_outlives_its_bound_is_killed_and_its_lines_kept() -> None:
     import os
 
-    from podvm_bootstrap.treestore import _run_streaming
+    from podvm_bootstrap.images.treestore import _run_streaming
 
     lines: list[str] = []
     code = _run_streaming(["sh", "-c", "echo first; echo $$ >&2; exec sleep 600"], dict(os.environ), 5.0,
@@ -131,7 +131,7 @@ def test_a_command_that_outlives_its_bound_is_killed_and_its_lines_kept() -> Non
 
 
 def test_the_error_line_is_podmans_or_skopeos_own() -> None:
-    from podvm_bootstrap.treestore import _last_error
+    from podvm_bootstrap.images.treestore import _last_error
 
     podman = ("Trying to pull 127.0.0.1:5000/x@sha256:00...\n"
               "Error: initializing source docker://127.0.0.1:5000/x@sha256:00: reading manifest: manifest unknown\n")
@@ -144,8 +144,8 @@ def test_the_error_line_is_podmans_or_skopeos_own() -> None:
 
 
 def test_the_tree_s_storage_conf_is_read_bounded(tmp_path: Path) -> None:
-    from podvm_bootstrap.errors import ConfigError
-    from podvm_bootstrap.treestore import DEFAULT_DRIVER, MAX_STORAGE_CONF, STORAGE_CONF, store_layout
+    from podvm_bootstrap.common.errors import ConfigError
+    from podvm_bootstrap.images.treestore import DEFAULT_DRIVER, MAX_STORAGE_CONF, STORAGE_CONF, store_layout
 
     assert store_layout(tmp_path, None).driver == DEFAULT_DRIVER          # no storage.conf: the defaults
     conf = tmp_path / STORAGE_CONF.lstrip("/")

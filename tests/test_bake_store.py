@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.images import ImageError, PodmanImages, big_data_path
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.images.storage import ImageError, PodmanImages, big_data_path
 from tests.bed.proc import Service
 from tests.bed.registry import Registry
 from tests.runtime_podman import CONTAINERS_CONF
@@ -171,7 +171,7 @@ def test_a_tampered_image_in_the_read_only_store_does_not_verify(tmp_path: Path,
 
 
 def test_additional_stores_come_from_podmans_storage_conf_and_its_options(tmp_path: Path) -> None:
-    from podvm_bootstrap.images import additional_image_stores
+    from podvm_bootstrap.images.storage import additional_image_stores
 
     conf = tmp_path / "storage.conf"
     conf.write_text('[storage]\ndriver = "overlay"\n[storage.options]\nadditionalimagestores = ["/a", "/b"]\n')
@@ -183,7 +183,7 @@ def test_additional_stores_come_from_podmans_storage_conf_and_its_options(tmp_pa
 
 
 def test_a_storage_conf_podman_names_but_that_is_not_there_is_no_warning(tmp_path: Path, caplog) -> None:
-    from podvm_bootstrap.images import additional_image_stores
+    from podvm_bootstrap.images.storage import additional_image_stores
 
     info = {"configFile": str(tmp_path / "absent.conf"), "graphOptions": {"overlay.imagestore": "/b"}}
     assert additional_image_stores(info) == (Path("/b"),)

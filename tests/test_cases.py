@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from podvm_bootstrap import __version__
-from podvm_bootstrap.gate import gate_key
+from podvm_bootstrap.units.gate import gate_key
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
 

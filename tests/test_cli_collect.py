@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.collect import eventlog_path
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap.state import write_state
+from podvm_bootstrap.cli.collect import eventlog_path
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.config.settings import load_settings
+from podvm_bootstrap.runtime.state import write_state
 from tests.planted_secrets import (
     AA_TOML,
     AUTH_JSON,

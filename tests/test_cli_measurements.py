@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.launch_set import read_launch
-from podvm_bootstrap.tcg_log import event_digest, parse_records, replay
+from podvm_bootstrap.attest.launch_set import read_launch
+from podvm_bootstrap.attest.tcg_log import event_digest, parse_records, replay
 from tests.plan_command import APF, CONFIG, LOOPBACK_APF, USERDATA_OVERRIDES, copy_config, run_plan
 
 UPSTREAM = Path(__file__).parent / "fixtures" / "upstream" / "cloud-api-adaptor"
@@ -47,9 +47,9 @@ def test_plan_prediction_is_what_the_step_gives_a_real_tpm(tmp_path, swtpm):
     """Provision (the initdata the user-data carries), then the step, with
     swtpm: PCR 8 and PCR 23 read back with tpm2_pcrread equal the prediction,
     the file equals the predicted records; a restart changes nothing."""
-    from podvm_bootstrap.launch_measurement import measure_launch
-    from podvm_bootstrap.paths import Paths
-    from podvm_bootstrap.stages import UserDataSource, plan
+    from podvm_bootstrap.attest.launch_measurement import measure_launch
+    from podvm_bootstrap.common.paths import Paths
+    from podvm_bootstrap.runtime.stages import UserDataSource, plan
 
     config = copy_config(tmp_path)
     bootstrap = config / "bootstrap.yaml"
@@ -102,7 +102,7 @@ def test_bad_measure_settings_exit_2_naming_the_file_and_key(tmp_path, measure, 
 
 
 def test_measure_settings_accepted(tmp_path):
-    from podvm_bootstrap.settings import load_settings
+    from podvm_bootstrap.config.settings import load_settings
 
     path = tmp_path / "bootstrap.yaml"
     path.write_text("measure:\n  tpm: 'swtpm:host=127.0.0.1,port=2321'\n  pcr: 16\n  initdata_pcr: 8\n")
@@ -113,9 +113,9 @@ def test_measure_settings_accepted(tmp_path):
 def test_no_prediction_for_an_image_given_by_tag():
     import hashlib
 
-    from podvm_bootstrap.imageref import parse_reference
-    from podvm_bootstrap.launch_measurement import predicted_measurement
-    from podvm_bootstrap.model import Component, Plan, PlannedComponent
+    from podvm_bootstrap.attest.launch_measurement import predicted_measurement
+    from podvm_bootstrap.config.model import Component, Plan, PlannedComponent
+    from podvm_bootstrap.images.imageref import parse_reference
 
     pinned = parse_reference("quay.io/x/aa@sha256:" + hashlib.sha256(b"aa").hexdigest())
     tagged = parse_reference("quay.io/x/ka:latest")

@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.jcs import canonical_json
-from podvm_bootstrap.tcg_log import DOMAIN, EV_NO_ACTION, SHA256, SHA384, SPEC_ID_SIGNATURE, encode_record, event_digest
-from podvm_bootstrap.trustee_claims import claims, claims_json
+from podvm_bootstrap.attest.jcs import canonical_json
+from podvm_bootstrap.attest.tcg_log import (
+    DOMAIN,
+    EV_NO_ACTION,
+    SHA256,
+    SHA384,
+    SPEC_ID_SIGNATURE,
+    encode_record,
+    event_digest,
+)
+from podvm_bootstrap.attest.trustee_claims import claims, claims_json
 from tests.test_trustee_claims import FIXTURES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +97,7 @@ def test_json_is_trustees_claim_shape_with_registers_and_the_launch(tmp_path):
     out = cli("measurements", "--log", str(write(tmp_path, data)), "--json", "--expect-pcr", VALUE.hex())
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    from podvm_bootstrap.tcg_log import parse_records
+    from podvm_bootstrap.attest.tcg_log import parse_records
     assert doc["uefi_event_logs"] == claims(parse_records(data))["uefi_event_logs"]
     first = doc["uefi_event_logs"][0]
     assert first["details"]["data"] == {"domain": DOMAIN, "operation": "LaunchComponent", "content": LAUNCH[0]}

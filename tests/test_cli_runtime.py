@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.state import write_state
+from podvm_bootstrap.runtime.state import write_state
 from tests.bed.registry import Registry, running_registry
 from tests.runtime_podman import Podman
 
@@ -115,10 +115,10 @@ def test_run_takes_the_initdata_request_over_the_user_data_one(tmp_path: Path, c
 
 
 def test_status_says_which_source_asked(tmp_path: Path, config: Path) -> None:
-    from podvm_bootstrap.manifest import load_manifest
-    from podvm_bootstrap.planner import make_plan
-    from podvm_bootstrap.policy import load_policy
-    from podvm_bootstrap.state import state_record
+    from podvm_bootstrap.config.manifest import load_manifest
+    from podvm_bootstrap.config.planner import make_plan
+    from podvm_bootstrap.config.policy import load_policy
+    from podvm_bootstrap.runtime.state import state_record
 
     owner, host = f"ghcr.io/example/apf@{DIGEST_C}", f"ghcr.io/example/aa@{DIGEST_C}"
     plan = make_plan(load_manifest(config / "components.yaml"), load_policy(config / "policy.yaml"),

@@ -8,15 +8,15 @@ import tracemalloc
 
 import pytest
 
-from podvm_bootstrap.cloudconfig import (
+from podvm_bootstrap.common.errors import UserDataError, show
+from podvm_bootstrap.userdata.cloudconfig import (
     MAX_FILE_SIZE,
     UserData,
     WriteFile,
     decode_payload,
     parse_userdata,
 )
-from podvm_bootstrap.codec import gunzip_bounded
-from podvm_bootstrap.errors import UserDataError, show
+from podvm_bootstrap.userdata.codec import gunzip_bounded
 
 DIGEST = "sha256:" + "a" * 64
 DESIGN_EXAMPLE = f"""\
@@ -397,6 +397,6 @@ def test_explicit_tags_the_yaml_library_mishandles_are_one_user_data_error(value
     (b"!!int '0x1f'", 31), (b"!!float '1.5'", 1.5), (b"!!bool 'yes'", True), (b"!!binary 'YWJj'", b"abc"),
 ])
 def test_well_formed_explicit_tags_still_load(value, expected):
-    from podvm_bootstrap.yamlfile import load_yaml_text
+    from podvm_bootstrap.config.yamlfile import load_yaml_text
 
     assert load_yaml_text("x: " + value.decode(), aliases=False) == {"x": expected}

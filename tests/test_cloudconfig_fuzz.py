@@ -14,10 +14,10 @@ from datetime import timedelta
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from podvm_bootstrap.cloudconfig import ImageRequests, UserData, decode_payload, parse_userdata
-from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.initdata import Initdata, InitdataError, image_requests, parse_initdata
-from podvm_bootstrap.tomlbounds import TomlBoundsError, check_toml_bounds
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.userdata.cloudconfig import ImageRequests, UserData, decode_payload, parse_userdata
+from podvm_bootstrap.userdata.initdata import Initdata, InitdataError, image_requests, parse_initdata
+from podvm_bootstrap.userdata.tomlbounds import TomlBoundsError, check_toml_bounds
 
 MAX_SIZE = 256 * 1024
 MEMORY_BOUND = 32 * 1024 * 1024  # inputs are a few KiB: any amplification shows

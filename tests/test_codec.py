@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from podvm_bootstrap.codec import GZIP_MAGIC, MAX_GZIP_MEMBERS, CodecError, b64decode_strict, gunzip_bounded
-from podvm_bootstrap.errors import UserDataError
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.userdata.codec import GZIP_MAGIC, MAX_GZIP_MEMBERS, CodecError, b64decode_strict, gunzip_bounded
 
 
 def test_base64_ignores_white_space_and_nothing_else():
@@ -58,6 +58,6 @@ def test_gunzip_tolerates_trailing_zero_padding():
 
 def test_initdata_decodes_without_the_cloud_config_parser():
     """initdata takes its codec from codec, not from cloudconfig."""
-    code = "import sys, podvm_bootstrap.initdata; print('podvm_bootstrap.cloudconfig' in sys.modules)"
+    code = "import sys, podvm_bootstrap.userdata.initdata; print('podvm_bootstrap.userdata.cloudconfig' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""The bounds of `collect` (podvm_bootstrap.collect): a command's output cut
+"""The bounds of `collect` (podvm_bootstrap.cli.collect): a command's output cut
 at its cap (its head, or a journal's tail), a command killed at its
 timeout, the bundle's cap over all parts, the whole collect's deadline, and
 parts not scrubbed by the deadline dropped rather than kept. Real
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap import collect
-from podvm_bootstrap.collect import SCRUB_RESERVE, Collector, Part, run_bounded, scrub_parts
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import Settings
+from podvm_bootstrap.cli import collect
+from podvm_bootstrap.cli.collect import SCRUB_RESERVE, Collector, Part, run_bounded, scrub_parts
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.config.settings import Settings
 
 
 def test_a_head_cap_keeps_the_first_bytes_and_stops_the_command():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.containers_store import Store, find_in_store, locate_store, storage_conf_path
+from podvm_bootstrap.images.containers_store import Store, find_in_store, locate_store, storage_conf_path
 
 ROOT = "/var/lib/containers/storage"
 ADDITIONAL = "/usr/share/containers/storage"

@@ -45,7 +45,7 @@ def test_the_package_depends_on_debians_python_packages_only(deb: Path) -> None:
                  "./etc/containers/registries.d/podvm-bootstrap.yaml",
                  "./usr/share/podvm-bootstrap/components.yaml", "./usr/share/podvm-bootstrap/policy.yaml",
                  "./usr/share/podvm-bootstrap/bootstrap.yaml",
-                 "./usr/lib/python3/dist-packages/podvm_bootstrap/bake.py",
+                 "./usr/lib/python3/dist-packages/podvm_bootstrap/cli/bake.py",
                  *MAN_PAGES):
         assert f" {path}\n" in files, path
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from podvm_bootstrap.collect import eventlog_path
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import load_settings
+from podvm_bootstrap.cli.collect import eventlog_path
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.config.settings import load_settings
 from tests.planted_secrets import (
     AUTH_JSON,
     KBS_TOKEN,

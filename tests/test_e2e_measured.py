@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from podvm_bootstrap.launch_set import read_launch
-from podvm_bootstrap.tcg_log import MalformedLog, parse_records, replay
+from podvm_bootstrap.attest.launch_set import read_launch
+from podvm_bootstrap.attest.tcg_log import MalformedLog, parse_records, replay
 from tests.bed.keys import copy_baked_keys
 from tests.bed.proc import free_port
 from tests.bed.userdata import cloud_config

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from podvm_bootstrap.launch_set import read_launch
-from podvm_bootstrap.tcg_log import parse_records
+from podvm_bootstrap.attest.launch_set import read_launch
+from podvm_bootstrap.attest.tcg_log import parse_records
 from tests.bed.proc import wait_until
 from tests.bed.vm import PodVM, booted
 from tests.systemd_parser import parse_exec, parse_unit

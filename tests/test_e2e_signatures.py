@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from podvm_bootstrap.images import big_data_path
+from podvm_bootstrap.images.storage import big_data_path
 from tests import test_e2e_runtime
 from tests.bed import cosign
 from tests.bed.cosign import SignatureLayer, SigningKey, payload_for

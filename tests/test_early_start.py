@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.early_start import EarlyStart, head_start
-from podvm_bootstrap.paths import Paths
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.runtime.early_start import EarlyStart, head_start
 from tests.test_cli_runtime import COMPONENTS, POLICY
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError, error_line, one_line, show
+from podvm_bootstrap.common.errors import ConfigError, error_line, one_line, show
 
 
 def test_one_line_folds_white_space_and_escapes_the_rest():

@@ -1,4 +1,4 @@
-"""The launch's records as the daemon writes them (podvm_bootstrap.eventlog):
+"""The launch's records as the daemon writes them (podvm_bootstrap.attest.eventlog):
 AAEL texts with canonical content in start order, TCG2 records on the launch
 register, the register's value from zero; and read back by the verifier's
 reader (tcg_log, launch_set) to the same launch set and value."""
@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from podvm_bootstrap.eventlog import ZERO, format_value, launch_order, launch_texts, predict
-from podvm_bootstrap.launch_set import LaunchedComponent, read_launch
-from podvm_bootstrap.tcg_log import encode_record, parse_records, replay
+from podvm_bootstrap.attest.eventlog import ZERO, format_value, launch_order, launch_texts, predict
+from podvm_bootstrap.attest.launch_set import LaunchedComponent, read_launch
+from podvm_bootstrap.attest.tcg_log import encode_record, parse_records, replay
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 ENTRIES = [

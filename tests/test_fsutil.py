@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from podvm_bootstrap.fsutil import atomic_write, read_at_most, read_bounded, read_json, write_if_changed
+from podvm_bootstrap.common.fsutil import atomic_write, read_at_most, read_bounded, read_json, write_if_changed
 
 
 def test_writes_the_content_and_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:

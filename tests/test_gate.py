@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.gate import (
+from podvm_bootstrap.config.model import Component, ContainerSpec, Plan, PlannedComponent
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.units.gate import (
     EXIT_NOT_RELEASED,
     EXIT_TERMINATED,
     GATE_FIFO,
@@ -30,9 +32,7 @@ from podvm_bootstrap.gate import (
     release_payload,
     remove_other_fifos,
 )
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.model import Component, ContainerSpec, Plan, PlannedComponent
-from podvm_bootstrap.render import render_units, unit_gate_fifo, unit_gate_key
+from podvm_bootstrap.units.render import render_units, unit_gate_fifo, unit_gate_key
 from tests.bed.proc import wait_until
 from tests.runtime_podman import Podman
 
@@ -234,7 +234,7 @@ def test_a_release_reaches_only_the_container_of_its_own_definition(podman: Podm
 
 
 def test_units_name_the_gates_as_the_pod_vm_sees_them(tmp_path: Path) -> None:
-    from podvm_bootstrap.gate import unit_gate_dir
+    from podvm_bootstrap.units.gate import unit_gate_dir
 
     assert unit_gate_dir(Path("/"), Path("/run/podvm-bootstrap")) == "/run/podvm-bootstrap/gates"
     assert unit_gate_dir(tmp_path, tmp_path / "run/podvm-bootstrap") == "/run/podvm-bootstrap/gates"   # --root

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.settings import load_settings
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.settings import load_settings
 
 pytestmark = pytest.mark.vm  # builds the image (root, debootstrap on a cold cache)
 
@@ -45,7 +45,7 @@ def test_baked_settings_never_leave_loopback(podvm_image):
 
 
 def test_baked_policy_requires_the_test_release_key_for_every_component(podvm_image):
-    from podvm_bootstrap.policy import load_policy
+    from podvm_bootstrap.config.policy import load_policy
     from tests.bed.keys import release_key
 
     layer = Path(podvm_image.lowerdirs[0])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from podvm_bootstrap.imageref import ImageRef, ReferenceError, parse_reference
+from podvm_bootstrap.images.imageref import ImageRef, ReferenceError, parse_reference
 
 D = "sha256:" + "a" * 64
 
@@ -124,7 +124,7 @@ def test_sha384_and_sha512_digests_are_refused_with_the_reason(digest):
 
 @pytest.mark.parametrize("digest", [SHA384, SHA512])
 def test_an_override_pinned_by_another_algorithm_is_refused_by_the_policy(digest):
-    from podvm_bootstrap.policy import ComponentPolicy, Policy, evaluate_override, parse_pattern
+    from podvm_bootstrap.config.policy import ComponentPolicy, Policy, evaluate_override, parse_pattern
 
     rules = ComponentPolicy((parse_pattern("ghcr.io/example/*"),), ())
     policy = Policy(mutable_tags=False, components={"apf": rules})
@@ -136,8 +136,8 @@ def test_an_override_pinned_by_another_algorithm_is_refused_by_the_policy(digest
 
 @pytest.mark.parametrize("digest", [SHA384, SHA512])
 def test_a_baked_default_pinned_by_another_algorithm_is_a_config_error_naming_file_and_key(tmp_path, digest):
-    from podvm_bootstrap.errors import ConfigError
-    from podvm_bootstrap.manifest import load_manifest
+    from podvm_bootstrap.common.errors import ConfigError
+    from podvm_bootstrap.config.manifest import load_manifest
 
     path = tmp_path / "components.yaml"
     path.write_text(f"version: 1\ncomponents:\n  apf:\n    image: quay.io/org/apf@{digest}\n")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.backoff import Backoff
-from podvm_bootstrap.containers_store import locate_store
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.images import (
+from podvm_bootstrap.common.backoff import Backoff
+from podvm_bootstrap.images.containers_store import locate_store
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.images.storage import (
     ImageError,
     PodmanImages,
     PullPacing,

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from podvm_bootstrap.daemon import _image_step
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.images import ImageError
-from podvm_bootstrap.model import Component, PlannedComponent
+from podvm_bootstrap.config.model import Component, PlannedComponent
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.images.storage import ImageError
+from podvm_bootstrap.runtime.daemon import _image_step
 
 IMAGE = parse_reference("quay.io/confidential-containers/kata-agent@sha256:" + "a" * 64)
 PLANNED = PlannedComponent(Component("kata-agent", IMAGE, "kata-agent.service"), IMAGE, "default")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.initdata import (
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.userdata.initdata import (
     DIGEST_FILE,
     PLACEHOLDER_TOML,
     InitdataError,

@@ -1,4 +1,4 @@
-"""Initdata bound into PCR 8 (podvm_bootstrap.initdata_binding) by the
+"""Initdata bound into PCR 8 (podvm_bootstrap.attest.initdata_binding) by the
 measurement step, against a real software TPM read back with tpm2-tools, and
 against the cloud-api-adaptor's own way of binding it (its image runs
 `tpm2_pcrextend 8:sha256=$(head -c64 /run/peerpod/initdata.digest)`)."""
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.initdata import PLACEHOLDER_TOML, placeholder_blob
-from podvm_bootstrap.initdata_binding import describe, predicted
-from podvm_bootstrap.launch_measurement import MeasurementError, measure_launch
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import MeasureSettings, Settings
+from podvm_bootstrap.attest.initdata_binding import describe, predicted
+from podvm_bootstrap.attest.launch_measurement import MeasurementError, measure_launch
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.config.settings import MeasureSettings, Settings
+from podvm_bootstrap.userdata.initdata import PLACEHOLDER_TOML, placeholder_blob
 from tests.bed.swtpm import running_swtpm
 from tests.test_launch_measurement import FIVE, START_ORDER
 

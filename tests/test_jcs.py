@@ -1,4 +1,4 @@
-"""RFC 8785 canonical JSON for the event log's content (podvm_bootstrap.jcs)."""
+"""RFC 8785 canonical JSON for the event log's content (podvm_bootstrap.attest.jcs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from podvm_bootstrap.jcs import canonical_json
+from podvm_bootstrap.attest.jcs import canonical_json
 
 
 def test_no_whitespace_and_sorted_members():

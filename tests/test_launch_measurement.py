@@ -1,4 +1,4 @@
-"""The measurement step (podvm_bootstrap.launch_measurement) against a real
+"""The measurement step (podvm_bootstrap.attest.launch_measurement) against a real
 software TPM (swtpm on 127.0.0.1), read back independently with tpm2-tools:
 the records replay to the PCR, a restart in the same boot measures nothing
 again, a crash between a record's write and its extend is completed, the
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.eventlog import launch_order, predict
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.launch_measurement import MeasurementError, launch_entries, measure_launch
-from podvm_bootstrap.launch_set import read_launch
-from podvm_bootstrap.model import Component, PlannedComponent
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import MeasureSettings, Settings
-from podvm_bootstrap.tcg_log import encode_record, event_digest, parse_records, replay
+from podvm_bootstrap.attest.eventlog import launch_order, predict
+from podvm_bootstrap.attest.launch_measurement import MeasurementError, launch_entries, measure_launch
+from podvm_bootstrap.attest.launch_set import read_launch
+from podvm_bootstrap.attest.tcg_log import encode_record, event_digest, parse_records, replay
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.config.model import Component, PlannedComponent
+from podvm_bootstrap.config.settings import MeasureSettings, Settings
+from podvm_bootstrap.images.imageref import parse_reference
 
 DIGESTS = {name: "sha256:" + hashlib.sha256(name.encode()).hexdigest()
            for name in ("attestation-agent", "confidential-data-hub", "kata-agent", "agent-protocol-forwarder",
@@ -268,7 +268,7 @@ def test_fifos_planted_as_the_log_or_the_agents_file_do_not_hang_the_step(tmp_pa
 
 
 def test_preloading_the_bindings_only_when_a_tpm_is_used(tmp_path, swtpm):
-    from podvm_bootstrap.tpm import preload_bindings
+    from podvm_bootstrap.attest.tpm import preload_bindings
 
     assert preload_bindings("none", tmp_path) is False
     assert preload_bindings("auto", tmp_path) is False      # no <root>/dev/tpmrm0
@@ -293,7 +293,7 @@ def logged(caplog, fn):
 
 def test_the_step_and_the_preload_log_their_timings_as_the_benchmark_reads_them(tmp_path, swtpm, caplog):
     from bench.measure_cost import daemon_timings
-    from podvm_bootstrap.tpm import preload_bindings
+    from podvm_bootstrap.attest.tpm import preload_bindings
 
     messages = logged(caplog, lambda: (preload_bindings(swtpm.tcti, tmp_path), Bed(tmp_path, swtpm.tcti).measure()))
     timings = daemon_timings(messages)
@@ -321,7 +321,7 @@ def test_the_bindings_load_without_tpm2_pytss_python_layer():
     import subprocess
     import sys
 
-    code = ("import sys; from podvm_bootstrap.tpm import bindings; ffi, lib = bindings(); "
+    code = ("import sys; from podvm_bootstrap.attest.tpm import bindings; ffi, lib = bindings(); "
             "print(hasattr(lib, 'Esys_PCR_Extend'), bindings()[1] is lib, "
             "'tpm2_pytss.types' in sys.modules, 'cryptography.x509' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -331,8 +331,8 @@ def test_the_bindings_load_without_tpm2_pytss_python_layer():
 
 
 def test_a_pcr_out_of_range_is_a_tpm_error(swtpm):
-    from podvm_bootstrap.settings import parse_tpm_setting
-    from podvm_bootstrap.tpm import Tpm, TpmError
+    from podvm_bootstrap.attest.tpm import Tpm, TpmError
+    from podvm_bootstrap.config.settings import parse_tpm_setting
 
     with Tpm(parse_tpm_setting(swtpm.tcti)) as tpm:
         with pytest.raises(TpmError, match="PCR 24"):

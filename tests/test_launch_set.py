@@ -1,4 +1,4 @@
-"""Reading the launch set from TCG2 records (podvm_bootstrap.launch_set):
+"""Reading the launch set from TCG2 records (podvm_bootstrap.attest.launch_set):
 LaunchComponent/LaunchComplete of our domain on the launch register, the
 agent's records anywhere, and every way a launch record can be wrong."""
 
@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from podvm_bootstrap.jcs import canonical_json
-from podvm_bootstrap.launch_set import LaunchedComponent, read_launch
-from podvm_bootstrap.tcg_log import DOMAIN, SHA384, MalformedLog, digest, encode_record, parse_log, tagged_event
+from podvm_bootstrap.attest.jcs import canonical_json
+from podvm_bootstrap.attest.launch_set import LaunchedComponent, read_launch
+from podvm_bootstrap.attest.tcg_log import DOMAIN, SHA384, MalformedLog, digest, encode_record, parse_log, tagged_event
 
 D1, D2 = ("sha256:" + c * 64 for c in "12")
 AA = LaunchedComponent("attestation-agent", D1, f"quay.io/confidential-containers/attestation-agent@{D1}", "default")

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import Health, Probe, Restart
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.model import Health, Probe, Restart
 
 SAMPLE = Path(__file__).resolve().parent.parent / "image" / "config" / "components.yaml"
 D = "sha256:" + "1" * 64
@@ -297,7 +297,7 @@ def test_missing_file(tmp_path):
 def test_manifest_digest_reads_the_baked_file_bounded(tmp_path):
     import hashlib
 
-    from podvm_bootstrap.manifest import MAX_MANIFEST_BYTES, manifest_digest
+    from podvm_bootstrap.config.manifest import MAX_MANIFEST_BYTES, manifest_digest
 
     path = tmp_path / "components.yaml"
     path.write_bytes(b"version: 1\n")

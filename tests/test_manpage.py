@@ -1,4 +1,4 @@
-"""The man pages (podvm_bootstrap/manpage.py, scripts/build-man.py): the
+"""The man pages (podvm_bootstrap/cli/manpage.py, scripts/build-man.py): the
 Markdown-subset converter's escaping, and each generated page rendered by
 groff and man-db with no warning, carrying every command and option of the
 parser and every heading of its docs sections."""
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap import __version__, errors, manpage
-from podvm_bootstrap.cli import build_parser
-from podvm_bootstrap.manpage import FILE_PAGES, doc_sections, inline, markdown_to_roff
+from podvm_bootstrap import __version__
+from podvm_bootstrap.cli import manpage
+from podvm_bootstrap.cli.main import build_parser
+from podvm_bootstrap.cli.manpage import FILE_PAGES, doc_sections, inline, markdown_to_roff
+from podvm_bootstrap.common import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {name: (ROOT / name).read_text() for name in manpage.DOCS_SOURCES}

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import (
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.model import (
     MAX_COMPONENT_NAME,
     Component,
     Manifest,
@@ -23,9 +22,10 @@ from podvm_bootstrap.model import (
     component_name_problem,
     unit_name_problem,
 )
-from podvm_bootstrap.planner import start_order
-from podvm_bootstrap.policy import load_policy
-from podvm_bootstrap.render import render_units
+from podvm_bootstrap.config.planner import start_order
+from podvm_bootstrap.config.policy import load_policy
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.units.render import render_units
 
 DIGEST = "sha256:" + "1" * 64
 IMAGE = f"quay.io/org/app@{DIGEST}"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.notify import Notifier
-from podvm_bootstrap.settings import load_settings
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.settings import load_settings
+from podvm_bootstrap.runtime.notify import Notifier
 
 
 def notifier(**env: str) -> tuple[Notifier, list[str]]:

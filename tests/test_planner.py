@@ -8,12 +8,12 @@ from types import MappingProxyType
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import Component, Manifest
-from podvm_bootstrap.planner import make_plan, start_order
-from podvm_bootstrap.policy import ComponentPolicy, Policy, load_policy, parse_pattern
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.model import Component, Manifest
+from podvm_bootstrap.config.planner import make_plan, start_order
+from podvm_bootstrap.config.policy import ComponentPolicy, Policy, load_policy, parse_pattern
+from podvm_bootstrap.images.imageref import parse_reference
 
 CONFIG = Path(__file__).resolve().parent.parent / "image" / "config"
 D1 = "sha256:" + "1" * 64

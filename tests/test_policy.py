@@ -7,8 +7,8 @@ from types import MappingProxyType
 import pytest
 import yaml
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.policy import (
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.policy import (
     ComponentPolicy,
     Policy,
     RepositoryPattern,
@@ -320,7 +320,7 @@ def signing_policy(tmp_path: Path, key_pem: str, **component: object) -> Path:
 
 
 def test_keys_from_a_file_under_root_and_inline(tmp_path, release_key):
-    from podvm_bootstrap.signatures import SignedIdentity
+    from podvm_bootstrap.images.signatures import SignedIdentity
 
     p = load_policy(signing_policy(tmp_path, release_key.public_pem), tmp_path)
     assert set(p.keys) == {"release", "ops"}
@@ -413,7 +413,7 @@ def test_key_file_not_a_key_at_all(tmp_path, release_key):
 
 
 def test_an_oversized_key_file_is_refused_naming_it(tmp_path, release_key):
-    from podvm_bootstrap.policy import MAX_KEY_FILE
+    from podvm_bootstrap.config.policy import MAX_KEY_FILE
 
     path = signing_policy(tmp_path, release_key.public_pem)
     key_file = tmp_path / "etc/podvm-bootstrap/keys/release.pub"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.model import Probe
-from podvm_bootstrap.probes import run_probe
+from podvm_bootstrap.config.model import Probe
+from podvm_bootstrap.runtime.probes import run_probe
 from tests.bed.proc import free_port
 from tests.runtime_podman import Podman
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.cloudconfig import MAX_FILE_SIZE, WriteFile
-from podvm_bootstrap.initdata import PLACEHOLDER_TOML
-from podvm_bootstrap.provision import ProvisionResult, file_mode, provision_files
-from podvm_bootstrap.settings import DEFAULT_ALLOWED_PATHS
+from podvm_bootstrap.config.settings import DEFAULT_ALLOWED_PATHS
+from podvm_bootstrap.userdata.cloudconfig import MAX_FILE_SIZE, WriteFile
+from podvm_bootstrap.userdata.initdata import PLACEHOLDER_TOML
+from podvm_bootstrap.userdata.provision import ProvisionResult, file_mode, provision_files
 
 ALLOWED = DEFAULT_ALLOWED_PATHS
 

@@ -1,4 +1,4 @@
-"""The redaction rules of `collect` (podvm_bootstrap.redaction, pure): what
+"""The redaction rules of `collect` (podvm_bootstrap.cli.redaction, pure): what
 of each secret-bearing file is kept (names, sizes, digests, structure) and
 that no planted secret survives in a summary or in a scrubbed text."""
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podvm_bootstrap.redaction import (
+from podvm_bootstrap.cli.redaction import (
     HEX_DIGEST,
     INITDATA,
     JSON_SECRET_KEYS,

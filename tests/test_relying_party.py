@@ -7,7 +7,7 @@ by regorus, Trustee's own Rego engine, over the claims built from that log,
 with reference values from `plan --json`.
 
 The pod VM's side is played here by the test: it writes the records with
-podvm_bootstrap.tcg_log and extends the software TPM with tpm2_pcrextend,
+podvm_bootstrap.attest.tcg_log and extends the software TPM with tpm2_pcrextend,
 as the daemon does at boot (see `pod_vm_side`); the same path with a booted
 pod VM is tests/test_e2e_relying_party.py."""
 
@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import regorus
 
-from podvm_bootstrap.initdata import parse_initdata
-from podvm_bootstrap.jcs import canonical_json
-from podvm_bootstrap.tcg_log import DOMAIN, encode_record, event_digest, parse_log, split_aael
-from podvm_bootstrap.trustee_claims import claims
+from podvm_bootstrap.attest.jcs import canonical_json
+from podvm_bootstrap.attest.tcg_log import DOMAIN, encode_record, event_digest, parse_log, split_aael
+from podvm_bootstrap.attest.trustee_claims import claims
+from podvm_bootstrap.userdata.initdata import parse_initdata
 from tests.bed.proc import BedError
 from tests.plan_command import CONFIG, USERDATA_NO_OVERRIDES, USERDATA_OVERRIDES, run_plan
 from tests.test_trustee_claims import FIXTURES

@@ -6,7 +6,7 @@ would hand them for one boot:
 
 - `uefi_event_logs`: the launch records `plan --json` predicts for the
   user-data the relying party sent (the records the daemon writes at boot),
-  read into Trustee's claims by podvm_bootstrap.trustee_claims;
+  read into Trustee's claims by podvm_bootstrap.attest.trustee_claims;
 - `init_data_claims`: the initdata the relying party sent, as Trustee's
   attestation service derives them (`trustee_init_data_claims`);
 - reference values from the same `plan --json`, the override's digest
@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import regorus
 
-from podvm_bootstrap.tcg_log import parse_log
-from podvm_bootstrap.trustee_claims import claims
+from podvm_bootstrap.attest.tcg_log import parse_log
+from podvm_bootstrap.attest.trustee_claims import claims
 from tests.test_relying_party import planned, reference_values
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,11 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.gate import exec_argv, gate_entrypoint, open_waiting_gate, prepare_fifo, release
-from podvm_bootstrap.imageref import ImageRef, parse_reference
-from podvm_bootstrap.model import Component, ContainerSpec, OverrideDecision, Plan, PlannedComponent, Probe, Restart
-from podvm_bootstrap.render import podman_run_argv, render_units, unit_gate_fifo, unit_gate_key, volume_host_dirs
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.model import (
+    Component,
+    ContainerSpec,
+    OverrideDecision,
+    Plan,
+    PlannedComponent,
+    Probe,
+    Restart,
+)
+from podvm_bootstrap.images.imageref import ImageRef, parse_reference
+from podvm_bootstrap.units.gate import exec_argv, gate_entrypoint, open_waiting_gate, prepare_fifo, release
+from podvm_bootstrap.units.render import podman_run_argv, render_units, unit_gate_fifo, unit_gate_key, volume_host_dirs
 from tests.systemd_parser import parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
 

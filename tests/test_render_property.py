@@ -11,11 +11,11 @@ import subprocess
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.gate import gate_entrypoint, gate_volumes, release_payload
-from podvm_bootstrap.imageref import ImageRef
-from podvm_bootstrap.model import Component, ContainerSpec, Plan, PlannedComponent, Probe, Restart
-from podvm_bootstrap.render import GATE_DIR, render_units, unit_gate_key
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.model import Component, ContainerSpec, Plan, PlannedComponent, Probe, Restart
+from podvm_bootstrap.images.imageref import ImageRef
+from podvm_bootstrap.units.gate import gate_entrypoint, gate_volumes, release_payload
+from podvm_bootstrap.units.render import GATE_DIR, render_units, unit_gate_key
 from tests.systemd_parser import parse_exec, parse_unit, physical_lines, substitute_environment
 from tests.systemd_real import dump_exec_commands
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.settings import DEFAULT_ALLOWED_PATHS, DEFAULT_ENDPOINTS, Settings, load_settings
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.settings import DEFAULT_ALLOWED_PATHS, DEFAULT_ENDPOINTS, Settings, load_settings
 
 
 def test_missing_file_means_every_default(tmp_path):

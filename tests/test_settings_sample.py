@@ -4,7 +4,7 @@ user-data are the cases of tests/cases/."""
 
 from pathlib import Path
 
-from podvm_bootstrap.settings import Settings, load_settings
+from podvm_bootstrap.config.settings import Settings, load_settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "image" / "config"
 

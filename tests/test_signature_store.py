@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.images import ImageError, big_data_path
-from podvm_bootstrap.signature_store import SignatureError, check_signature, stored_signature_items
-from podvm_bootstrap.signatures import MAX_TOTAL_SIZE, SignedIdentity, Trust
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.images.signature_store import SignatureError, check_signature, stored_signature_items
+from podvm_bootstrap.images.signatures import MAX_TOTAL_SIZE, SignedIdentity, Trust
+from podvm_bootstrap.images.storage import ImageError, big_data_path
 from tests.bed.cosign import SigningKey, payload_for, sigstore_item
 
 IMAGE_ID = "c" * 64

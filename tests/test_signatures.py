@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.signatures import (
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.images.signatures import (
     MAX_ITEM_SIZE,
     MAX_SIGNATURES,
     SignatureRefused,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.images import ImageError, big_data_path
-from podvm_bootstrap.signature_store import SignatureError, stored_signature_items
-from podvm_bootstrap.signatures import SignedIdentity, Trust
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.images.signature_store import SignatureError, stored_signature_items
+from podvm_bootstrap.images.signatures import SignedIdentity, Trust
+from podvm_bootstrap.images.storage import ImageError, big_data_path
 from tests.bed import cosign
 from tests.bed.cosign import SignatureLayer, SigningKey, payload_for
 from tests.bed.registry import Registry, running_registry

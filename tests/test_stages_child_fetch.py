@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import UsageError, UserDataError
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.settings import PROVIDERS, UserDataSettings
-from podvm_bootstrap.stages import ChildFetch, UserDataSource, read_raw_userdata
+from podvm_bootstrap.common.errors import UsageError, UserDataError
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.config.settings import PROVIDERS, UserDataSettings
+from podvm_bootstrap.runtime.stages import ChildFetch, UserDataSource, read_raw_userdata
 from tests.fakes.metadata import running_metadata_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,9 +75,9 @@ def test_the_daemon_never_loads_the_http_library(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from tests.fakes.metadata import running_metadata_server\n"
-        "from podvm_bootstrap.paths import Paths\n"
-        "from podvm_bootstrap.settings import PROVIDERS, UserDataSettings\n"
-        "from podvm_bootstrap.stages import ChildFetch, UserDataSource\n"
+        "from podvm_bootstrap.common.paths import Paths\n"
+        "from podvm_bootstrap.config.settings import PROVIDERS, UserDataSettings\n"
+        "from podvm_bootstrap.runtime.stages import ChildFetch, UserDataSource\n"
         "import http.server, threading\n"   # the fake server's own needs, loaded before the check
         "loaded = [m for m in ('requests', 'urllib3') if m in sys.modules]\n"
         "with running_metadata_server('aws', user_data=b'hi') as fake:\n"
@@ -96,7 +96,7 @@ def test_a_fetch_that_outlives_its_deadline_is_ended(tmp_path: Path, monkeypatch
     the fetch timeout plus the grace, and the child is ended and reaped."""
     import time
 
-    from podvm_bootstrap import stages
+    from podvm_bootstrap.runtime import stages
 
     monkeypatch.setattr(stages, "read_raw_userdata", lambda *args: time.sleep(120))
     monkeypatch.setattr(ChildFetch, "GRACE", 0.2)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap import stages
-from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.paths import Paths
-from podvm_bootstrap.provision import INITDATA_PATH, read_provisioned
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.common.paths import Paths
+from podvm_bootstrap.runtime import stages
+from podvm_bootstrap.userdata.provision import INITDATA_PATH, read_provisioned
 
 CONFIG = Path(__file__).resolve().parent.parent / "image" / "config"
 APF = "agent-protocol-forwarder"

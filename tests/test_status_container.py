@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import PlannedComponent
-from podvm_bootstrap.render import CONTAINER_NOTE, render_units
-from podvm_bootstrap.state import state_record, write_state
-from podvm_bootstrap.status import collect_status, format_status
-from podvm_bootstrap.variants import resolve_variants
+from podvm_bootstrap.cli.status import collect_status, format_status
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.model import PlannedComponent
+from podvm_bootstrap.config.variants import resolve_variants
+from podvm_bootstrap.runtime.state import state_record, write_state
+from podvm_bootstrap.units.render import CONTAINER_NOTE, render_units
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 COMPONENTS = f"""\
@@ -73,7 +73,7 @@ def test_status_shows_each_components_container_in_json_and_the_table(tmp_path: 
 
 
 def test_the_unit_file_says_where_to_read_what_its_container_runs(tmp_path: Path) -> None:
-    from podvm_bootstrap.model import Plan
+    from podvm_bootstrap.config.model import Plan
 
     plan = planned(tmp_path, "tdx")
     units = render_units(Plan(tuple(plan), (tuple(p.name for p in plan),)), source="components.yaml")

@@ -4,8 +4,8 @@ binding is shown beside it."""
 
 from __future__ import annotations
 
-from podvm_bootstrap.state import write_state
-from podvm_bootstrap.status import collect_status, format_status
+from podvm_bootstrap.cli.status import collect_status, format_status
+from podvm_bootstrap.runtime.state import write_state
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 

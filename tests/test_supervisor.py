@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.imageref import parse_reference
-from podvm_bootstrap.model import Component, Health, Probe, Restart
-from podvm_bootstrap.supervisor import (
+from podvm_bootstrap.config.model import Component, Health, Probe, Restart
+from podvm_bootstrap.images.imageref import parse_reference
+from podvm_bootstrap.runtime.supervisor import (
     CRASH_LOOP,
     FAILED,
     READY,

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.systemd_escape import UnrepresentableValue, check_representable, exec_command, exec_word, unit_text
+from podvm_bootstrap.units.systemd_escape import (
+    UnrepresentableValue,
+    check_representable,
+    exec_command,
+    exec_word,
+    unit_text,
+)
 from tests.systemd_parser import SystemdParseError, logical_lines, parse_exec, parse_unit, substitute_environment
 from tests.systemd_real import analyze_verify, dump_exec_commands
 

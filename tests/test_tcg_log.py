@@ -1,4 +1,4 @@
-"""The TCG2 record codec (podvm_bootstrap.tcg_log): records byte for byte as
+"""The TCG2 record codec (podvm_bootstrap.attest.tcg_log): records byte for byte as
 the attestation agent writes them, its digest test vectors, a bounded parser
 of the records file and of a whole attester log, and per-register replay."""
 
@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from podvm_bootstrap import tcg_log
-from podvm_bootstrap.tcg_log import (
+from podvm_bootstrap.attest import tcg_log
+from podvm_bootstrap.attest.tcg_log import (
     AAEL_TAG_ID,
     EV_EVENT_TAG,
     EV_NO_ACTION,

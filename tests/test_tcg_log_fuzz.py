@@ -13,9 +13,9 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podvm_bootstrap.launch_set import read_launch
-from podvm_bootstrap.tcg_log import EV_EVENT_TAG, MAX_RECORDS, MalformedLog, encode_record, parse_log
-from podvm_bootstrap.trustee_claims import claims
+from podvm_bootstrap.attest.launch_set import read_launch
+from podvm_bootstrap.attest.tcg_log import EV_EVENT_TAG, MAX_RECORDS, MalformedLog, encode_record, parse_log
+from podvm_bootstrap.attest.trustee_claims import claims
 from tests.test_trustee_claims import FIXTURES
 
 MEMORY_BOUND = 16 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""TEE detection (podvm_bootstrap.tee) over a fake --root, for every TEE, and
+"""TEE detection (podvm_bootstrap.attest.tee) over a fake --root, for every TEE, and
 the bootstrap.yaml `tee:` setting."""
 
 from __future__ import annotations
@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.settings import load_settings
-from podvm_bootstrap.tee import (
+from podvm_bootstrap.attest.tee import (
     HCL_REPORT_NV_INDEX,
     HCL_REPORT_TYPE_OFFSET,
     MAX_NV_READ,
-    TEES,
     RootFiles,
     choose_tee,
     detect_for_root,
@@ -23,13 +20,16 @@ from podvm_bootstrap.tee import (
     read_nv_index,
     tpm_nv_reader,
 )
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.model import TEES
+from podvm_bootstrap.config.settings import load_settings
 
 AZURE_TAG = "7783-7084-3265-9085-8269-3286-77"
 
 
 def test_azure_dmi_values_are_the_cloud_detections():
-    from podvm_bootstrap import tee
-    from podvm_bootstrap.userdata import detect
+    from podvm_bootstrap.attest import tee
+    from podvm_bootstrap.userdata.sources import detect
 
     assert (tee.DMI_DIR, tee.AZURE_CHASSIS_ASSET_TAG) == (detect.DMI_DIR, detect.AZURE_CHASSIS_ASSET_TAG) \
         == ("/sys/class/dmi/id", AZURE_TAG)

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import tpm2_pytss  # noqa: F401  (make deps installs it: no silent skip when it is missing)
 
-from podvm_bootstrap.tee import HCL_REPORT_NV_INDEX, MAX_NV_READ, RootFiles, detect_for_root, detect_tee, tpm_nv_reader
+from podvm_bootstrap.attest.tee import (
+    HCL_REPORT_NV_INDEX,
+    MAX_NV_READ,
+    RootFiles,
+    detect_for_root,
+    detect_tee,
+    tpm_nv_reader,
+)
 from tests.bed.proc import free_port
 from tests.bed.swtpm import Swtpm, running_swtpm
 from tests.test_tee import hcl_report, make_root

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podvm_bootstrap.texttable import text_table
+from podvm_bootstrap.common.texttable import text_table
 
 
 def test_columns_are_aligned_and_the_last_is_not_padded():

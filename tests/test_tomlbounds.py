@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.initdata import InitdataError, parse_initdata
-from podvm_bootstrap.tomlbounds import DEFAULT_LIMITS, TomlBoundsError, TomlLimits, check_toml_bounds
+from podvm_bootstrap.userdata.initdata import InitdataError, parse_initdata
+from podvm_bootstrap.userdata.tomlbounds import DEFAULT_LIMITS, TomlBoundsError, TomlLimits, check_toml_bounds
 from tests.initdata_worst_case import SHAPES
 
 MAX = 16 * 1024 * 1024

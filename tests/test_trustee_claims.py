@@ -1,5 +1,5 @@
 """Trustee's own event logs and claims (tests/fixtures/upstream/trustee-eventlog,
-from deps/eventlog/test_data) read by podvm_bootstrap.tcg_log and
+from deps/eventlog/test_data) read by podvm_bootstrap.attest.tcg_log and
 trustee_claims: the same events, digests, register values and, byte for
 byte, the same `uefi_event_logs` claims; and Trustee's per-parser unit
 vectors (deps/eventlog/src/ccel/*.rs tests)."""
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.tcg_log import SHA256, SHA384, SM3, MalformedLog, encode_record, parse_log, parse_records
-from podvm_bootstrap.trustee_claims import claims, claims_json, entry
+from podvm_bootstrap.attest.tcg_log import SHA256, SHA384, SM3, MalformedLog, encode_record, parse_log, parse_records
+from podvm_bootstrap.attest.trustee_claims import claims, claims_json, entry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream" / "trustee-eventlog"
 LOGS = ["CCEL_AAEL_alibabacloud", "CCEL_data_ovmf", "CCEL_data_grub_gke", "CCEL_data_csv"]

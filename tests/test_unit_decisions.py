@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podvm_bootstrap.unit_decisions import (
+from podvm_bootstrap.units.unit_decisions import (
     ADOPT,
     RESTART,
     START,

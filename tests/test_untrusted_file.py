@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.settings import UserDataSettings
-from podvm_bootstrap.untrusted_file import read_userdata_file
-from podvm_bootstrap.userdata import fetch_userdata
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.config.settings import UserDataSettings
+from podvm_bootstrap.userdata.sources import fetch_userdata
+from podvm_bootstrap.userdata.untrusted_file import read_userdata_file
 from tests.test_userdata_providers import bounded
 
 REPO = Path(__file__).resolve().parent.parent

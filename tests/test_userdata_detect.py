@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.settings import PROVIDERS, UserDataSettings
-from podvm_bootstrap.userdata import RetryPolicy, fetch_userdata
-from podvm_bootstrap.userdata.detect import detect
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.config.settings import PROVIDERS, UserDataSettings
+from podvm_bootstrap.userdata.sources import RetryPolicy, fetch_userdata
+from podvm_bootstrap.userdata.sources.detect import detect
 from tests.fakes.metadata import running_metadata_server
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, attempt_timeout=2.0)

@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from podvm_bootstrap.backoff import Backoff, Deadline
-from podvm_bootstrap.errors import UserDataError
-from podvm_bootstrap.userdata.http import base64_limit
-from podvm_bootstrap.userdata.transport import decode_base64
+from podvm_bootstrap.common.backoff import Backoff, Deadline
+from podvm_bootstrap.common.errors import UserDataError
+from podvm_bootstrap.userdata.sources.http import base64_limit
+from podvm_bootstrap.userdata.sources.transport import decode_base64
 
 
 class FakeClock:

@@ -13,9 +13,9 @@ from typing import TypeVar
 import pytest
 import requests
 
-from podvm_bootstrap.errors import UsageError, UserDataError
-from podvm_bootstrap.settings import PROVIDERS, UserDataSettings
-from podvm_bootstrap.userdata import RetryPolicy, fetch_userdata
+from podvm_bootstrap.common.errors import UsageError, UserDataError
+from podvm_bootstrap.config.settings import PROVIDERS, UserDataSettings
+from podvm_bootstrap.userdata.sources import RetryPolicy, fetch_userdata
 from tests.fakes.metadata import AWS_TOKEN, drip, head, running_metadata_server, running_raw_server, send_then_close
 
 T = TypeVar("T")

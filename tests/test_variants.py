@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.model import OverrideDecision, PlannedComponent
-from podvm_bootstrap.planner import format_table, make_plan
-from podvm_bootstrap.policy import ComponentPolicy, Policy, load_policy, parse_pattern
-from podvm_bootstrap.render import render_units
-from podvm_bootstrap.state import write_state
-from podvm_bootstrap.tee import TEES
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.model import TEES, OverrideDecision, PlannedComponent
+from podvm_bootstrap.config.planner import format_table, make_plan
+from podvm_bootstrap.config.policy import ComponentPolicy, Policy, load_policy, parse_pattern
+from podvm_bootstrap.runtime.state import write_state
+from podvm_bootstrap.units.render import render_units
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "image" / "config"
@@ -324,8 +323,8 @@ def test_status_reports_version_tee_and_variant(tmp_path):
 
 
 def test_verify_before_any_run_checks_the_baked_images_for_this_tee(tmp_path, config):
-    from podvm_bootstrap.paths import Paths
-    from podvm_bootstrap.status import images_to_verify
+    from podvm_bootstrap.cli.status import images_to_verify
+    from podvm_bootstrap.common.paths import Paths
 
     paths = Paths.build(root=str(tmp_path / "root"), config_dir=str(config), state_dir=str(tmp_path / "state"))
     declared = sample()

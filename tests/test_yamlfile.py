@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.errors import ConfigError
-from podvm_bootstrap.manifest import load_manifest
-from podvm_bootstrap.policy import load_policy
-from podvm_bootstrap.settings import load_settings
+from podvm_bootstrap.common.errors import ConfigError
+from podvm_bootstrap.config.manifest import load_manifest
+from podvm_bootstrap.config.policy import load_policy
+from podvm_bootstrap.config.settings import load_settings
 from tests.test_cloudconfig import LIBRARY_MISHANDLED_TAGS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def test_baked_files_load_through_libyaml_with_the_reference_loaders_result(monk
     loader builds; the pure-Python loader is then not used at all."""
     import yaml
 
-    from podvm_bootstrap import yamlfile
+    from podvm_bootstrap.config import yamlfile
 
     if not getattr(yaml, "__with_libyaml__", False):
         pytest.fail("PyYAML without libyaml: Debian's python3-yaml ships it (scripts/host-deps.sh)")
@@ -81,7 +81,7 @@ def test_baked_files_load_through_libyaml_with_the_reference_loaders_result(monk
 
 
 def test_a_text_libyaml_refuses_is_worded_by_the_reference_loader():
-    from podvm_bootstrap.yamlfile import YamlProblem, load_yaml_text
+    from podvm_bootstrap.config.yamlfile import YamlProblem, load_yaml_text
 
     with pytest.raises(YamlProblem) as info:
         load_yaml_text("a: [1, 2\nb: 3\n")

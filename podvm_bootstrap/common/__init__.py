@@ -1,0 +1,2 @@
+"""What every stage shares: error types and exit codes, bounded file I/O, the
+paths, logging, retry pacing, text tables."""

@@ -1,0 +1,1 @@
+"""systemd: the generated units (quoting, start gates) and the D-Bus client that starts them."""
