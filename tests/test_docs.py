@@ -1,7 +1,8 @@
 """The manual (README.md and docs/*.md) cannot rot silently: every relative
 link points at a file that exists and, with a #fragment, at a heading of it
-(as GitHub renders the anchors), and every file of the repository it names in
-code exists."""
+(as GitHub renders the anchors), every file of the repository it names in
+code exists, and the code map of docs/design.md lists exactly the package's
+modules, by layer in the order tests/test_import_layers.py holds them to."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.test_import_layers import LAYERS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -154,3 +157,29 @@ def test_every_file_of_the_repository_the_manual_names_exists(page: Path) -> Non
     missing = [f"{page.name}:{n}: {path}" for n, path in repository_paths(page.read_text())
                if not (ROOT / path).exists()]
     assert missing == []
+
+
+def code_map() -> list[tuple[str, str]]:
+    """(package heading, module) of each row of docs/design.md's code map tables."""
+    text = (ROOT / "docs/design.md").read_text()
+    section = text[text.index("\n## Code map\n") + 1:]
+    section = section[:m.start() + 1] if (m := re.search(r"^## ", section[1:], re.M)) else section
+    rows, package = [], ""
+    for line in section.splitlines():
+        if m := re.match(r"^### `?(\w+)/", line):
+            package = m.group(1)
+        elif m := re.match(r"^\| `([\w/]+\.py)` \|", line):
+            rows.append((package, m.group(1)))
+    return rows
+
+
+def test_the_code_map_lists_every_module_of_the_package_once_in_its_layer() -> None:
+    package = ROOT / "podvm_bootstrap"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    listed = [module for _, module in code_map()]
+    assert sorted(m for m in set(listed) if listed.count(m) > 1) == [], "named more than once"
+    assert sorted(modules - set(listed)) == [], "modules the code map does not list"
+    assert sorted(set(listed) - modules) == [], "the code map lists modules that do not exist"
+    assert [(p, m) for p, m in code_map() if m.split("/")[0] != p] == [], "a module under another package's heading"
+    assert list(dict.fromkeys(p for p, _ in code_map())) == list(LAYERS), "the layers, lowest first"
