@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from podvm_bootstrap.images.containers_store import Store, find_in_store, locate_store, storage_conf_path
+from podvm_bootstrap.images import containers_store
+from podvm_bootstrap.images.containers_store import (
+    Store,
+    find_all_in_store,
+    find_in_store,
+    locate_store,
+    storage_conf_path,
+)
 
 ROOT = "/var/lib/containers/storage"
 ADDITIONAL = "/usr/share/containers/storage"
@@ -106,16 +113,43 @@ def test_an_explicit_storage_conf_says_it_plainly(tmp_path: Path) -> None:
     assert (store.graph_root, store.driver, store.additional) == (Path(ROOT), "vfs", (Path(ADDITIONAL),))
 
 
-def test_find_in_store_looks_in_podmans_order_and_matches_as_podman_does(tmp_path: Path) -> None:
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def two_stores(tmp_path: Path) -> tuple[Store, Path, Path]:
+    """A graph root and an additional store; the image a*64 in the first is
+    also named by digest (c*64) in the second."""
     own, extra = tmp_path / "own", tmp_path / "extra"
-    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
-    for root, records in ((own, [{"id": "a" * 64, "names": ["q.io/x/y:1"], "digest": d1, "digests": [d1]}]),
-                          (extra, [{"id": "b" * 64, "names": [f"q.io/x/z@{d2}"], "digest": d2},
-                                   {"id": "c" * 64, "names": [f"q.io/x/y@{d1}"], "digest": d1}])):
+    for root, records in ((own, [{"id": "a" * 64, "names": ["q.io/x/y:1"], "digest": D1, "digests": [D1]}]),
+                          (extra, [{"id": "b" * 64, "names": [f"q.io/x/z@{D2}"], "digest": D2},
+                                   {"id": "c" * 64, "names": [f"q.io/x/y@{D1}"], "digest": D1}])):
         (root / "vfs-images").mkdir(parents=True)
         (root / "vfs-images" / "images.json").write_text(json.dumps(records))
-    store = Store(own, "vfs", (extra,))
+    return Store(own, "vfs", (extra,)), own, extra
+
+
+def test_find_in_store_looks_in_podmans_order_and_matches_as_podman_does(tmp_path: Path) -> None:
+    store, own, extra = two_stores(tmp_path)
+    d1, d2 = D1, D2
     assert find_in_store(store, f"q.io/x/y@{d1}") == (own, "a" * 64, d1)     # by digest and repository, own first
     assert find_in_store(store, f"q.io/x/z@{d2}") == (extra, "b" * 64, d2)   # in the additional store
     assert find_in_store(store, f"q.io/x/other@{d1}") is None                # that digest, another repository
     assert find_in_store(store, "b" * 64) == (extra, "b" * 64, d2)
+
+
+def test_finding_many_reads_each_index_once_and_agrees_with_one_by_one(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head start asks for every baked default at once: one read of each
+    store's index, not one per image (30 defaults: 30 parses of the index)."""
+    store, own, extra = two_stores(tmp_path)
+    references = [f"q.io/x/y@{D1}", f"q.io/x/z@{D2}", f"q.io/x/other@{D1}", "b" * 64, "q.io/x/y:1"]
+    one_by_one = {r: find_in_store(store, r) for r in references}
+    reads: list[Path] = []
+    real = containers_store.json_list
+    monkeypatch.setattr(containers_store, "json_list", lambda path: reads.append(path) or real(path))
+    assert find_all_in_store(store, references) == one_by_one
+    assert one_by_one[f"q.io/x/y@{D1}"] == (own, "a" * 64, D1) and one_by_one[f"q.io/x/z@{D2}"][0] == extra
+    assert sorted(reads) == sorted([own / "vfs-images" / "images.json", extra / "vfs-images" / "images.json"])
+    reads.clear()
+    assert find_all_in_store(store, [f"q.io/x/y@{D1}"])[f"q.io/x/y@{D1}"] == (own, "a" * 64, D1)
+    assert reads == [own / "vfs-images" / "images.json"]   # all found in the graph root: the others not read

@@ -140,8 +140,17 @@ def find_in_store(store: Store, reference: str) -> tuple[Path, str, str | None] 
     the reference, or for repo@digest an image of that repository carrying
     that digest (pulled by tag, then named by digest). StoreError for an
     index that is not JSON."""
-    repository, _, digest = reference.partition("@")
+    return find_all_in_store(store, [reference])[reference]
+
+
+def find_all_in_store(store: Store, references: list[str]) -> dict[str, tuple[Path, str, str | None] | None]:
+    """find_in_store for each of the references, each index read once (the
+    boot's head start asks for every baked default before its first start)."""
+    found: dict[str, tuple[Path, str, str | None] | None] = dict.fromkeys(references)
     for top in store.roots:
+        wanted = [r for r in references if found[r] is None]
+        if not wanted:
+            break
         for record in json_list(top / f"{store.driver}-images" / "images.json"):
             if not isinstance(record, dict) or not isinstance(record.get("id"), str):
                 continue
@@ -149,8 +158,12 @@ def find_in_store(store: Store, reference: str) -> tuple[Path, str, str | None] 
             digests = [d for d in record.get("digests") or [] if isinstance(d, str)]
             if record.get("digest") and record["digest"] not in digests:
                 digests.append(record["digest"])
-            if (reference in names or record["id"] == reference
-                    or (digest and digest in digests and any(repository_of(n) == repository for n in names))):
-                found_digest = record.get("digest")
-                return top, record["id"], found_digest if isinstance(found_digest, str) else None
-    return None
+            repositories = {repository_of(n) for n in names}
+            for reference in wanted:
+                repository, _, digest = reference.partition("@")
+                if found[reference] is None and (
+                        reference in names or record["id"] == reference
+                        or (digest and digest in digests and repository in repositories)):
+                    found_digest = record.get("digest")
+                    found[reference] = top, record["id"], found_digest if isinstance(found_digest, str) else None
+    return found

@@ -74,14 +74,14 @@ def in_store(references: list[str]) -> set[str]:
     store, from the store's own files (containers_store.py: a few stats and
     its image index, no podman); none when the store cannot be told without
     podman."""
-    from podvm_bootstrap.images.containers_store import StoreError, find_in_store, locate_store
+    from podvm_bootstrap.images.containers_store import StoreError, find_all_in_store, locate_store
 
     store = locate_store()
     if store is None:
         log.info("podman's store cannot be told from its files: no early start")
         return set()
     try:
-        return {r for r in references if find_in_store(store, r) is not None}
+        return {r for r, where in find_all_in_store(store, references).items() if where is not None}
     except (StoreError, OSError) as exc:   # an unreadable index costs only the head start
         log.info("no early start: %s", one_line(exc))
         return set()
