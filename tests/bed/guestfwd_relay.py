@@ -22,11 +22,14 @@ import socket
 import sys
 import time
 
+IDLE_LIMIT = 300.0   # seconds without a byte either way: the connection is given up (every wait bounded)
+
 
 def relay(guest: socket.socket, upstream: socket.socket) -> tuple[int, int]:
-    """Copy both ways until both sides have closed; each side's end of data is
-    passed on as a half-close (HTTP clients and servers may rely on it).
-    Returns (bytes from the guest, bytes to the guest)."""
+    """Copy both ways until both sides have closed, or nothing has moved for
+    IDLE_LIMIT; each side's end of data is passed on as a half-close (HTTP
+    clients and servers may rely on it). Returns (bytes from the guest, bytes
+    to the guest)."""
     peers = {guest: upstream, upstream: guest}
     counts = {guest: 0, upstream: 0}
     selector = selectors.DefaultSelector()
@@ -34,7 +37,10 @@ def relay(guest: socket.socket, upstream: socket.socket) -> tuple[int, int]:
         selector.register(s, selectors.EVENT_READ)
     open_sides = len(peers)
     while open_sides:
-        for key, _ in selector.select():
+        ready = selector.select(timeout=IDLE_LIMIT)
+        if not ready:
+            break
+        for key, _ in ready:
             source: socket.socket = key.fileobj  # type: ignore[assignment]
             try:
                 data = source.recv(1 << 16)
