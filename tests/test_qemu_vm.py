@@ -41,6 +41,11 @@ def status(vm: QemuVM) -> dict:
     return json.loads(vm.run(["podvm-bootstrap", "status", "--json"], check=False, timeout=60).stdout)
 
 
+def component(st: dict, name: str) -> dict:
+    """One component's record in a status."""
+    return next(c for c in st["components"] if c["name"] == name)
+
+
 def wait_all_ready(vm: QemuVM, timeout: float = 240) -> dict:
     seen: dict = {}
 
@@ -117,7 +122,7 @@ def test_the_chain_comes_up_from_the_baked_defaults_on_a_read_only_verity_backed
         qemu_vm: QemuVM, podvm_disk: BuiltDisk) -> None:
     st = wait_all_ready(qemu_vm)
     for name in NAMES:
-        c = next(c for c in st["components"] if c["name"] == name)
+        c = component(st, name)
         assert (c["digest"], c["source"]) == (podvm_disk.default_digests[name], "default"), c
     assert qemu_vm.run(["python3", "-c", "import urllib.request as u;"
                         "print(u.urlopen('http://127.0.0.1:8006/', timeout=5).read().decode())"]).stdout.strip() \

@@ -1,22 +1,22 @@
 """The pod VM as a real VM (tests/bed/qemu.py), booted once for the module
-with what the adaptor's user-data can ask for and a damaged disk:
+with what the adaptor's user-data can ask for and the one network a pod VM
+of the test bed may have: QEMU's user-mode network, restricted, where the
+only address the guest reaches is its registry mirror (10.0.2.100:5000,
+relayed to the session's loopback registry).
 
-- the cidata user-data overrides the forwarder's image with its baked
-  default's own digest (allowed by the policy, signed, in the read-only store:
-  accepted as an override, nothing pulled; the VM has no network), and asks
-  for a kata-agent image, which the baked policy allows no override for:
-  refused, the baked default runs;
-- one byte of api-server-rest's stored manifest in the verity-protected store
-  of the defaults is flipped on this VM's disk before boot: reading it fails
-  with an I/O error (dm-verity), the daemon says so in one error line and
-  does not start that component, and the rest of the chain comes up."""
+- the cidata user-data overrides the forwarder's image with its v2 stand-in,
+  which the disk does not hold (the policy allows it, signed by the release
+  key): pulled inside the VM at boot into the writable store on /var,
+  verified, measured into PCR 23 as `plan --json` predicts on the host, and
+  running;
+- it also asks for a kata-agent image the baked policy allows no override
+  for: refused, the baked default runs;
+- nothing but the mirror is reachable: not the host, not its loopback."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,107 +24,90 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed.proc import wait_until
-from tests.bed.qemu import BuiltDisk, QemuVM, booted
+from tests.bed.qemu import GUEST_REGISTRY, BuiltDisk, QemuVM, booted
+from tests.bed.registry import Registry
 from tests.bed.userdata import cloud_config
-from tests.test_qemu_vm import NAMES, status
+from tests.test_qemu_vm import component, pcr_in_vm, predict_on_host, wait_all_ready
 
 pytestmark = pytest.mark.vm
 
-BROKEN = "api-server-rest"
+APF = "agent-protocol-forwarder"
 REFUSED_KATA = "quay.io/confidential-containers/kata-agent@sha256:" + "ab" * 32
 
 
-def stored_manifest(disk: BuiltDisk, component: str) -> str:
-    """The path (in the store) of the manifest the daemon checks for the
-    component's baked default: overlay-images/<image ID>/=base64(manifest-<digest>)."""
-    lock = json.loads(disk.baked_file("/etc/podvm-bootstrap/components.lock.json"))
-    entry = next(e for e in lock["images"] if e["component"] == component and e["variant"] is None)
-    key = base64.b64encode(f"manifest-{entry['digest']}".encode()).decode()
-    return f"/overlay-images/{entry['image_id']}/={key}"
+@pytest.fixture(scope="module")
+def pulled_override(standin_images) -> str:
+    """The forwarder's v2 stand-in, as a release names it (bed_registry holds
+    it, signed by the release key; the VM's mirror sends the pull there)."""
+    v2 = standin_images[(APF, "v2")]
+    return f"quay.io/{v2.repository}@{v2.digest}"
 
 
 @pytest.fixture(scope="module")
-def accepted_override(podvm_disk: BuiltDisk) -> str:
-    return podvm_disk.defaults["agent-protocol-forwarder"]
+def userdata(pulled_override: str) -> str:
+    return cloud_config(images={APF: pulled_override, "kata-agent": REFUSED_KATA})
 
 
 @pytest.fixture(scope="module")
-def damaged_vm(podvm_disk: BuiltDisk, accepted_override: str) -> Iterator[QemuVM]:
-    userdata = cloud_config(images={"agent-protocol-forwarder": accepted_override, "kata-agent": REFUSED_KATA})
-    flip = podvm_disk.store_offset(stored_manifest(podvm_disk, BROKEN)) + 7
+def override_vm(podvm_disk: BuiltDisk, bed_registry: Registry, userdata: str) -> Iterator[QemuVM]:
     workdir = Path(tempfile.mkdtemp(prefix="podvm-qemu-", dir=os.environ.get("PODVM_VM_DIR", "/var/tmp")))
     try:
-        # wait="started": with a component that never starts, systemd may
-        # stay "starting" while the daemon waits for it.
-        with booted(podvm_disk, workdir, userdata=userdata, flip=[flip],
-                    wait="started") as vm:
+        with booted(podvm_disk, workdir, userdata=userdata, registry=bed_registry) as vm:
             yield vm
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def settled(vm: QemuVM, timeout: float = 300) -> dict:
-    """Status once every component but the broken one is ready."""
-    seen: dict = {}
-
-    def ok() -> bool:
-        nonlocal seen
-        try:
-            seen = status(vm)
-        except ValueError:
-            return False
-        others = [c for c in seen.get("components", ()) if c["name"] != BROKEN]
-        return len(others) == len(NAMES) - 1 and all(c["state"] == "ready" for c in others)
-
-    wait_until(ok, timeout, "every component but the damaged one ready", interval=1)
-    return seen
-
-
-def component(st: dict, name: str) -> dict:
-    return next(c for c in st["components"] if c["name"] == name)
-
-
-def test_an_allowed_override_in_the_cidata_user_data_is_accepted_verified_and_runs(
-        damaged_vm: QemuVM, accepted_override: str) -> None:
-    st = settled(damaged_vm)
-    apf = component(st, "agent-protocol-forwarder")
-    assert (apf["source"], apf["digest"]) == ("override", accepted_override.split("@", 1)[1]), apf
-    answer = damaged_vm.podman("exec", "agent-protocol-forwarder", "standin", "probe", "tcp", "127.0.0.1:15150")
-    assert answer.stdout.strip() == "agent-protocol-forwarder standin v1"
-    journal = damaged_vm.journal("podvm-bootstrap.service")
-    assert (f"agent-protocol-forwarder: image {accepted_override} verified "
-            "(override from user-data, signed by release)") in journal
-    # Nothing pulled: every image podman has is in the read-only store.
-    images = json.loads(damaged_vm.podman("images", "--format", "json").stdout)
-    assert images and all(i["ReadOnly"] for i in images)
+def test_an_allowed_override_not_on_the_disk_is_pulled_in_the_vm_verified_measured_and_runs(
+        override_vm: QemuVM, podvm_disk: BuiltDisk, pulled_override: str, userdata: str, tmp_path: Path) -> None:
+    digest = pulled_override.split("@", 1)[1]
+    baked = json.loads(podvm_disk.baked_file("/etc/podvm-bootstrap/components.lock.json"))
+    assert digest not in {e["digest"] for e in baked["images"]}  # not in the disk's read-only store
+    st = wait_all_ready(override_vm)
+    apf = component(st, APF)
+    assert (apf["source"], apf["digest"]) == ("override", digest), apf
+    answer = override_vm.podman("exec", APF, "standin", "probe", "tcp", "127.0.0.1:15150")
+    assert answer.stdout.strip() == f"{APF} standin v2"
+    assert override_vm.podman("inspect", "--format", "{{.ImageDigest}}", APF).stdout.strip() == digest
+    journal = override_vm.journal("podvm-bootstrap.service")
+    assert f"{APF}: image {pulled_override} verified (override from user-data, signed by release)" in journal
+    # Pulled in this boot: in podman's writable store on /var, the only image
+    # not in the read-only store of the defaults ...
+    images = json.loads(override_vm.podman("images", "--format", "json").stdout)
+    writable = [i for i in images if not i.get("ReadOnly")]  # podman leaves out a false ReadOnly
+    assert [i["Digest"] for i in writable] == [digest], [(i["Names"], i["Digest"], i.get("ReadOnly")) for i in images]
+    store = override_vm.podman("image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}",
+                               pulled_override).stdout
+    assert store.startswith("/var/lib/containers/storage/"), store
+    # ... over the VM's one forward: the host-side relays carried it.
+    relayed = override_vm.guestfwd_log()
+    assert any(line.endswith(" connected") for line in relayed), relayed
+    # Measured as the host predicts from the disk's files and this user-data
+    # (a fresh vTPM: PCR 23 starts at zero).
+    predicted = predict_on_host(podvm_disk, userdata, tmp_path)
+    assert predicted["expected"] == f"sha256:{pcr_in_vm(override_vm, 23)}" == st["measurement"]["value"]
 
 
 def test_an_override_the_policy_does_not_allow_is_refused_and_the_default_runs(
-        damaged_vm: QemuVM, podvm_disk: BuiltDisk) -> None:
-    st = settled(damaged_vm)
+        override_vm: QemuVM, podvm_disk: BuiltDisk) -> None:
+    st = wait_all_ready(override_vm)
     kata = component(st, "kata-agent")
     assert (kata["source"], kata["digest"]) == ("default", podvm_disk.default_digests["kata-agent"]), kata
-    journal = damaged_vm.journal("podvm-bootstrap.service")
+    journal = override_vm.journal("podvm-bootstrap.service")
     refused = [line for line in journal.splitlines() if "kata-agent" in line and REFUSED_KATA in line]
     assert len(refused) == 1 and "refused" in refused[0], refused
 
 
-def test_a_flipped_byte_in_the_verity_store_is_an_io_error_and_only_that_component_stays_down(
-        damaged_vm: QemuVM) -> None:
-    st = settled(damaged_vm)
-    broken = component(st, BROKEN)
-    assert broken["state"] != "ready" and broken["active_state"] != "active", broken
-    assert damaged_vm.podman("ps", "--filter", f"name=^{BROKEN}$", "-q").stdout.strip() == ""
-    # The block layer refused the block (the kernel's dm-verity line) ...
-    kernel = damaged_vm.run(["journalctl", "--no-pager", "-k", "-b"]).stdout
-    assert re.search(r"device-mapper: verity: .*data block \d+ is corrupted", kernel), kernel[-3000:]
-    # ... and the daemon said what it means in one error line naming the component.
-    journal = damaged_vm.journal("podvm-bootstrap.service")
-    errors = [line for line in journal.splitlines()
-              if f"{BROKEN}: image unusable, component not started" in line and "Input/output error" in line]
-    assert len(errors) == 1, journal[-4000:]
-    assert "Traceback" not in journal
-    # The rest of the chain serves: the forwarder answers on its port.
-    assert damaged_vm.run(["python3", "-c", "import socket; s = socket.create_connection(('127.0.0.1', 15150), 5);"
-                           "print(s.recv(100).decode())"]).stdout.startswith("agent-protocol-forwarder standin")
+def test_the_vm_reaches_its_registry_mirror_and_nothing_else(override_vm: QemuVM, bed_registry: Registry) -> None:
+    host, port = GUEST_REGISTRY
+    connect = ("import socket, sys\n"
+               "try:\n"
+               "    socket.create_connection((sys.argv[1], int(sys.argv[2])), 5).close()\n"
+               "except OSError as exc:\n"
+               "    sys.exit(f'unreachable: {exc}')\n")
+    assert override_vm.run(["python3", "-c", connect, host, str(port)], check=False).returncode == 0
+    # The host (QEMU's alias 10.0.2.2 for it) is not: not even the registry's
+    # own port on its loopback, nor the outside (a public resolver).
+    for where, at in (("10.0.2.2", bed_registry.port), ("10.0.2.2", 22), ("1.1.1.1", 443)):
+        out = override_vm.run(["python3", "-c", connect, where, str(at)], check=False, timeout=30)
+        assert out.returncode == 1 and "unreachable" in out.stderr, (where, at, out)

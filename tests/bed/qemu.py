@@ -9,8 +9,11 @@ way the cloud-api-adaptor's libvirt provider boots a pod VM.
   a second virtio disk, which the image mounts at /media/cidata;
 - a vTPM: one `swtpm socket --tpm2` per VM on a unix socket, behind QEMU's
   tpm-crb device (the guest's /dev/tpmrm0);
-- no network (`-nic none`): the VM runs what its disk holds (an override
-  that needs a pull cannot be had; see docs/image-building.md "The pod VM as a disk");
+- no network (`-nic none`), unless the boot is given a registry: then QEMU's
+  user-mode network, restricted (`restrict=on`: the guest reaches neither the
+  host nor beyond), with one forward, 10.0.2.100:5000 (the disk's mirror of
+  quay.io/confidential-containers) to that registry on the host's loopback,
+  through guestfwd_relay.py, one process per guest connection;
 - the serial console to console.log; commands run by the image's test agent
   on the virtio-serial port org.podvm.testbed.agent (one JSON line each way);
 - KVM when a probe guest prints its kernel's messages within seconds, else
@@ -29,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -40,10 +44,15 @@ from pathlib import Path
 
 from tests.bed import vm as nspawn_vm
 from tests.bed.proc import BedError, Service, wait_until
+from tests.bed.registry import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU = "qemu-system-x86_64"
 AGENT_PORT = "org.podvm.testbed.agent"
+# The guest address of the registry: what image/disk.py's mirror (its
+# GUEST_REGISTRY) points the disk's quay.io/confidential-containers at.
+GUEST_REGISTRY = ("10.0.2.100", 5000)
+RELAY = Path(__file__).resolve().with_name("guestfwd_relay.py")
 PROBE_TIMEOUT = 15.0
 VM_PATH = nspawn_vm.VM_PATH
 
@@ -158,6 +167,15 @@ class QemuVM:
             return self.console_log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def guestfwd_log(self) -> list[str]:
+        """What the relays of the registry forward logged: a line per guest
+        connection when connected, one when closed (or why it could not
+        connect); empty without a network."""
+        try:
+            return (self.workdir / "guestfwd.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
 
     # --- the agent -------------------------------------------------------
 
@@ -327,7 +345,25 @@ def cidata_iso(path: Path, userdata: bytes | str | None, instance: str) -> Path:
     return path
 
 
-def qemu_argv(vm: QemuVM, *, cidata: Path | None, memory_mib: int, cpus: int) -> list[str]:
+def network_argv(vm: QemuVM, registry: Registry | None) -> list[str]:
+    """No network without a registry; with one, user-mode networking where
+    the guest reaches only GUEST_REGISTRY, relayed to the registry's loopback
+    port. `cmd:` (a relay per connection) and not `tcp:HOST:PORT`: that
+    chardev is one host connection for every guest connection, and a pull
+    opens several (guestfwd_relay.py says what goes wrong)."""
+    if registry is None:
+        return ["-nic", "none"]
+    host, port = GUEST_REGISTRY
+    # QEMU splits the command with g_shell_parse_argv (no shell); a comma in
+    # an option's value is written twice.
+    relay = shlex.join([sys.executable, "-I", str(RELAY), "127.0.0.1", str(registry.port),
+                        str(vm.workdir / "guestfwd.log")]).replace(",", ",,")
+    return ["-netdev", f"user,id=net0,restrict=on,ipv6=off,guestfwd=tcp:{host}:{port}-cmd:{relay}",
+            "-device", "virtio-net-pci,netdev=net0"]
+
+
+def qemu_argv(vm: QemuVM, *, cidata: Path | None, memory_mib: int, cpus: int,
+              registry: Registry | None = None) -> list[str]:
     w = vm.workdir
     accel = ["-accel", "kvm", "-cpu", "host"] if vm.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
     argv = [QEMU, "-name", vm.name, "-machine", "q35", *accel, "-smp", str(cpus), "-m", str(memory_mib),
@@ -341,16 +377,18 @@ def qemu_argv(vm: QemuVM, *, cidata: Path | None, memory_mib: int, cpus: int) ->
              "-device", "virtio-serial-pci",
              "-chardev", f"socket,id=agent,path={w / 'agent.sock'},server=on,wait=off",
              "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
-             "-nic", "none"]
+             *network_argv(vm, registry)]
     return argv
 
 
 def boot(disk: BuiltDisk, workdir: Path, *, name: str | None = None, userdata: bytes | str | None = None,
-         cidata: bool = True, flip: Sequence[int] = (),
+         cidata: bool = True, registry: Registry | None = None, flip: Sequence[int] = (),
          wait: str | None = "running", boot_timeout: float = 300, memory_mib: int = 2048, cpus: int = 2,
          lock_timeout: float = 900) -> QemuVM:
-    """Boot the disk under QEMU (see the module's doc). `flip`: guest disk
-    offsets whose byte is inverted in this VM's overlay before it starts."""
+    """Boot the disk under QEMU (see the module's doc). `registry`: the
+    one place the VM can reach (its mirror's address), none without.
+    `flip`: guest disk offsets whose byte is inverted in this VM's overlay
+    before it starts."""
     name = name or f"podvm-qemu-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     vm = QemuVM(name, workdir, disk)
@@ -369,7 +407,7 @@ def boot(disk: BuiltDisk, workdir: Path, *, name: str | None = None, userdata: b
                                      "--log", "level=1"], workdir / "swtpm.log")
         vm.swtpm.wait_ready(lambda: (workdir / "swtpm.sock").exists(), 10, "listening")
         vm.started = time.time()
-        vm.qemu = Service("qemu", qemu_argv(vm, cidata=iso, memory_mib=memory_mib, cpus=cpus),
+        vm.qemu = Service("qemu", qemu_argv(vm, cidata=iso, memory_mib=memory_mib, cpus=cpus, registry=registry),
                           workdir / "qemu.log")
         nspawn_vm._record(vm.lock, os.getpid(), vm.qemu.pid)
         vm.qemu.wait_ready(lambda: (workdir / "agent.sock").exists(), 10, "listening on the agent's socket")
