@@ -117,7 +117,7 @@ class Actions:
 
     # --- gates ----------------------------------------------------------------
 
-    def verify_for_start(self, planned: PlannedComponent) -> Any:
+    def _verify_for_start(self, planned: PlannedComponent) -> Any:
         """images.verify for one start (any thread); after READY the podman
         client is not kept between starts."""
         ctx = self.ctx
@@ -167,7 +167,7 @@ class Actions:
                 return False, f"no container reached its gate within {bound:g}s", False
             return True, "no container waiting at the gate: its process runs already", False
         try:
-            verified = self.verify_for_start(planned)   # after the container exists: for THIS start
+            verified = self._verify_for_start(planned)   # after the container exists: for THIS start
             argv = exec_argv(verified.config, planned.component.container.command)
         except ImageError as exc:
             os.close(fd)   # the gate reads nothing: the container ends, nothing of it ran

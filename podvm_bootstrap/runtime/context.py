@@ -52,7 +52,7 @@ class RunContext:
     started: str = field(default_factory=now_iso)
     boot: dict[str, Any] = field(default_factory=dict)
     phase: str = "starting"
-    _written_key: tuple | None = None
+    _written_key: tuple | None = field(default=None, init=False, repr=False)   # what the last write showed
 
     def write_state(self, force: bool = False) -> None:
         sup = self.supervisor
