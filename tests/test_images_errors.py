@@ -11,7 +11,7 @@ import pytest
 from podvm_bootstrap.config.model import Component, PlannedComponent
 from podvm_bootstrap.images.imageref import parse_reference
 from podvm_bootstrap.images.storage import ImageError
-from podvm_bootstrap.runtime.daemon import _image_step
+from podvm_bootstrap.runtime.image_step import as_image_error
 
 IMAGE = parse_reference("quay.io/confidential-containers/kata-agent@sha256:" + "a" * 64)
 PLANNED = PlannedComponent(Component("kata-agent", IMAGE, "kata-agent.service"), IMAGE, "default")
@@ -32,7 +32,7 @@ def bad_digest() -> None:
 @pytest.mark.parametrize("failure", [malformed_json, unreadable, bad_digest])
 def test_any_failure_of_an_image_step_is_an_image_error_naming_the_image(failure):
     with pytest.raises(ImageError) as info:
-        _image_step(failure, PLANNED)
+        as_image_error(failure, PLANNED)
     message = str(info.value)
     assert message.startswith(f"{IMAGE}: ") and "\n" not in message
 
@@ -40,6 +40,6 @@ def test_any_failure_of_an_image_step_is_an_image_error_naming_the_image(failure
 def test_an_image_error_passes_as_it_is_and_a_result_is_returned():
     original = ImageError("digest mismatch")
     with pytest.raises(ImageError) as info:
-        _image_step(lambda: (_ for _ in ()).throw(original), PLANNED)
+        as_image_error(lambda: (_ for _ in ()).throw(original), PLANNED)
     assert info.value is original
-    assert _image_step(lambda: 42, PLANNED) == 42
+    assert as_image_error(lambda: 42, PLANNED) == 42

@@ -13,7 +13,7 @@ clients, the TPM bindings and cryptography load after the first StartUnit.
 Safe behind the gates: a process is released only after its files are
 provisioned, the final plan's image verified for that start and the launch
 set measured; a unit the final plan changes or drops is ended at its gate
-(nothing of it ran) before the final units go in (daemon.py). A failure
+(nothing of it ran) before the final units go in (unit_install.py). A failure
 here only costs the head start; the daemon then starts every unit itself."""
 
 from __future__ import annotations
