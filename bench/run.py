@@ -59,7 +59,7 @@ CRASH_MARGIN = 0.5     # back to ready within this plus the container's own star
 STEADY_RSS = Target(40 * MiB, strict=True, text="< 40 MiB")
 STEADY_CPU = Target(1.0, strict=True, text="< 1% of a core")
 PULL_RATIO = Target(1.10, text="≤ 1.10x")
-# The podman settings of the machine itself (TESTBED.md), for the host-side pull.
+# The podman settings of the machine itself (tests/bed/README.md "Measured on this machine kind"), for the host-side pull.
 HOST_CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]

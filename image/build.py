@@ -17,7 +17,7 @@ directory on top (tests/bed/vm.py) and never changes either layer.
 This builds the TEST BED image: the default components are the stand-ins of
 tests/standins (named like the real ones, quay.io/confidential-containers/...,
 served by a loopback registry that a registries.conf mirror points at), and
-podman is configured for running nested in systemd-nspawn (TESTBED.md), and
+podman is configured for running nested in systemd-nspawn (tests/bed/README.md), and
 a bind mount makes the store of the defaults read-only at boot, as the
 dm-verity /usr of a real image would.
 The stand-ins are signed with the test bed's release key (tests/bed/keys.py,

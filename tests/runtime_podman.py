@@ -1,5 +1,5 @@
 """Real podman for the runtime tests: `podman system service` on a temp
-socket with its own storage (CONTAINERS_CONF per TESTBED.md), and the CLI on
+socket with its own storage (CONTAINERS_CONF as tests/bed/README.md says), and the CLI on
 the same storage to play the image build (prefetch) and the tamperer."""
 
 from __future__ import annotations

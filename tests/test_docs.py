@@ -183,3 +183,20 @@ def test_the_code_map_lists_every_module_of_the_package_once_in_its_layer() -> N
     assert sorted(set(listed) - modules) == [], "the code map lists modules that do not exist"
     assert [(p, m) for p, m in code_map() if m.split("/")[0] != p] == [], "a module under another package's heading"
     assert list(dict.fromkeys(p for p, _ in code_map())) == list(LAYERS), "the layers, lowest first"
+
+
+def test_the_paths_table_lists_every_file_of_the_man_page() -> None:
+    """docs/operating.md "Paths in the pod VM" and podvm-bootstrap(8)'s FILES
+    (scripts/build-man.py, from the code's own defaults) name the same
+    places: a path the code moves shows up as a missing row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_man", ROOT / "scripts/build-man.py")
+    assert spec is not None and spec.loader is not None
+    build_man = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_man)
+    text = (ROOT / "docs/operating.md").read_text()
+    section = text.split("\n## Paths in the pod VM\n", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1).rstrip("/") for m in re.finditer(r"^\| `([^`]+)` \|", section, re.M)}
+    files = {path.rstrip("/") for path, _ in build_man.FILES}
+    assert len(files) >= 5 and files <= rows, f"in the man page's FILES, not in the docs' table: {files - rows}"

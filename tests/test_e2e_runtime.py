@@ -119,7 +119,7 @@ def first(lines: list[tuple[float, str]], pattern: str) -> tuple[int, float]:
 
 def bed_components(podvm_image: Any) -> dict:
     """The baked manifest, minus kata-agent's `pid: host`: podman in the test
-    bed runs with cgroups disabled (TESTBED.md), which refuses a shared PID
+    bed runs with cgroups disabled (tests/bed/README.md), which refuses a shared PID
     namespace ("containers not creating Cgroups must create a private PID
     namespace"). A test bed limit, not the product's."""
     manifest = baked(podvm_image, "/etc/podvm-bootstrap/components.yaml")

@@ -1,4 +1,4 @@
-"""Initdata bound into the TPM (README "Measured launch"): before any
+"""Initdata bound into the TPM (docs/measured-launch.md "What is written"): before any
 component starts, the digest of this boot's initdata (`/run/peerpod/initdata.digest`,
 the adaptor's placeholder's when the user-data carried none) is extended
 once into `measure.initdata_pcr` (8), sha256 bank, as the 32 bytes Trustee's

@@ -1,4 +1,4 @@
-"""The measured launch step of `run` (README "Measured launch"). Before the
+"""The measured launch step of `run` (docs/measured-launch.md). Before the
 first component starts:
 
 1. the initdata digest of this boot is bound into `measure.initdata_pcr`
@@ -111,7 +111,7 @@ def measure_launch(paths: Paths, settings: Settings, start_order: Sequence[Seque
     started = time.perf_counter()
     step = _Step(paths, settings, list(runnable), start_order, refuse)
     record = _bounded(step.run, TPM_DEADLINE, step.describe_tpm())
-    # Its cost on the boot's critical path (README "Benchmarks" reads this line).
+    # Its cost on the boot's critical path (docs/benchmarks.md "What measured launch costs" reads this line).
     log.info("measured launch step took %.1f ms for %d components (%s)", 1000 * (time.perf_counter() - started),
              len(step.entries), step.tpm_times or "no TPM opened")
     return record

@@ -1,4 +1,4 @@
-"""`podvm-bootstrap bake`: the image build's step (DESIGN.md "Image build: bake").
+"""`podvm-bootstrap bake`: the image build's step (docs/image-building.md "3. `podvm-bootstrap bake`").
 
 For a pod VM image tree being built, every default and every TEE variant of
 the manifest is resolved to a digest (a tag ends here, whatever the policy),

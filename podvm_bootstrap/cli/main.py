@@ -1,4 +1,4 @@
-"""The `podvm-bootstrap` command line (DESIGN.md "Command line")."""
+"""The `podvm-bootstrap` command line (docs/operating.md "Command line")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Error types, each with the exit code DESIGN.md gives it.
+"""Error types, each with its exit code (docs/operating.md "Command line").
 
 Anything a user or the host can cause is one of these; the CLI prints
 ``str(error)`` as one line and exits with ``exit_code``, never a traceback.

@@ -1,4 +1,5 @@
-"""Where things live: DESIGN.md's paths, moved by --root and the --*-dir flags."""
+"""Where things live (docs/operating.md "Paths in the pod VM"), moved by --root
+and the --*-dir flags."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""components.yaml: the baked component manifest (DESIGN.md "components.yaml").
+"""components.yaml: the baked component manifest (docs/configuration.md "components.yaml").
 
 Read strictly: every unknown key, wrong type, bad name, unknown or circular
 `after` is a ConfigError naming the file and the dotted key. Names and unit

@@ -1,7 +1,7 @@
-"""policy.yaml: which image overrides from user-data are allowed (DESIGN.md
-"policy.yaml"), and the pure decision on one requested override.
+"""policy.yaml: which image overrides from user-data are allowed
+(docs/configuration.md "policy.yaml"), and the pure decision on one requested override.
 
-Decisions taken where DESIGN.md is silent:
+Decisions on what the file format alone does not say:
 - A missing policy.yaml is the most restrictive policy: no override at all,
   mutable_tags false, on_rejected_override use-default (a warning is logged).
   The image is meant to bake one; its absence must never open anything.

@@ -81,7 +81,7 @@ class ProvisionSettings:
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """How the daemon reaches podman and paces itself (see README)."""
+    """How the daemon reaches podman and paces itself (docs/configuration.md "bootstrap.yaml")."""
 
     podman_socket: str = "/run/podman/podman.sock"
     pull_timeout: float = 300.0

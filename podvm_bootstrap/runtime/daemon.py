@@ -164,7 +164,7 @@ class Daemon:
         ctx.notifier.status("checking images")
         images = ImageStep(ctx, self.policy)
         images.ensure_all()
-        # Before any unit starts (README "Measured launch").
+        # Before any unit starts (docs/measured-launch.md "What is written").
         from podvm_bootstrap.attest.launch_measurement import measure_launch
         refused: list[tuple[str, str, LaunchedComponent | None]] = []
         ctx.boot["measurement"] = measure_launch(

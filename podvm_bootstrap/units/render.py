@@ -1,7 +1,7 @@
 """The systemd units that run each planned component as a podman container.
 Pure: plan in, {unit file name: content} out, byte-for-byte deterministic.
 
-Choices (see DESIGN.md "Generated units"; README explains them to operators):
+Choices (docs/operating.md "Generated units" explains them to operators):
 - Type=notify with `podman run --detach --sdnotify=conmon` (the container's
   own READY=1 with --sdnotify=container when its ready probe is `notify`),
   as podman's own generated units do. No --cgroups flag: under systemd

@@ -1,6 +1,6 @@
 """Write user-data's files into the allow-list, safely.
 
-Rules (DESIGN.md "User-data"):
+Rules (docs/userdata.md "User-data format (untrusted)"):
 
 - An entry's path is normalized lexically (posixpath.normpath) and must then be
   exactly one of the allowed paths; relative paths, NUL bytes and trailing

@@ -8,7 +8,7 @@ kilobytes of gzip). The scan below reads the text once, knows just enough of
 TOML's lexical rules to tell strings and comments from structure (the same
 delimiters and escapes tomllib uses), and refuses a document past any of
 `TomlLimits`. Within them, tomllib's cost is bounded by construction; the
-worst case measured is in the README ("Bounds on untrusted input").
+worst case measured is in docs/userdata.md "Bounds on untrusted input".
 
 It does not validate: a document it lets through may still be invalid TOML,
 which tomllib then reports.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 class TomlLimits:
     # Initdata needs a handful of keys ("algorithm", "version", and a [data]
     # table of file contents in strings); these leave a wide margin and keep
-    # the worst case tomllib can be made to do small (README).
+    # the worst case tomllib can be made to do small (docs/userdata.md).
     lines: int = 10_000            # lines outside multi-line strings
     keys: int = 2_000              # key = value pairs (inline tables' included)
     key_parts: int = 8             # dotted parts of one key or table header
