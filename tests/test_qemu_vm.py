@@ -20,6 +20,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,27 @@ def component(st: dict, name: str) -> dict:
     return next(c for c in st["components"] if c["name"] == name)
 
 
-def wait_all_ready(vm: QemuVM, timeout: float = 240) -> dict:
+def wait_for_status(vm: QemuVM, until: Callable[[dict], bool], timeout: float, what: str) -> dict:
+    """`status --json` in the VM, polled until `until` holds for it (a status
+    that is not JSON yet counts as not there)."""
     seen: dict = {}
 
-    def ready() -> bool:
+    def done() -> bool:
         nonlocal seen
         try:
             seen = status(vm)
         except ValueError:
             return False
-        return len(seen.get("components", ())) == len(NAMES) and all(
-            c["state"] == "ready" and c["active_state"] == "active" for c in seen["components"])
+        return until(seen)
 
-    wait_until(ready, timeout, "every component ready", interval=1)
+    wait_until(done, timeout, what, interval=1)
     return seen
+
+
+def wait_all_ready(vm: QemuVM, timeout: float = 240) -> dict:
+    return wait_for_status(vm, lambda st: len(st.get("components", ())) == len(NAMES) and all(
+        c["state"] == "ready" and c["active_state"] == "active" for c in st["components"]),
+        timeout, "every component ready")
 
 
 def pcr_in_vm(vm: QemuVM, pcr: int) -> str:

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed.proc import wait_until
 from tests.bed.qemu import BuiltDisk, QemuVM, booted
 from tests.bed.userdata import MINIMAL_USERDATA
-from tests.test_qemu_vm import NAMES, component, status
+from tests.test_qemu_vm import NAMES, component, wait_for_status
 
 pytestmark = pytest.mark.vm
 
@@ -52,19 +51,10 @@ def damaged_vm(podvm_disk: BuiltDisk) -> Iterator[QemuVM]:
 
 def settled(vm: QemuVM, timeout: float = 300) -> dict:
     """Status once every component but the broken one is ready."""
-    seen: dict = {}
-
-    def ok() -> bool:
-        nonlocal seen
-        try:
-            seen = status(vm)
-        except ValueError:
-            return False
-        others = [c for c in seen.get("components", ()) if c["name"] != BROKEN]
+    def others_ready(st: dict) -> bool:
+        others = [c for c in st.get("components", ()) if c["name"] != BROKEN]
         return len(others) == len(NAMES) - 1 and all(c["state"] == "ready" for c in others)
-
-    wait_until(ok, timeout, "every component but the damaged one ready", interval=1)
-    return seen
+    return wait_for_status(vm, others_ready, timeout, "every component but the damaged one ready")
 
 
 def test_a_flipped_byte_in_the_verity_store_is_an_io_error_and_only_that_component_stays_down(
