@@ -35,28 +35,9 @@ from tests.planted_secrets import (
     sha256,
     userdata_text,
 )
+from tests.test_cli_runtime import COMPONENTS, write_baked_files
 
 REPO = Path(__file__).resolve().parents[1]
-DIGEST_A = "sha256:" + "a" * 64
-DIGEST_B = "sha256:" + "b" * 64
-COMPONENTS = f"""\
-version: 1
-components:
-  attestation-agent:
-    image: quay.io/confidential-containers/attestation-agent@{DIGEST_A}
-    ready: {{unix_socket: /run/confidential-containers/aa.sock}}
-  agent-protocol-forwarder:
-    image: quay.io/confidential-containers/agent-protocol-forwarder@{DIGEST_B}
-    after: [attestation-agent]
-    essential: true
-    ready: {{tcp: 127.0.0.1:15150}}
-"""
-POLICY = """\
-version: 1
-components:
-  agent-protocol-forwarder:
-    repositories: [ghcr.io/example/*]
-"""
 UNITS = ("attestation-agent.service", "agent-protocol-forwarder.service")
 
 
@@ -67,11 +48,7 @@ def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[b
 
 
 def baked_tree(root: Path) -> Path:
-    config = root / "etc" / "podvm-bootstrap"
-    config.mkdir(parents=True)
-    (config / "components.yaml").write_text(COMPONENTS)
-    (config / "policy.yaml").write_text(POLICY)
-    (config / "bootstrap.yaml").write_text("userdata: {provider: none}\n")
+    config = write_baked_files(root / "etc" / "podvm-bootstrap")
     unit = root / "usr" / "lib" / "systemd" / "system"
     unit.mkdir(parents=True)
     shutil.copy(REPO / "systemd" / "podvm-bootstrap.service", unit)

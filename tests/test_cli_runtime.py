@@ -53,14 +53,18 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                                             **(env or {})})
 
 
+def write_baked_files(config: Path) -> Path:
+    """The three baked files of these tests (no user-data provider) in `config`."""
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "components.yaml").write_text(COMPONENTS)
+    (config / "policy.yaml").write_text(POLICY)
+    (config / "bootstrap.yaml").write_text("userdata: {provider: none}\n")
+    return config
+
+
 @pytest.fixture()
 def config(tmp_path: Path) -> Path:
-    d = tmp_path / "config"
-    d.mkdir()
-    (d / "components.yaml").write_text(COMPONENTS)
-    (d / "policy.yaml").write_text(POLICY)
-    (d / "bootstrap.yaml").write_text("userdata: {provider: none}\n")
-    return d
+    return write_baked_files(tmp_path / "config")
 
 
 def test_run_provisions_saves_user_data_and_plan_then_needs_systemd(tmp_path: Path, config: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from podvm_bootstrap.common.paths import Paths
 from podvm_bootstrap.runtime.early_start import EarlyStart, head_start
-from tests.test_cli_runtime import COMPONENTS, POLICY
+from tests.test_cli_runtime import COMPONENTS, write_baked_files
 
 
 def test_an_early_result_reaches_the_taker_whether_it_came_before_or_after() -> None:
@@ -32,11 +32,7 @@ def test_an_early_result_reaches_the_taker_whether_it_came_before_or_after() -> 
 
 @pytest.fixture()
 def paths(tmp_path: Path) -> Paths:
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "components.yaml").write_text(COMPONENTS)
-    (config / "policy.yaml").write_text(POLICY)
-    (config / "bootstrap.yaml").write_text("userdata: {provider: none}\n")
+    config = write_baked_files(tmp_path / "config")
     return Paths.build(root=str(tmp_path / "root"), config_dir=str(config))
 
 
