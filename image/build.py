@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -345,17 +345,23 @@ def build(cache: Path) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cached_build_main(doc: str, program: str, root_for: str, make: Callable[[Path], dict]) -> int:
+    """The command line of a cached build (this script, image/disk.py): --cache,
+    root required (`root_for` says why), the built thing's description as JSON."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, help="cache directory ($PODVM_CACHE, /var/cache/podvm-bootstrap)")
     args = parser.parse_args()
     if args.cache:
         os.environ["PODVM_CACHE"] = str(args.cache)
     if os.geteuid() != 0:
-        print("image/build.py: must run as root (debootstrap, mount, systemd-nspawn)", file=sys.stderr)
+        print(f"{program}: must run as root ({root_for})", file=sys.stderr)
         return 1
-    print(json.dumps(build(cache_dir()), indent=1))
+    print(json.dumps(make(cache_dir()), indent=1))
     return 0
+
+
+def main() -> int:
+    return cached_build_main(__doc__, "image/build.py", "debootstrap, mount, systemd-nspawn", build)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ Cached under $PODVM_CACHE as disk-<hash of its inputs>/.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -50,7 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "image"))
 
 import build  # noqa: E402
-from tests.bed.cache import cache_dir, cache_lock  # noqa: E402
+from tests.bed.cache import cache_lock  # noqa: E402
 from tests.bed.registry import mirror_conf, running_registry  # noqa: E402
 from tests.standins import images as standins  # noqa: E402
 
@@ -300,16 +299,7 @@ def build_disk_image(cache: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, help="cache directory ($PODVM_CACHE, /var/cache/podvm-bootstrap)")
-    args = parser.parse_args()
-    if args.cache:
-        os.environ["PODVM_CACHE"] = str(args.cache)
-    if os.geteuid() != 0:
-        print("image/disk.py: must run as root (mount, systemd-nspawn)", file=sys.stderr)
-        return 1
-    print(json.dumps(build_disk_image(cache_dir()), indent=1))
-    return 0
+    return build.cached_build_main(__doc__, "image/disk.py", "mount, systemd-nspawn", build_disk_image)
 
 
 if __name__ == "__main__":
