@@ -252,6 +252,18 @@ def _timeline(t0w: float, until: float, limit: int = 120) -> list[tuple[float, s
     return entries[:limit]
 
 
+def finished(p: subprocess.Popen, what: str, timeout: float) -> None:
+    """Wait for a command of the ideal script (its stderr piped): DriverError,
+    naming `what`, when it does not return within `timeout` (it is killed) or
+    exits non-zero."""
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise DriverError(f"{what} did not return within {timeout}s") from None
+    if p.returncode != 0:
+        raise DriverError(f"{what} exited {p.returncode}: {err.strip()[-800:]}")
+
 def cmd_ideal_boot(args: dict) -> dict:
     """The ideal for the same containers: plain `podman run -d` (the units'
     own argv), a layer's containers started together, each layer waited on
@@ -267,13 +279,7 @@ def cmd_ideal_boot(args: dict) -> dict:
     pulls = [subprocess.Popen(["podman", "pull", "--quiet", ref], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for ref in args.get("pull") or []]   # as a script would, all at once
     for ref, p in zip(args.get("pull") or [], pulls, strict=True):
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise DriverError(f"podman pull {ref} did not return within {timeout}s") from None
-        if p.returncode != 0:
-            raise DriverError(f"podman pull {ref} exited {p.returncode}: {err.strip()[-800:]}")
+        finished(p, f"podman pull {ref}", timeout)
     pulled = time.monotonic() - t0
     for layer in args["layers"]:
         for step in layer:
@@ -283,13 +289,7 @@ def cmd_ideal_boot(args: dict) -> dict:
         procs = [(step, subprocess.Popen(step["argv"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
                  for step in layer]
         for step, p in procs:
-            try:
-                _, err = p.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                raise DriverError(f"podman run of {step['name']} did not return within {timeout}s") from None
-            if p.returncode != 0:
-                raise DriverError(f"podman run of {step['name']} exited {p.returncode}: {err.strip()[-800:]}")
+            finished(p, f"podman run of {step['name']}", timeout)
             events[step["name"]] = {"run": started, "returned": time.monotonic() - t0}
         seen = wait_all([s["probe"] for s in layer], t0, timeout)
         for name, at in seen.items():
